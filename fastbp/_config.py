@@ -1,0 +1,35 @@
+"""Run-time settings of the CPU engine, read once from ``FASTBP_*`` environment variables.
+
+They are passed to the kernels as arguments (never baked in as globals) so changing one
+never leaves a stale compiled kernel in numba's cache.
+"""
+
+import os
+
+
+def _int_env(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    try:
+        parsed = int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+    if parsed <= 0:
+        raise ValueError(f"environment variable {name} must be positive, got {parsed}")
+    return parsed
+
+
+#: Samples per chunk. Chunk boundaries fix the order in which gradients are summed, so
+#: results depend on this value but never on the thread count.
+CHUNK_ROWS = _int_env("FASTBP_CHUNK_ROWS", 64)
+
+#: At most this many chunk groups, each with its own gradient buffer, run in parallel.
+MAX_GROUPS = _int_env("FASTBP_MAX_GROUPS", 32)
+
+#: Memory allowed for per-group gradient buffers, in parameter entries.
+GRADIENT_BUFFER_ENTRIES = _int_env("FASTBP_GRADIENT_BUFFER_ENTRIES", 1 << 24)
+
+#: A batch needs at least this many multiply-adds before it is spread over threads;
+#: below it, starting the thread pool costs more than it saves.
+PARALLEL_MIN_MACS = _int_env("FASTBP_PARALLEL_MIN_MACS", 1 << 17)

@@ -1,0 +1,598 @@
+"""Compiled CPU kernels: forward pass, backward pass and whole training runs.
+
+Every layer's parameters live in one flat array described by a ``layout`` table (one row
+per weight layer: fan_in, fan_out, weight offset, bias offset or -1, activation code), so
+one compiled function serves any depth. Activations, losses and optimizers arrive as the
+integer codes below, so each kernel compiles once per dtype.
+
+Work is split into chunks of a fixed number of samples. Consecutive chunks form groups;
+each group owns a gradient buffer, groups run in parallel, and their buffers are summed in
+group order. Group boundaries depend on the batch and the network alone, never on the
+thread count, so results are bitwise reproducible.
+
+Matrix products are written as ``out = P @ Q.T`` over row-contiguous operands, with 2x4
+register blocks: every loaded value feeds several multiply-adds and the contraction loop
+vectorizes. The forward pass therefore reads a transposed copy of each weight matrix
+(``wt``), kept in step with ``params`` after every update.
+
+Keep every kernel and its helpers in this module: numba's cache is invalidated only
+when the file of the cached function changes.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+# Activation codes.
+IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = 0, 1, 2, 3, 4, 5
+LEAKY_SLOPE = 0.01
+
+# Loss codes. The per-sample loss is ``loss_scale * sum over outputs`` of the element loss.
+SQUARED, BINARY_CROSS_ENTROPY, CATEGORICAL_CROSS_ENTROPY = 0, 1, 2
+
+# Optimizer codes.
+SGD, MOMENTUM, NESTEROV, ADAM = 0, 1, 2, 3
+
+# Indices into the ``hyper`` array of optimizer settings.
+H_LR, H_MOMENTUM, H_BETA1, H_BETA2, H_EPSILON, H_L2 = 0, 1, 2, 3, 4, 5
+
+# Columns of the ``layout`` table.
+L_FAN_IN, L_FAN_OUT, L_WEIGHT, L_BIAS, L_ACTIVATION = 0, 1, 2, 3, 4
+
+# Vectorized reductions need reassociation; no flag here assumes finite values.
+FASTMATH = {"reassoc", "contract"}
+
+# Parallelize explicit prange loops only: every automatically parallelized array
+# expression would cost a compiled function of its own.
+PRANGE_ONLY = {
+    "prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
+    "setitem": False, "numpy": False, "stencil": False, "fusion": False,
+}
+
+# Entries of the Q operand kept hot while a product sweeps over P (about 256 KiB of
+# float64, half of this machine's per-core L2).
+PANEL_ENTRIES = 32768
+
+
+
+# ---------------------------------------------------------------- scalar math
+
+
+@njit(cache=True)
+def activate(code, z):
+    """Elementwise activation (softmax is applied per row by ``output_loss``)."""
+    if code == SIGMOID:
+        if z >= 0:
+            return 1.0 / (1.0 + np.exp(-z))
+        e = np.exp(z)
+        return e / (1.0 + e)
+    if code == TANH:
+        return np.tanh(z)
+    if code == RELU:
+        return z if z > 0 else 0.0 * z
+    if code == LEAKY_RELU:
+        return z if z > 0 else LEAKY_SLOPE * z
+    return z
+
+
+@njit(cache=True)
+def derivative_from_output(code, a):
+    """d activation / dz, written in terms of the activation's output ``a``."""
+    if code == SIGMOID:
+        return a * (1.0 - a)
+    if code == TANH:
+        return 1.0 - a * a
+    if code == RELU:
+        return 1.0 if a > 0 else 0.0
+    if code == LEAKY_RELU:
+        return 1.0 if a > 0 else LEAKY_SLOPE
+    return 1.0
+
+
+# ---------------------------------------------------------------- matrix products
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def dot_nt(P, po, ps, Q, qo, qs, out, oo, os, m, n, k_len, accumulate):
+    """``out[i, j] (+)= sum_k P[i, k] * Q[j, k]`` for i < m, j < n over flat row-major
+    operands given as (array, offset, row stride); 2x4 register blocks, Q in L2 panels."""
+    zero = out.dtype.type(0)
+    panel = max(4, (PANEL_ENTRIES // max(k_len, 1)) // 4 * 4)
+    for j_lo in range(0, n, panel):
+        j_hi = min(n, j_lo + panel)
+        i = 0
+        while i + 1 < m:
+            p0 = po + i * ps
+            p1 = p0 + ps
+            j = j_lo
+            while j + 3 < j_hi:
+                q0 = qo + j * qs
+                q1 = q0 + qs
+                q2 = q1 + qs
+                q3 = q2 + qs
+                s00 = zero
+                s01 = zero
+                s02 = zero
+                s03 = zero
+                s10 = zero
+                s11 = zero
+                s12 = zero
+                s13 = zero
+                for k in range(k_len):
+                    x0 = P[p0 + k]
+                    x1 = P[p1 + k]
+                    y0 = Q[q0 + k]
+                    y1 = Q[q1 + k]
+                    y2 = Q[q2 + k]
+                    y3 = Q[q3 + k]
+                    s00 += x0 * y0
+                    s01 += x0 * y1
+                    s02 += x0 * y2
+                    s03 += x0 * y3
+                    s10 += x1 * y0
+                    s11 += x1 * y1
+                    s12 += x1 * y2
+                    s13 += x1 * y3
+                o0 = oo + i * os + j
+                o1 = o0 + os
+                if accumulate:
+                    out[o0] += s00
+                    out[o0 + 1] += s01
+                    out[o0 + 2] += s02
+                    out[o0 + 3] += s03
+                    out[o1] += s10
+                    out[o1 + 1] += s11
+                    out[o1 + 2] += s12
+                    out[o1 + 3] += s13
+                else:
+                    out[o0] = s00
+                    out[o0 + 1] = s01
+                    out[o0 + 2] = s02
+                    out[o0 + 3] = s03
+                    out[o1] = s10
+                    out[o1 + 1] = s11
+                    out[o1 + 2] = s12
+                    out[o1 + 3] = s13
+                j += 4
+            while j < j_hi:
+                q0 = qo + j * qs
+                s0 = zero
+                s1 = zero
+                for k in range(k_len):
+                    y0 = Q[q0 + k]
+                    s0 += P[p0 + k] * y0
+                    s1 += P[p1 + k] * y0
+                o0 = oo + i * os + j
+                if accumulate:
+                    out[o0] += s0
+                    out[o0 + os] += s1
+                else:
+                    out[o0] = s0
+                    out[o0 + os] = s1
+                j += 1
+            i += 2
+        if i < m:
+            p0 = po + i * ps
+            for j in range(j_lo, j_hi):
+                q0 = qo + j * qs
+                s0 = zero
+                for k in range(k_len):
+                    s0 += P[p0 + k] * Q[q0 + k]
+                o0 = oo + i * os + j
+                if accumulate:
+                    out[o0] += s0
+                else:
+                    out[o0] = s0
+
+
+# ---------------------------------------------------------------- work buffers
+
+
+@njit(cache=True)
+def transpose_weights(params, wt, layout):
+    """Refresh ``wt`` (each W_l stored fan_out x fan_in) from ``params``."""
+    for l in range(layout.shape[0]):
+        fan_in = layout[l, L_FAN_IN]
+        fan_out = layout[l, L_FAN_OUT]
+        off = layout[l, L_WEIGHT]
+        for i in range(fan_in):
+            for j in range(fan_out):
+                wt[off + j * fan_in + i] = params[off + i * fan_out + j]
+
+
+# ---------------------------------------------------------------- one group of chunks
+
+
+@njit(cache=True)
+def output_activation(code, work, o, n_out):
+    """Apply the output activation in place to one row of pre-activations."""
+    if code == SOFTMAX:
+        top = work[o]
+        for i in range(1, n_out):
+            top = max(top, work[o + i])
+        total = 0.0
+        for i in range(n_out):
+            e = np.exp(work[o + i] - top)
+            work[o + i] = e
+            total += e
+        for i in range(n_out):
+            work[o + i] = work[o + i] / total
+    else:
+        for i in range(n_out):
+            work[o + i] = activate(code, work[o + i])
+
+
+@njit(cache=True)
+def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, weight, d_off):
+    """Turn one row of output pre-activations into activations (in place), return the
+    sample's loss, and write dL/dz (times ``weight``) to ``work[d_off:d_off + n_out]``.
+
+    Canonical pairs (sigmoid with BCE, softmax with CCE) use the exact logit forms, which
+    never overflow; every other pairing chains dL/da through the activation's derivative."""
+    top = 0.0
+    log_total = 0.0
+    if code == SOFTMAX:
+        top = work[o]
+        for i in range(1, n_out):
+            top = max(top, work[o + i])
+        total = 0.0
+        for i in range(n_out):
+            total += np.exp(work[o + i] - top)
+        log_total = np.log(total)
+    label = labels[row] if labels.shape[0] > 0 else -1
+    target_sum = 0.0
+    value = 0.0
+    for i in range(n_out):
+        z = work[o + i]
+        a = np.exp(z - top - log_total) if code == SOFTMAX else activate(code, z)
+        y = (1.0 if i == label else 0.0) if label >= 0 else Y[row, i]
+        target_sum += y
+        if loss == SQUARED:
+            value += (a - y) * (a - y)
+            g = 2.0 * (a - y)
+        elif loss == BINARY_CROSS_ENTROPY:
+            if code == SIGMOID:
+                value += max(z, 0.0) - z * y + np.log1p(np.exp(-abs(z)))
+                g = a - y  # already dL/dz
+            else:
+                ac = min(max(a, clip), 1.0 - clip)
+                value -= y * np.log(ac) + (1.0 - y) * np.log(1.0 - ac)
+                g = (ac - y) / (ac * (1.0 - ac))
+        else:
+            if code == SOFTMAX:
+                if y != 0.0:
+                    value += y * (top + log_total - z)
+                g = -y  # completed below to a * sum(y) - y
+            else:
+                ac = max(a, clip)
+                if y != 0.0:
+                    value -= y * np.log(ac)
+                g = -y / ac
+        work[o + i] = a
+        work[d_off + i] = g
+    if code == SOFTMAX and loss == CATEGORICAL_CROSS_ENTROPY:
+        for i in range(n_out):
+            work[d_off + i] += work[o + i] * target_sum
+    elif code == SOFTMAX:
+        # Softmax Jacobian-vector product: a_i * (g_i - sum_j g_j a_j).
+        inner = 0.0
+        for i in range(n_out):
+            inner += work[d_off + i] * work[o + i]
+        for i in range(n_out):
+            work[d_off + i] = work[o + i] * (work[d_off + i] - inner)
+    elif not (code == SIGMOID and loss == BINARY_CROSS_ENTROPY):
+        for i in range(n_out):
+            work[d_off + i] *= derivative_from_output(code, work[o + i])
+    scale = loss_scale * weight
+    for i in range(n_out):
+        work[d_off + i] *= scale
+    return loss_scale * value
+
+
+@njit(cache=True)
+def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size,
+               chunk, params, wt, layout, loss, loss_scale, clip, work, offs, grad, out):
+    """Forward and backward passes over one group's consecutive chunks of a batch.
+
+    Returns the group's summed (weighted) loss and leaves its gradient sum in ``grad``
+    (the first chunk writes, later ones add). With a non-empty ``out`` it only runs the
+    forward pass and copies the output activations there.
+
+    ``work`` holds, for one chunk, every layer's activations sample-major and transposed
+    (the transposes feed dW = A^T @ D) and two delta buffers with their transposes;
+    ``offs`` says where (``fastbp._layout.work_offsets``)."""
+    n_layers = layout.shape[0]
+    n_in = layout[0, L_FAN_IN]
+    n_out = layout[n_layers - 1, L_FAN_OUT]
+    out_code = layout[n_layers - 1, L_ACTIVATION]
+    base = 2 * (n_layers + 1)
+    first = group * n_chunks // n_groups
+    total = 0.0
+    for c in range(first, (group + 1) * n_chunks // n_groups):
+        lo = start + c * chunk
+        count = min(chunk, start + size - lo)
+
+        # Forward: gather the chunk's rows, then z = A @ W + b layer by layer.
+        for b in range(count):
+            row = order[lo + b]
+            for k in range(n_in):
+                v = X[row, k]
+                work[offs[0] + b * n_in + k] = v
+                work[offs[n_layers + 1] + k * chunk + b] = v
+        for l in range(n_layers):
+            fan_in = layout[l, L_FAN_IN]
+            fan_out = layout[l, L_FAN_OUT]
+            bias = layout[l, L_BIAS]
+            code = layout[l, L_ACTIVATION]
+            a_out = offs[l + 1]
+            t_out = offs[n_layers + 2 + l]
+            dot_nt(work, offs[l], fan_in, wt, layout[l, L_WEIGHT], fan_in, work, a_out,
+                   fan_out, count, fan_out, fan_in, False)
+            hidden = l < n_layers - 1
+            for b in range(count):
+                for j in range(fan_out):
+                    z = work[a_out + b * fan_out + j]
+                    if bias >= 0:
+                        z += params[bias + j]
+                    if hidden:
+                        z = activate(code, z)
+                        work[t_out + j * chunk + b] = z
+                    work[a_out + b * fan_out + j] = z
+
+        a_last = offs[n_layers]
+        if out.shape[0] > 0:
+            for b in range(count):
+                output_activation(out_code, work, a_last + b * n_out, n_out)
+                for i in range(n_out):
+                    out[order[lo + b], i] = work[a_last + b * n_out + i]
+            continue
+
+        # Loss and output delta dL/dz, sample-major and transposed.
+        d_cur = offs[base]
+        dt_cur = offs[base + 2]
+        for b in range(count):
+            row = order[lo + b]
+            weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
+            total += weight * output_loss(out_code, loss, loss_scale, clip, work,
+                                          a_last + b * n_out, n_out, Y, labels, row, weight,
+                                          d_cur + b * n_out)
+            for i in range(n_out):
+                work[dt_cur + i * chunk + b] = work[d_cur + b * n_out + i]
+
+        # Backward: dW = A^T @ D and db = sum(D); then D <- (D @ W^T) * act'(A).
+        accumulate = c > first
+        cur = 0
+        for l in range(n_layers - 1, -1, -1):
+            fan_in = layout[l, L_FAN_IN]
+            fan_out = layout[l, L_FAN_OUT]
+            w_off = layout[l, L_WEIGHT]
+            bias = layout[l, L_BIAS]
+            d_cur = offs[base + cur]
+            dt_cur = offs[base + 2 + cur]
+            dot_nt(work, offs[n_layers + 1 + l], chunk, work, dt_cur, chunk, grad, w_off,
+                   fan_out, fan_in, fan_out, count, accumulate)
+            if bias >= 0:
+                for j in range(fan_out):
+                    db = work.dtype.type(0)
+                    for b in range(count):
+                        db += work[dt_cur + j * chunk + b]
+                    grad[bias + j] = grad[bias + j] + db if accumulate else db
+            if l == 0:
+                break
+            nxt = 1 - cur
+            d_next = offs[base + nxt]
+            dt_next = offs[base + 2 + nxt]
+            dot_nt(work, d_cur, fan_out, params, w_off, fan_out, work, d_next, fan_in,
+                   count, fan_in, fan_out, False)
+            code = layout[l - 1, L_ACTIVATION]
+            a_in = offs[l]
+            for b in range(count):
+                for k in range(fan_in):
+                    d = work[d_next + b * fan_in + k] * derivative_from_output(
+                        code, work[a_in + b * fan_in + k])
+                    work[d_next + b * fan_in + k] = d
+                    work[dt_next + k * chunk + b] = d
+            cur = nxt
+    return total
+
+
+# ---------------------------------------------------------------- updates
+
+
+@njit(cache=True)
+def apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m,
+                   state_v, out_grad):
+    """Sum the groups' gradients in group order, divide by ``norm``, add the L2 term on
+    weights (not biases) and apply the optimizer step, or, when ``out_grad`` is
+    non-empty, store the gradient there and leave the parameters alone."""
+    lr = hyper[H_LR]
+    mu = hyper[H_MOMENTUM]
+    beta1 = hyper[H_BETA1]
+    beta2 = hyper[H_BETA2]
+    eps = hyper[H_EPSILON]
+    lr_t = lr
+    if optimizer == ADAM:
+        lr_t = lr * np.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+    for r in range(2 * layout.shape[0]):
+        l = r // 2
+        if r % 2 == 0:
+            lo = layout[l, L_WEIGHT]
+            hi = lo + layout[l, L_FAN_IN] * layout[l, L_FAN_OUT]
+            l2 = hyper[H_L2]
+        else:
+            lo = layout[l, L_BIAS]
+            hi = lo + layout[l, L_FAN_OUT] if lo >= 0 else lo
+            l2 = 0.0
+        for i in range(lo, hi):
+            g = grads[0, i]
+            for s in range(1, n_groups):
+                g += grads[s, i]
+            g = g / norm
+            if l2 > 0.0:
+                g += l2 * params[i] / norm
+            if out_grad.shape[0] > 0:
+                out_grad[i] = g
+            elif optimizer == SGD:
+                params[i] -= lr * g
+            elif optimizer == MOMENTUM:
+                v = mu * state_m[i] - lr * g
+                state_m[i] = v
+                params[i] += v
+            elif optimizer == NESTEROV:
+                v = mu * state_m[i] - lr * g
+                state_m[i] = v
+                params[i] += mu * v - lr * g
+            else:
+                m = beta1 * state_m[i] + (1.0 - beta1) * g
+                v = beta2 * state_v[i] + (1.0 - beta2) * g * g
+                state_m[i] = m
+                state_v[i] = v
+                params[i] -= lr_t * m / (np.sqrt(v) + eps)
+
+
+@njit(cache=True)
+def squared_weights(params, layout):
+    """Sum of squared weights (biases excluded), for the L2 penalty."""
+    total = 0.0
+    for l in range(layout.shape[0]):
+        lo = layout[l, L_WEIGHT]
+        for i in range(lo, lo + layout[l, L_FAN_IN] * layout[l, L_FAN_OUT]):
+            total += params[i] * params[i]
+    return total
+
+
+@njit(cache=True)
+def shuffle_order(order, state):
+    """Reset ``order`` to 0..n-1 and Fisher-Yates shuffle it with a splitmix64 stream
+    whose state lives in ``state[0]`` (``fastbp.reference`` draws the same stream)."""
+    n = order.shape[0]
+    for i in range(n):
+        order[i] = i
+    s = state[0]
+    for i in range(n - 1, 0, -1):
+        s = s + np.uint64(0x9E3779B97F4A7C15)
+        z = s
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+        j = np.int64(z % np.uint64(i + 1))
+        t = order[i]
+        order[i] = order[j]
+        order[j] = t
+    state[0] = s
+
+
+# ---------------------------------------------------------------- entry points
+
+
+@njit(parallel=PRANGE_ONLY, cache=True)
+def parallel_groups(n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk,
+                    params, wt, layout, loss, loss_scale, clip, work, offs, grads, out,
+                    group_loss):
+    """``group_pass`` for every group of a batch, spread over threads. Kept apart from
+    ``run`` because parallel compilation analyses the whole enclosing function."""
+    for g in prange(n_groups):
+        group_loss[g] = group_pass(g, n_groups, n_chunks, X, Y, labels, sample_weight, order,
+                                   start, size, chunk, params, wt, layout, loss, loss_scale, clip,
+                                   work[g], offs, grads[g], out)
+
+
+@njit(cache=True)
+def run(X, Y, labels, sample_weight, params, layout, offs, work_size, loss, loss_scale, clip,
+          reduce_sum, epochs, batch_size, shuffle, shuffle_state, optimizer, hyper, step,
+          state_m, state_v, chunk, max_groups, parallel_min_macs, history, out_grad, out):
+    """The one compiled entry point: training, or one gradient, or a forward pass.
+
+    Trains in place for ``epochs`` epochs of mini-batches and fills ``history`` with each
+    epoch's loss. Returns -1, or the epoch whose loss or parameters became non-finite,
+    after restoring the parameters and optimizer state of the last finite epoch.
+    With a non-empty ``out_grad`` nothing is trained: the gradient of the first batch goes
+    there and its loss to ``history[0]``. With a non-empty ``out`` only the forward pass of
+    the first batch runs, its output activations going to ``out``.
+
+    One entry point serves all three because each compiled function that reaches the
+    chunk loops costs seconds of compilation."""
+    n = X.shape[0]
+    n_params = params.shape[0]
+    wt = np.empty_like(params)
+    transpose_weights(params, wt, layout)
+    most_groups = min((min(batch_size, n) + chunk - 1) // chunk, max_groups)
+    work = np.zeros((most_groups, work_size), params.dtype)
+    grads = np.zeros((most_groups, n_params), params.dtype)
+    group_loss = np.zeros(most_groups)
+    order = np.arange(n)
+    saved_params = params.copy()
+    saved_m = state_m.copy()
+    saved_v = state_v.copy()
+    saved_step = step[0]
+    total_norm = 1.0
+    if not reduce_sum:
+        total_norm = sample_weight.sum() if sample_weight.shape[0] > 0 else float(n)
+    for epoch in range(epochs):
+        if shuffle:
+            shuffle_order(order, shuffle_state)
+        epoch_loss = 0.0
+        ok = True
+        for start in range(0, n, batch_size):
+            size = min(batch_size, n - start)
+            n_chunks = (size + chunk - 1) // chunk
+            n_groups = min(n_chunks, most_groups)
+            if n_groups > 1 and size * 3 * n_params >= parallel_min_macs:
+                parallel_groups(n_groups, n_chunks, X, Y, labels, sample_weight, order, start,
+                                size, chunk, params, wt, layout, loss, loss_scale, clip, work,
+                                offs, grads, out, group_loss)
+            else:
+                for g in range(n_groups):
+                    group_loss[g] = group_pass(
+                        g, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size,
+                        chunk, params, wt, layout, loss, loss_scale, clip, work[g], offs,
+                        grads[g], out)
+            if out.shape[0] > 0:
+                return -1
+            loss_sum = 0.0
+            for g in range(n_groups):
+                loss_sum += group_loss[g]
+            norm = 1.0
+            if not reduce_sum:
+                norm = float(size)
+                if sample_weight.shape[0] > 0:
+                    norm = 0.0
+                    for b in range(start, start + size):
+                        norm += sample_weight[order[b]]
+            batch_loss = loss_sum / norm
+            if hyper[H_L2] > 0.0:
+                batch_loss += 0.5 * hyper[H_L2] * squared_weights(params, layout) / norm
+            if out_grad.shape[0] > 0:
+                history[0] = batch_loss
+                apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, 1,
+                               state_m, state_v, out_grad)
+                return -1
+            if not np.isfinite(batch_loss):
+                ok = False
+                break
+            epoch_loss += batch_loss if reduce_sum else batch_loss * norm
+            step[0] += 1
+            apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step[0],
+                           state_m, state_v, out_grad)
+            transpose_weights(params, wt, layout)
+        if ok:
+            history[epoch] = epoch_loss / total_norm
+            for i in range(n_params):
+                ok = ok and np.isfinite(params[i])
+        if not ok:
+            for i in range(n_params):
+                params[i] = saved_params[i]
+            for i in range(state_m.shape[0]):
+                state_m[i] = saved_m[i]
+            for i in range(state_v.shape[0]):
+                state_v[i] = saved_v[i]
+            step[0] = saved_step
+            return epoch
+        if epoch + 1 < epochs:
+            for i in range(n_params):
+                saved_params[i] = params[i]
+            for i in range(state_m.shape[0]):
+                saved_m[i] = state_m[i]
+            for i in range(state_v.shape[0]):
+                saved_v[i] = state_v[i]
+            saved_step = step[0]
+    return -1

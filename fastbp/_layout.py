@@ -1,0 +1,79 @@
+"""The flat parameter layout shared by every backend.
+
+All weights and biases of a network live in one 1-D array: for each layer, W_l as a
+row-major (fan_in, fan_out) block, then b_l when the network has biases. One table row
+per layer says where. Keeping parameters flat lets one compiled kernel serve any depth.
+"""
+
+import numpy as np
+
+from . import _cpu_kernels as K
+
+ACTIVATION_CODES = {
+    "identity": K.IDENTITY,
+    "sigmoid": K.SIGMOID,
+    "tanh": K.TANH,
+    "relu": K.RELU,
+    "leaky_relu": K.LEAKY_RELU,
+    "softmax": K.SOFTMAX,
+}
+OPTIMIZER_CODES = {"sgd": K.SGD, "momentum": K.MOMENTUM, "nesterov": K.NESTEROV, "adam": K.ADAM}
+
+
+def loss_code(loss, n_out):
+    """Kernel code and per-sample scale of a loss name: element losses are averaged over
+    the outputs (``half_mse`` halves that), categorical cross-entropy is summed."""
+    if loss == "mse":
+        return K.SQUARED, 1.0 / n_out
+    if loss == "half_mse":
+        return K.SQUARED, 0.5 / n_out
+    if loss == "bce":
+        return K.BINARY_CROSS_ENTROPY, 1.0 / n_out
+    return K.CATEGORICAL_CROSS_ENTROPY, 1.0
+
+
+def build_layout(sizes, activations, bias):
+    """Layout table ``(n_layers, 5)`` and the total number of parameters."""
+    rows = []
+    offset = 0
+    for i, name in enumerate(activations):
+        fan_in, fan_out = sizes[i], sizes[i + 1]
+        w_off = offset
+        offset += fan_in * fan_out
+        b_off = -1
+        if bias:
+            b_off = offset
+            offset += fan_out
+        rows.append((fan_in, fan_out, w_off, b_off, ACTIVATION_CODES[name]))
+    return np.array(rows, dtype=np.int64), offset
+
+
+def weight_views(params, layout):
+    """Views of W_l, shaped (fan_in, fan_out), into the flat ``params``."""
+    return [params[w:w + i * o].reshape(i, o) for i, o, w, _, _ in layout]
+
+
+def bias_views(params, layout):
+    """Views of b_l into the flat ``params``, or None for a network without biases."""
+    if layout[0, K.L_BIAS] < 0:
+        return None
+    return [params[b:b + o] for _, o, _, b, _ in layout]
+
+
+def work_offsets(layout, chunk):
+    """Offsets inside one chunk group's work buffer, and the buffer's size.
+
+    For layers 0..L the activations A_l (chunk x width, sample-major) start at
+    ``offs[l]`` and their transposes at ``offs[L + 1 + l]``; then come two delta buffers
+    and their two transposes, each chunk x the widest layer."""
+    n_layers = layout.shape[0]
+    widths = [int(w) for w in layout[:, K.L_FAN_IN]] + [int(layout[-1, K.L_FAN_OUT])]
+    offs = np.zeros(2 * (n_layers + 1) + 4, np.int64)
+    pos = 0
+    for i, width in enumerate(widths + widths):
+        offs[i] = pos
+        pos += chunk * width
+    for d in range(4):
+        offs[2 * (n_layers + 1) + d] = pos
+        pos += chunk * max(widths)
+    return offs, pos

@@ -1,0 +1,179 @@
+"""Checks of everything a user hands to fastbp, raising errors that name the argument.
+
+Every function here either returns a clean value or raises before anything is changed,
+so a rejected call always leaves the network as it was.
+"""
+
+import numbers
+
+import numpy as np
+
+ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
+LOSSES = ("mse", "half_mse", "bce", "cce")
+REDUCTIONS = ("mean", "sum")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+DEVICES = ("cpu", "cuda")
+DTYPES = (np.float32, np.float64)
+
+
+def choice(value, name, allowed):
+    """``value`` if it is one of the ``allowed`` strings, else a ValueError naming ``name``."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
+def positive_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer; got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def positive_float(value, name, allow_zero=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a finite {kind} number; got {value!r}")
+    return value
+
+
+def layer_sizes(sizes):
+    """Tuple of at least two positive integers."""
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
+        raise TypeError(f"layer_sizes must be a sequence of positive integers; got {sizes!r}")
+    if len(sizes) < 2:
+        raise ValueError(f"layer_sizes needs at least an input and an output size; got {sizes!r}")
+    return tuple(positive_int(s, f"layer_sizes[{i}]") for i, s in enumerate(sizes))
+
+
+def activations(names, n_layers):
+    """One activation name per weight layer; softmax only on the output layer."""
+    if isinstance(names, str):
+        names = [names] * n_layers
+    names = list(names)
+    if len(names) != n_layers:
+        raise ValueError(
+            f"activations must be one name or {n_layers} names (one per weight layer); "
+            f"got {len(names)}")
+    for i, name in enumerate(names):
+        choice(name, f"activations[{i}]", ACTIVATIONS)
+        if name == "softmax" and i != n_layers - 1:
+            raise ValueError(f"activations[{i}]: softmax is allowed on the output layer only")
+    return tuple(names)
+
+
+def dtype(value):
+    try:
+        resolved = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64; got {value!r}") from None
+    if resolved not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64; got {resolved}")
+    return resolved
+
+
+def numeric_array(value, name, dtype, ndim):
+    """``value`` as a C-contiguous ``dtype`` array of ``ndim`` dimensions, finite and non-empty.
+
+    Floats of the other precision, integers and booleans are converted; complex, object
+    and string data are refused."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers; got dtype {array.dtype}")
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional; got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty (shape {array.shape})")
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return array
+
+
+def features(X, n_in, dtype):
+    X = numeric_array(X, "X", dtype, 2)
+    if X.shape[1] != n_in:
+        raise ValueError(f"X has {X.shape[1]} columns but the network takes {n_in} inputs")
+    return X
+
+
+def targets(Y, n_samples, n_out, loss, dtype):
+    """Targets as ``(Y, labels)``: a 2-D float array, or for ``cce`` a 1-D array of integer
+    class labels (then ``Y`` is an empty placeholder)."""
+    raw = np.asarray(Y)
+    if raw.dtype.kind not in "fiub":
+        raise TypeError(f"Y must hold real numbers; got dtype {raw.dtype}")
+    if loss == "cce" and raw.ndim == 1:
+        if raw.dtype.kind == "f":
+            if not np.isfinite(raw).all() or np.any(raw != np.round(raw)):
+                raise ValueError("Y: 1-D targets for cce must be integer class labels")
+        labels = numeric_array(raw, "Y", np.int64, 1)
+        if labels.shape[0] != n_samples:
+            raise ValueError(f"Y has {labels.shape[0]} labels but X has {n_samples} rows")
+        if labels.min() < 0 or labels.max() >= n_out:
+            raise ValueError(f"Y: class labels must lie in 0..{n_out - 1}")
+        return np.empty((0, n_out), dtype), labels
+    if raw.ndim == 1 and n_out == 1:
+        raw = raw.reshape(-1, 1)
+    Y = numeric_array(raw, "Y", dtype, 2)
+    if Y.shape != (n_samples, n_out):
+        raise ValueError(
+            f"Y must have shape ({n_samples}, {n_out}) to match X and the output layer; "
+            f"got {Y.shape}")
+    if loss == "bce" and (Y.min() < 0 or Y.max() > 1):
+        raise ValueError("Y: bce targets must lie in [0, 1]")
+    if loss == "cce" and Y.min() < 0:
+        raise ValueError("Y: cce targets must be non-negative (one-hot or class probabilities)")
+    return Y, np.empty(0, np.int64)
+
+
+def sample_weights(weights, n_samples):
+    if weights is None:
+        return np.empty(0, np.float64)
+    weights = numeric_array(weights, "sample_weight", np.float64, 1)
+    if weights.shape[0] != n_samples:
+        raise ValueError(f"sample_weight has {weights.shape[0]} entries but X has {n_samples} rows")
+    if weights.min() < 0 or weights.sum() <= 0:
+        raise ValueError("sample_weight must be non-negative with a positive sum")
+    return weights
+
+
+def parameters(weights, biases, sizes, has_bias, dtype):
+    """Validated copies of user weights ``(fan_in, fan_out)`` and biases ``(fan_out,)``."""
+    n_layers = len(sizes) - 1
+    if isinstance(weights, np.ndarray) or not hasattr(weights, "__len__"):
+        raise TypeError("weights must be a list with one array per weight layer")
+    if len(weights) != n_layers:
+        raise ValueError(f"weights must hold {n_layers} arrays; got {len(weights)}")
+    checked_w = []
+    for i, w in enumerate(weights):
+        w = numeric_array(w, f"weights[{i}]", dtype, 2)
+        if w.shape != (sizes[i], sizes[i + 1]):
+            raise ValueError(
+                f"weights[{i}] must have shape {(sizes[i], sizes[i + 1])} (fan_in, fan_out); "
+                f"got {w.shape}")
+        checked_w.append(w)
+    if not has_bias:
+        if biases is not None:
+            raise ValueError("biases given to a network built with bias=False")
+        return checked_w, None
+    if biases is None:
+        return checked_w, None
+    if isinstance(biases, np.ndarray) or not hasattr(biases, "__len__"):
+        raise TypeError("biases must be a list with one array per weight layer")
+    if len(biases) != n_layers:
+        raise ValueError(f"biases must hold {n_layers} arrays; got {len(biases)}")
+    checked_b = []
+    for i, b in enumerate(biases):
+        b = np.asarray(b)
+        if b.ndim == 2 and b.shape[0] == 1:
+            b = b.reshape(-1)
+        b = numeric_array(b, f"biases[{i}]", dtype, 1)
+        if b.shape != (sizes[i + 1],):
+            raise ValueError(f"biases[{i}] must have shape ({sizes[i + 1]},); got {b.shape}")
+        checked_b.append(b)
+    return checked_w, checked_b

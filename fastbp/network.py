@@ -1,0 +1,235 @@
+"""``fastbp.MLP``: a multilayer perceptron trained by compiled kernels.
+
+The class validates and allocates; the loops live in the kernel modules. Parameters are
+one flat array (see ``fastbp._layout``); ``weights`` and ``biases`` are views into it.
+"""
+
+import numpy as np
+
+from . import _config, _layout
+from . import _validation as check
+from ._backends import kernels
+from ._init import initial_weights
+
+
+class MLP:
+    """A fully connected network trained by backpropagation.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        ``[n_in, h1, ..., n_out]``, at least two entries.
+    activations : str or sequence of str
+        One name for every layer, or one per weight layer: ``identity``, ``sigmoid``,
+        ``tanh``, ``relu``, ``leaky_relu`` (slope 0.01), ``softmax`` (output layer only).
+    loss : str
+        ``mse`` (mean of (y - yhat)**2 over the outputs), ``half_mse`` (half of it),
+        ``bce`` (binary cross-entropy averaged over the outputs) or ``cce`` (categorical
+        cross-entropy; targets one-hot, class probabilities or integer labels).
+    bias : bool
+        Whether every layer has a bias vector.
+    reduction : {"mean", "sum"}
+        Whether the loss and gradients of a batch average or sum the per-sample values.
+    dtype : float32 or float64
+        Precision of parameters and arithmetic; data is converted to it.
+    seed : int or None
+        Seeds the initial weights (Glorot, or He for ReLU-like layers; zero biases) and
+        the shuffling of mini-batches.
+    device : {"cpu", "cuda"}
+    """
+
+    def __init__(self, layer_sizes, activations, loss, *, bias=True, reduction="mean",
+                 dtype=np.float64, seed=None, device="cpu"):
+        self.layer_sizes = check.layer_sizes(layer_sizes)
+        self.activations = check.activations(activations, len(self.layer_sizes) - 1)
+        self.loss_name = check.choice(loss, "loss", check.LOSSES)
+        self.bias = bool(bias)
+        self.reduction = check.choice(reduction, "reduction", check.REDUCTIONS)
+        self.dtype = check.dtype(dtype)
+        self.device = check.choice(device, "device", check.DEVICES)
+        self._kernels = kernels(self.device)
+        self.seed = seed
+        self._layout, n_params = _layout.build_layout(self.layer_sizes, self.activations,
+                                                      self.bias)
+        self._loss_code, self._loss_scale = _layout.loss_code(self.loss_name,
+                                                              self.layer_sizes[-1])
+        self._offs, self._work_size = _layout.work_offsets(self._layout, _config.CHUNK_ROWS)
+        rng = np.random.default_rng(seed)
+        self._params = np.zeros(n_params, self.dtype)
+        for view, w in zip(self.weights, initial_weights(self.layer_sizes, self.activations, rng)):
+            view[...] = w
+        self._shuffle_state = np.array([rng.integers(0, 2**63)], dtype=np.uint64)
+        self.reset_optimizer()
+
+    # ---------------------------------------------------------------- parameters
+
+    @property
+    def weights(self):
+        """List of weight matrices shaped ``(fan_in, fan_out)``, views into the network."""
+        return _layout.weight_views(self._params, self._layout)
+
+    @property
+    def biases(self):
+        """List of bias vectors shaped ``(fan_out,)``, or None when ``bias=False``."""
+        return _layout.bias_views(self._params, self._layout)
+
+    @property
+    def n_params(self):
+        return self._params.shape[0]
+
+    def set_params(self, weights, biases=None):
+        """Copy user weights (and biases, if given; otherwise they stay as they are) in,
+        after checking every shape and value; resets the optimizer state."""
+        new_w, new_b = check.parameters(weights, biases, self.layer_sizes, self.bias, self.dtype)
+        params = self._params.copy()
+        for view, w in zip(_layout.weight_views(params, self._layout), new_w):
+            view[...] = w
+        if new_b is not None:
+            for view, b in zip(_layout.bias_views(params, self._layout), new_b):
+                view[...] = b
+        self._params = params
+        self.reset_optimizer()
+        return self
+
+    def get_params(self):
+        """Copies of ``(weights, biases)``."""
+        biases = self.biases
+        return ([w.copy() for w in self.weights],
+                None if biases is None else [b.copy() for b in biases])
+
+    def reset_optimizer(self):
+        """Forget momentum and Adam moments; the next ``fit`` starts them from zero."""
+        self._optimizer = None
+        self._state_m = np.zeros(0, self.dtype)
+        self._state_v = np.zeros(0, self.dtype)
+        self._step = np.zeros(1, np.int64)
+
+    def _check_finite_params(self):
+        if not np.isfinite(self._params).all():
+            raise ValueError("the network's weights or biases contain NaN or infinity; "
+                             "set finite values with set_params")
+
+    # ---------------------------------------------------------------- evaluation
+
+    def forward(self, X):
+        """Output activations, shape ``(n_samples, n_out)``."""
+        X = check.features(X, self.layer_sizes[0], self.dtype)
+        self._check_finite_params()
+        out = np.empty((X.shape[0], self.layer_sizes[-1]), self.dtype)
+        no_targets = np.empty((0, self.layer_sizes[-1]), self.dtype)
+        self._run(X, no_targets, np.empty(0, np.int64), np.empty(0), out=out)
+        return out
+
+    predict = forward
+
+    def _data(self, X, Y, sample_weight):
+        X = check.features(X, self.layer_sizes[0], self.dtype)
+        Y, labels = check.targets(Y, X.shape[0], self.layer_sizes[-1], self.loss_name,
+                                  self.dtype)
+        return X, Y, labels, check.sample_weights(sample_weight, X.shape[0])
+
+    def _run(self, X, Y, labels, sample_weight, *, epochs=1, batch_size=None, shuffle=False,
+             optimizer="sgd", hyper=None, history=None, out_grad=None, out=None):
+        """Call the compiled engine; every mode goes through this one entry point."""
+        empty = np.zeros(0, self.dtype)
+        training = out_grad is None and out is None
+        return self._kernels.run(
+            X, Y, labels, sample_weight, self._params, self._layout, self._offs,
+            self._work_size, self._loss_code, self._loss_scale, np.finfo(self.dtype).eps,
+            self.reduction == "sum", epochs, batch_size or X.shape[0], shuffle,
+            self._shuffle_state if training else self._shuffle_state.copy(),
+            _layout.OPTIMIZER_CODES[optimizer],
+            np.array([0.0, 0.0, 0.0, 0.0, 1.0, 0.0]) if hyper is None else hyper,
+            self._step if training else np.zeros(1, np.int64),
+            self._state_m if training else empty, self._state_v if training else empty,
+            _config.CHUNK_ROWS, self._max_groups(), _config.PARALLEL_MIN_MACS,
+            np.zeros(1) if history is None else history,
+            empty if out_grad is None else out_grad, np.zeros((0, 0), self.dtype) if out is None else out)
+
+    def _gradient(self, X, Y, labels, sample_weight, l2):
+        """Loss and flat gradient of the whole data set as one batch."""
+        self._check_finite_params()
+        grad = np.empty_like(self._params)
+        history = np.zeros(1)
+        self._run(X, Y, labels, sample_weight, hyper=np.array([0.0, 0.0, 0.0, 0.0, 1.0, l2]),
+                  history=history, out_grad=grad)
+        return float(history[0]), grad
+
+    def loss(self, X, Y, *, sample_weight=None, l2=0.0):
+        """Loss of the whole data set, reduced over samples as ``reduction`` says; ``l2``
+        adds ``0.5 * l2 * sum(W**2)`` divided like the data term."""
+        l2 = check.positive_float(l2, "l2", allow_zero=True)
+        return self._gradient(*self._data(X, Y, sample_weight), l2)[0]
+
+    def gradients(self, X, Y, *, sample_weight=None, l2=0.0):
+        """``(loss, dWs, dbs)`` of the whole data set as one batch; parameters unchanged.
+        ``dbs`` is None for a network without biases."""
+        l2 = check.positive_float(l2, "l2", allow_zero=True)
+        value, grad = self._gradient(*self._data(X, Y, sample_weight), l2)
+        biases = _layout.bias_views(grad, self._layout)
+        return value, _layout.weight_views(grad, self._layout), biases
+
+    # ---------------------------------------------------------------- training
+
+    def _max_groups(self):
+        by_memory = max(2, _config.GRADIENT_BUFFER_ENTRIES // self.n_params)
+        return min(_config.MAX_GROUPS, by_memory)
+
+    def fit(self, X, Y, *, epochs, lr, batch_size=None, shuffle=False, optimizer="sgd",
+            momentum=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8, l2=0.0, sample_weight=None):
+        """Train in place; returns the loss of every epoch (the mean, or with
+        ``reduction="sum"`` the sum, over the epoch's samples, each measured before the
+        update of its batch).
+
+        Mini-batches run in order (a permutation drawn from ``seed`` each epoch when
+        ``shuffle``), the last partial batch included; ``batch_size=None`` is the full
+        batch. ``optimizer`` is ``sgd``, ``momentum``, ``nesterov`` or ``adam`` (the
+        bias-corrected step of scikit-learn's Adam); its state carries over to the next
+        ``fit`` while the optimizer stays the same. ``l2`` adds ``0.5 * l2 * sum(W**2)``
+        to each batch loss, divided like the data term.
+
+        If the loss or the parameters become non-finite, training stops, the parameters
+        of the last finite epoch are restored and FloatingPointError names the epoch.
+        """
+        epochs = check.positive_int(epochs, "epochs")
+        lr = check.positive_float(lr, "lr")
+        if batch_size is not None:
+            batch_size = check.positive_int(batch_size, "batch_size")
+        optimizer = check.choice(optimizer, "optimizer", check.OPTIMIZERS)
+        momentum = check.positive_float(momentum, "momentum", allow_zero=True)
+        beta1 = check.positive_float(beta1, "beta1", allow_zero=True)
+        beta2 = check.positive_float(beta2, "beta2", allow_zero=True)
+        epsilon = check.positive_float(epsilon, "epsilon")
+        l2 = check.positive_float(l2, "l2", allow_zero=True)
+        if momentum >= 1 or beta1 >= 1 or beta2 >= 1:
+            raise ValueError("momentum, beta1 and beta2 must be below 1")
+        X, Y, labels, sample_weight = self._data(X, Y, sample_weight)
+        self._check_finite_params()
+        n = X.shape[0]
+        batch_size = n if batch_size is None else min(batch_size, n)
+
+        if optimizer != self._optimizer:
+            self.reset_optimizer()
+            self._optimizer = optimizer
+            if optimizer != "sgd":
+                self._state_m = np.zeros_like(self._params)
+            if optimizer == "adam":
+                self._state_v = np.zeros_like(self._params)
+        hyper = np.array([lr, momentum, beta1, beta2, epsilon, l2])
+        history = np.full(epochs, np.nan)
+        failed = self._run(X, Y, labels, sample_weight, epochs=epochs, batch_size=batch_size,
+                           shuffle=bool(shuffle), optimizer=optimizer, hyper=hyper,
+                           history=history)
+        if failed >= 0:
+            error = FloatingPointError(
+                f"training diverged in epoch {failed + 1} of {epochs}: the loss or the "
+                f"parameters became NaN or infinite; the parameters are those at the end of "
+                f"epoch {failed} (lower lr?)")
+            error.history = history[:failed]
+            raise error
+        return history
+
+    def __repr__(self):
+        return (f"MLP({list(self.layer_sizes)}, {list(self.activations)}, "
+                f"{self.loss_name!r}, bias={self.bias}, reduction={self.reduction!r}, "
+                f"dtype={self.dtype.name}, device={self.device!r})")
