@@ -497,12 +497,13 @@ def parallel_groups(n_groups, n_chunks, X, Y, labels, sample_weight, order, star
 
 
 @njit(cache=True)
-def run(X, Y, labels, sample_weight, params, layout, offs, work_size, loss, loss_scale, clip,
-          reduce_sum, epochs, batch_size, shuffle, shuffle_state, optimizer, hyper, step,
+def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, loss, loss_scale,
+          clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state, optimizer, hyper, step,
           state_m, state_v, chunk, max_groups, parallel_min_macs, history, out_grad, out):
     """The one compiled entry point: training, or one gradient, or a forward pass.
 
-    Trains in place for ``epochs`` epochs of mini-batches and fills ``history`` with each
+    Trains in place for ``epochs`` epochs of mini-batches, visiting the rows of ``X`` in
+    ``order`` (redrawn each epoch when ``shuffle``), and fills ``history`` with each
     epoch's loss. Returns -1, or the epoch whose loss or parameters became non-finite,
     after restoring the parameters and optimizer state of the last finite epoch.
     With a non-empty ``out_grad`` nothing is trained: the gradient of the first batch goes
@@ -519,7 +520,6 @@ def run(X, Y, labels, sample_weight, params, layout, offs, work_size, loss, loss
     work = np.zeros((most_groups, work_size), params.dtype)
     grads = np.zeros((most_groups, n_params), params.dtype)
     group_loss = np.zeros(most_groups)
-    order = np.arange(n)
     saved_params = params.copy()
     saved_m = state_m.copy()
     saved_v = state_v.copy()

@@ -177,3 +177,14 @@ def parameters(weights, biases, sizes, has_bias, dtype):
             raise ValueError(f"biases[{i}] must have shape ({sizes[i + 1]},); got {b.shape}")
         checked_b.append(b)
     return checked_w, checked_b
+
+
+def permutation(order, n):
+    """``order`` as an int64 array holding each of 0..n-1 exactly once."""
+    array = np.asarray(order)
+    if array.dtype.kind not in "iu" or array.shape != (n,):
+        raise ValueError(f"order must be a permutation of 0..{n - 1} (integers, shape ({n},))")
+    array = np.ascontiguousarray(array, dtype=np.int64)
+    if not np.array_equal(np.sort(array), np.arange(n)):
+        raise ValueError(f"order must be a permutation of 0..{n - 1}")
+    return array

@@ -128,15 +128,16 @@ class MLP:
                                   self.dtype)
         return X, Y, labels, check.sample_weights(sample_weight, X.shape[0])
 
-    def _run(self, X, Y, labels, sample_weight, *, epochs=1, batch_size=None, shuffle=False,
-             optimizer="sgd", hyper=None, history=None, out_grad=None, out=None):
+    def _run(self, X, Y, labels, sample_weight, *, order=None, epochs=1, batch_size=None,
+             shuffle=False, optimizer="sgd", hyper=None, history=None, out_grad=None, out=None):
         """Call the compiled engine; every mode goes through this one entry point."""
         empty = np.zeros(0, self.dtype)
         training = out_grad is None and out is None
         return self._kernels.run(
-            X, Y, labels, sample_weight, self._params, self._layout, self._offs,
-            self._work_size, self._loss_code, self._loss_scale, np.finfo(self.dtype).eps,
-            self.reduction == "sum", epochs, batch_size or X.shape[0], shuffle,
+            X, Y, labels, sample_weight, np.arange(X.shape[0]) if order is None else order,
+            self._params, self._layout, self._offs, self._work_size, self._loss_code,
+            self._loss_scale, np.finfo(self.dtype).eps, self.reduction == "sum", epochs,
+            batch_size or X.shape[0], shuffle,
             self._shuffle_state if training else self._shuffle_state.copy(),
             _layout.OPTIMIZER_CODES[optimizer],
             np.array([0.0, 0.0, 0.0, 0.0, 1.0, 0.0]) if hyper is None else hyper,
@@ -176,14 +177,16 @@ class MLP:
         return min(_config.MAX_GROUPS, by_memory)
 
     def fit(self, X, Y, *, epochs, lr, batch_size=None, shuffle=False, optimizer="sgd",
-            momentum=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8, l2=0.0, sample_weight=None):
+            momentum=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8, l2=0.0, sample_weight=None,
+            order=None):
         """Train in place; returns the loss of every epoch (the mean, or with
         ``reduction="sum"`` the sum, over the epoch's samples, each measured before the
         update of its batch).
 
-        Mini-batches run in order (a permutation drawn from ``seed`` each epoch when
-        ``shuffle``), the last partial batch included; ``batch_size=None`` is the full
-        batch. ``optimizer`` is ``sgd``, ``momentum``, ``nesterov`` or ``adam`` (the
+        Mini-batches run in row order, or in ``order`` (a permutation of the rows, for
+        callers that draw their own), or in a permutation drawn from ``seed`` each epoch
+        when ``shuffle``; the last partial batch is included; ``batch_size=None`` is the
+        full batch. ``optimizer`` is ``sgd``, ``momentum``, ``nesterov`` or ``adam`` (the
         bias-corrected step of scikit-learn's Adam); its state carries over to the next
         ``fit`` while the optimizer stays the same. ``l2`` adds ``0.5 * l2 * sum(W**2)``
         to each batch loss, divided like the data term.
@@ -206,6 +209,10 @@ class MLP:
         X, Y, labels, sample_weight = self._data(X, Y, sample_weight)
         self._check_finite_params()
         n = X.shape[0]
+        if order is not None:
+            order = check.permutation(order, n)
+            if shuffle:
+                raise ValueError("order and shuffle=True exclude each other")
         batch_size = n if batch_size is None else min(batch_size, n)
 
         if optimizer != self._optimizer:
@@ -217,7 +224,8 @@ class MLP:
                 self._state_v = np.zeros_like(self._params)
         hyper = np.array([lr, momentum, beta1, beta2, epsilon, l2])
         history = np.full(epochs, np.nan)
-        failed = self._run(X, Y, labels, sample_weight, epochs=epochs, batch_size=batch_size,
+        failed = self._run(X, Y, labels, sample_weight, order=order, epochs=epochs,
+                           batch_size=batch_size,
                            shuffle=bool(shuffle), optimizer=optimizer, hyper=hyper,
                            history=history)
         if failed >= 0:
