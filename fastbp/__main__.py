@@ -53,7 +53,7 @@ def spirals(n_samples, n_classes, seed):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, n_classes, n_samples)
     radius = rng.uniform(0.05, 1.0, n_samples)
-    angle = 4.0 * radius + labels * (2 * np.pi / n_classes) + rng.normal(0, 0.15, n_samples)
+    angle = 4.0 * radius + labels * (2 * np.pi / n_classes) + rng.normal(0, 0.4, n_samples)
     X = np.column_stack([radius * np.cos(angle), radius * np.sin(angle)])
     return X, labels
 
