@@ -76,12 +76,21 @@ def dtype(value):
     return resolved
 
 
+def as_array(value, name):
+    """``np.asarray(value)``; nested sequences of unequal lengths raise a ValueError that
+    names ``name`` instead of NumPy's anonymous one."""
+    try:
+        return np.asarray(value)
+    except ValueError as error:
+        raise ValueError(f"{name} must be a rectangular array of numbers: {error}") from None
+
+
 def numeric_array(value, name, dtype, ndim):
     """``value`` as a C-contiguous ``dtype`` array of ``ndim`` dimensions, finite and non-empty.
 
     Floats of the other precision, integers and booleans are converted; complex, object
     and string data are refused."""
-    array = np.asarray(value)
+    array = as_array(value, name)
     if array.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers; got dtype {array.dtype}")
     if array.ndim != ndim:
@@ -104,7 +113,7 @@ def features(X, n_in, dtype):
 def targets(Y, n_samples, n_out, loss, dtype):
     """Targets as ``(Y, labels)``: a 2-D float array, or for ``cce`` a 1-D array of integer
     class labels (then ``Y`` is an empty placeholder)."""
-    raw = np.asarray(Y)
+    raw = as_array(Y, "Y")
     if raw.dtype.kind not in "fiub":
         raise TypeError(f"Y must hold real numbers; got dtype {raw.dtype}")
     if loss == "cce" and raw.ndim == 1:
@@ -169,7 +178,7 @@ def parameters(weights, biases, sizes, has_bias, dtype):
         raise ValueError(f"biases must hold {n_layers} arrays; got {len(biases)}")
     checked_b = []
     for i, b in enumerate(biases):
-        b = np.asarray(b)
+        b = as_array(b, f"biases[{i}]")
         if b.ndim == 2 and b.shape[0] == 1:
             b = b.reshape(-1)
         b = numeric_array(b, f"biases[{i}]", dtype, 1)
@@ -181,7 +190,7 @@ def parameters(weights, biases, sizes, has_bias, dtype):
 
 def permutation(order, n):
     """``order`` as an int64 array holding each of 0..n-1 exactly once."""
-    array = np.asarray(order)
+    array = as_array(order, "order")
     if array.dtype.kind not in "iu" or array.shape != (n,):
         raise ValueError(f"order must be a permutation of 0..{n - 1} (integers, shape ({n},))")
     array = np.ascontiguousarray(array, dtype=np.int64)
