@@ -54,7 +54,11 @@ def activations(names, n_layers):
     """One activation name per weight layer; softmax only on the output layer."""
     if isinstance(names, str):
         names = [names] * n_layers
-    names = list(names)
+    try:
+        names = list(names)
+    except TypeError:
+        raise TypeError(
+            f"activations must be a name or a sequence of names; got {names!r}") from None
     if len(names) != n_layers:
         raise ValueError(
             f"activations must be one name or {n_layers} names (one per weight layer); "
