@@ -2,7 +2,8 @@
 
 Thread counts are fixed when numba is imported, so each one runs in a fresh Python
 process. Those processes set ``FASTBP_PARALLEL_MIN_MACS=1`` and ``FASTBP_CHUNK_ROWS=8`` so
-that every batch of 200 rows is split into 25 chunk groups spread over the threads.
+that every batch of 200 rows is split into 25 chunks, in 25 chunk groups (or 3, with
+``FASTBP_MAX_GROUPS=3``) spread over the threads.
 """
 
 import hashlib
@@ -57,12 +58,13 @@ print(json.dumps(result))
 """
 
 
-def _run_child(threads, parallel_min_macs):
+def _run_child(threads, parallel_min_macs, max_groups):
     env = dict(os.environ)
     env.update(
         NUMBA_NUM_THREADS=str(threads),
         FASTBP_CHUNK_ROWS="8",
         FASTBP_PARALLEL_MIN_MACS=str(parallel_min_macs),
+        FASTBP_MAX_GROUPS=str(max_groups),
         PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
     )
     done = subprocess.run(
@@ -73,21 +75,28 @@ def _run_child(threads, parallel_min_macs):
 
 
 @pytest.mark.slow
-def test_same_bits_with_one_and_two_threads():
-    one = _run_child(threads=1, parallel_min_macs=1)
-    two = _run_child(threads=2, parallel_min_macs=1)
+@pytest.mark.parametrize(
+    "max_groups,groups",
+    [(32, 25), (3, 3)],
+    ids=["25-groups-of-1-chunk", "3-groups-of-8-or-9-chunks"],
+)
+def test_same_bits_with_one_and_two_threads(max_groups, groups):
+    one = _run_child(threads=1, parallel_min_macs=1, max_groups=max_groups)
+    two = _run_child(threads=2, parallel_min_macs=1, max_groups=max_groups)
     assert one["threads"] == 1 and two["threads"] == 2
-    assert one["chunk_rows"] == two["chunk_rows"] == 8
-    assert one["groups"] == two["groups"] == 25
-    assert one["threaded"] and two["threaded"]
     for dtype in ("float64", "float32"):
         assert one[dtype] == two[dtype], dtype
+    # Both took the multi-threaded path, with every 200-row batch in 25 chunks.
+    assert one["chunk_rows"] == two["chunk_rows"] == 8
+    assert one["groups"] == two["groups"] == groups
+    assert one["threaded"] and two["threaded"]
 
     # The single-threaded path (batches below the parallel threshold) gives the same bits.
-    serial = _run_child(threads=2, parallel_min_macs=2**62)
-    assert not serial["threaded"]
-    for dtype in ("float64", "float32"):
-        assert serial[dtype] == two[dtype], dtype
+    if max_groups == 32:
+        serial = _run_child(threads=2, parallel_min_macs=2**62, max_groups=max_groups)
+        assert not serial["threaded"]
+        for dtype in ("float64", "float32"):
+            assert serial[dtype] == two[dtype], dtype
 
 
 # ---------------------------------------------------------------- in one process
