@@ -83,6 +83,7 @@ BAD_FIT = [
     ("Y-strings", dict(Y=np.full((N, 2), "a")), TypeError, "Y"),
     ("Y-complex", dict(Y=np.zeros((N, 2), complex)), TypeError, "Y"),
     ("Y-ragged", dict(Y=[[0.5, 0.5]] * (N - 1) + [[0.5]]), ValueError, "Y"),
+    ("Y-empty", dict(Y=np.zeros((0, 2))), ValueError, "Y"),
     ("Y-bce-above-1", dict(Y=np.full((N, 2), 1.5)), ValueError, "Y"),
     ("Y-bce-below-0", dict(Y=np.where(np.eye(N, 2) > 0, -0.1, 0.5)), ValueError, "Y"),
     ("epochs-zero", dict(epochs=0), ValueError, "epochs"),
@@ -115,6 +116,7 @@ BAD_FIT = [
     ("optimizer-case", dict(optimizer="Adam"), ValueError, "optimizer"),
     ("optimizer-none", dict(optimizer=None), ValueError, "optimizer"),
     ("sample_weight-length", dict(sample_weight=np.ones(N - 1)), ValueError, "sample_weight"),
+    ("sample_weight-empty", dict(sample_weight=[]), ValueError, "sample_weight"),
     ("sample_weight-2d", dict(sample_weight=np.ones((N, 1))), ValueError, "sample_weight"),
     (
         "sample_weight-negative",
