@@ -68,6 +68,7 @@ def _targets(rng, loss, n, n_out):
     if loss == "cce":
         Y = rng.dirichlet(np.ones(n_out), n)
         Y[: n // 2] = np.eye(n_out)[rng.integers(0, n_out, n // 2)]  # some one-hot rows
+        Y[-1] *= 1.7  # a row that does not sum to 1
         return Y
     return rng.normal(size=(n, n_out))
 
