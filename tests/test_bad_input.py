@@ -423,4 +423,10 @@ def test_divergence_restores_the_last_finite_epoch(rng, dtype, kwargs):
     if k:
         assert net._step.tobytes() == twin._step.tobytes()
         assert net._state_m.tobytes() == twin._state_m.tobytes()
+
+        # Diverging in the last epoch of a fit restores the epoch before it just the same.
+        last = _linear_net(dtype)
+        with pytest.raises(FloatingPointError, match=rf"\bepoch {k + 1} of {k + 1}\b"):
+            last.fit(X, Y, epochs=k + 1, **kwargs)
+        assert _state(last)[0] == _state(twin)[0]
     assert all(np.isfinite(p).all() for p in net.weights + net.biases)
