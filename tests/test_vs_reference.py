@@ -263,10 +263,27 @@ def test_order_equals_training_on_permuted_rows(rng):
     name = "relu-leaky-sigmoid-bce-sum"
     X, Y, sample_weight = _data(rng, name, n=150)
     order = rng.permutation(150)
+    given = [array.copy() for array in (X, Y, sample_weight, order)]
     a, _ = _pair(name, np.float64)
     b, _ = _pair(name, np.float64)
     kwargs = dict(epochs=3, lr=0.01, batch_size=40, optimizer="adam")
     h_a = a.fit(X, Y, order=order, sample_weight=sample_weight, **kwargs)
+    for before, after in zip(given, (X, Y, sample_weight, order), strict=True):
+        np.testing.assert_array_equal(before, after)  # the caller's arrays are left alone
     h_b = b.fit(X[order], Y[order], sample_weight=sample_weight[order], **kwargs)
     np.testing.assert_array_equal(h_a, h_b)
     np.testing.assert_array_equal(_flat(a), _flat(b))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_strided_and_fortran_data_equal_contiguous_data(rng, dtype):
+    wide = rng.normal(size=(60, 8))
+    X = wide[:, ::2]  # strided view, 4 columns
+    Y = np.asfortranarray(rng.normal(size=(60, 2)))
+    contiguous = np.ascontiguousarray(X), np.ascontiguousarray(Y)
+    results = []
+    for data in ((X, Y), contiguous, (np.asfortranarray(X), Y)):
+        net = fastbp.MLP([4, 5, 2], ["sigmoid", "identity"], "half_mse", dtype=dtype, seed=4)
+        history = net.fit(*data, epochs=3, lr=0.1, batch_size=16, shuffle=True)
+        results.append((history.tobytes(), _flat(net).tobytes(), net.forward(data[0]).tobytes()))
+    assert results[0] == results[1] == results[2]
