@@ -54,7 +54,11 @@ def activations(names, n_layers):
     """One activation name per weight layer; softmax only on the output layer."""
     if isinstance(names, str):
         names = [names] * n_layers
-    names = list(names)
+    try:
+        names = list(names)
+    except TypeError:
+        raise TypeError(
+            f"activations must be a name or a sequence of names; got {names!r}") from None
     if len(names) != n_layers:
         raise ValueError(
             f"activations must be one name or {n_layers} names (one per weight layer); "
@@ -76,12 +80,21 @@ def dtype(value):
     return resolved
 
 
+def as_array(value, name):
+    """``np.asarray(value)``; nested sequences of unequal lengths raise a ValueError that
+    names ``name`` instead of NumPy's anonymous one."""
+    try:
+        return np.asarray(value)
+    except ValueError as error:
+        raise ValueError(f"{name} must be a rectangular array of numbers: {error}") from None
+
+
 def numeric_array(value, name, dtype, ndim):
     """``value`` as a C-contiguous ``dtype`` array of ``ndim`` dimensions, finite and non-empty.
 
     Floats of the other precision, integers and booleans are converted; complex, object
     and string data are refused."""
-    array = np.asarray(value)
+    array = as_array(value, name)
     if array.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers; got dtype {array.dtype}")
     if array.ndim != ndim:
@@ -104,7 +117,7 @@ def features(X, n_in, dtype):
 def targets(Y, n_samples, n_out, loss, dtype):
     """Targets as ``(Y, labels)``: a 2-D float array, or for ``cce`` a 1-D array of integer
     class labels (then ``Y`` is an empty placeholder)."""
-    raw = np.asarray(Y)
+    raw = as_array(Y, "Y")
     if raw.dtype.kind not in "fiub":
         raise TypeError(f"Y must hold real numbers; got dtype {raw.dtype}")
     if loss == "cce" and raw.ndim == 1:
@@ -169,7 +182,7 @@ def parameters(weights, biases, sizes, has_bias, dtype):
         raise ValueError(f"biases must hold {n_layers} arrays; got {len(biases)}")
     checked_b = []
     for i, b in enumerate(biases):
-        b = np.asarray(b)
+        b = as_array(b, f"biases[{i}]")
         if b.ndim == 2 and b.shape[0] == 1:
             b = b.reshape(-1)
         b = numeric_array(b, f"biases[{i}]", dtype, 1)
@@ -181,7 +194,7 @@ def parameters(weights, biases, sizes, has_bias, dtype):
 
 def permutation(order, n):
     """``order`` as an int64 array holding each of 0..n-1 exactly once."""
-    array = np.asarray(order)
+    array = as_array(order, "order")
     if array.dtype.kind not in "iu" or array.shape != (n,):
         raise ValueError(f"order must be a permutation of 0..{n - 1} (integers, shape ({n},))")
     array = np.ascontiguousarray(array, dtype=np.int64)
