@@ -570,6 +570,8 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
                     norm = 0.0
                     for b in range(start, start + size):
                         norm += sample_weight[order[b]]
+                    if norm == 0.0:
+                        continue  # a batch of zero total weight carries nothing to learn
             batch_loss = loss_sum / norm
             if hyper[H_L2] > 0.0:
                 batch_loss += 0.5 * hyper[H_L2] * squared_weights(params, layout) / norm

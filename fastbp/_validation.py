@@ -23,6 +23,22 @@ def choice(value, name, allowed):
     return value
 
 
+def flag(value, name):
+    """``value`` as a bool, refusing anything but True/False (``"no"`` would be truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def seed(value):
+    """None or a non-negative integer."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
+        raise TypeError(f"seed must be None or a non-negative integer; got {value!r}")
+    return int(value)
+
+
 def positive_int(value, name):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a positive integer; got {value!r}")
@@ -71,6 +87,8 @@ def activations(names, n_layers):
 
 
 def dtype(value):
+    if value is None:
+        raise TypeError("dtype must be float32 or float64; got None")
     try:
         resolved = np.dtype(value)
     except TypeError:

@@ -43,12 +43,12 @@ class MLP:
         self.layer_sizes = check.layer_sizes(layer_sizes)
         self.activations = check.activations(activations, len(self.layer_sizes) - 1)
         self.loss_name = check.choice(loss, "loss", check.LOSSES)
-        self.bias = bool(bias)
+        self.bias = check.flag(bias, "bias")
         self.reduction = check.choice(reduction, "reduction", check.REDUCTIONS)
         self.dtype = check.dtype(dtype)
         self.device = check.choice(device, "device", check.DEVICES)
         self._kernels = kernels(self.device)
-        self.seed = seed
+        self.seed = check.seed(seed)
         self._layout, n_params = _layout.build_layout(self.layer_sizes, self.activations,
                                                       self.bias)
         self._loss_code, self._loss_scale = _layout.loss_code(self.loss_name,
@@ -199,6 +199,7 @@ class MLP:
         if batch_size is not None:
             batch_size = check.positive_int(batch_size, "batch_size")
         optimizer = check.choice(optimizer, "optimizer", check.OPTIMIZERS)
+        shuffle = check.flag(shuffle, "shuffle")
         momentum = check.positive_float(momentum, "momentum", allow_zero=True)
         beta1 = check.positive_float(beta1, "beta1", allow_zero=True)
         beta2 = check.positive_float(beta2, "beta2", allow_zero=True)
@@ -226,7 +227,7 @@ class MLP:
         history = np.full(epochs, np.nan)
         failed = self._run(X, Y, labels, sample_weight, order=order, epochs=epochs,
                            batch_size=batch_size,
-                           shuffle=bool(shuffle), optimizer=optimizer, hyper=hyper,
+                           shuffle=shuffle, optimizer=optimizer, hyper=hyper,
                            history=history)
         if failed >= 0:
             error = FloatingPointError(

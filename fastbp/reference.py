@@ -110,10 +110,10 @@ class MLP:
         self.layer_sizes = check.layer_sizes(layer_sizes)
         self.activations = check.activations(activations, len(self.layer_sizes) - 1)
         self.loss_name = check.choice(loss, "loss", check.LOSSES)
-        self.bias = bool(bias)
+        self.bias = check.flag(bias, "bias")
         self.reduction = check.choice(reduction, "reduction", check.REDUCTIONS)
         self.dtype = check.dtype(dtype)
-        self.seed = seed
+        self.seed = check.seed(seed)
         rng = np.random.default_rng(seed)
         self.weights = [w.astype(self.dtype)
                         for w in initial_weights(self.layer_sizes, self.activations, rng)]
@@ -232,6 +232,8 @@ class MLP:
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
                 w = None if weights is None else weights[idx]
+                if w is not None and self.reduction == "mean" and w.sum() == 0:
+                    continue  # a batch of zero total weight carries nothing to learn
                 loss, dWs, dbs = self._batch(X[idx], Y[idx], w, l2)
                 norm = 1.0 if self.reduction == "sum" else (len(idx) if w is None else w.sum())
                 epoch_loss += loss * norm
