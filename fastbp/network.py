@@ -238,6 +238,13 @@ class MLP:
             raise error
         return history
 
+    def save(self, path):
+        """Write the network to ``path`` in fastbp's ``.npz`` model format
+        (``fastbp.persistence``); ``fastbp.load(path)`` reads it back exactly."""
+        from .persistence import save
+
+        save(self, path)
+
     def __repr__(self):
         return (f"MLP({list(self.layer_sizes)}, {list(self.activations)}, "
                 f"{self.loss_name!r}, bias={self.bias}, reduction={self.reduction!r}, "
