@@ -1,0 +1,904 @@
+"""scikit-learn estimators trained by fastbp's compiled engine.
+
+``MLPClassifier`` and ``MLPRegressor`` take scikit-learn's constructor parameters with
+the same defaults, set the same fitted attributes and follow the same training
+procedure: the same initial weights drawn from ``random_state``, the same early-stopping
+split, the same mini-batches in the same order, the same optimizer formulas, learning-rate
+schedules and stopping rules. Given the same data and ``random_state`` they follow the
+trajectory of ``sklearn.neural_network`` up to floating-point rounding.
+
+What differs is where the work happens: every epoch of ``sgd`` or ``adam`` is one call of
+``fastbp.MLP.fit`` (forward, backward and optimizer steps of all its mini-batches in
+compiled code), and ``lbfgs`` drives scipy's L-BFGS-B with the compiled whole-data loss
+and gradient. The Python loop between epochs keeps scikit-learn's bookkeeping: early
+stopping, ``tol``/``n_iter_no_change``, the learning-rate schedules and warnings.
+
+Beyond scikit-learn: ``dtype`` (float32 data trains in float32 end to end),
+``device`` (passed to ``fastbp.MLP``) and ``validation_loss_curve_``.
+
+Known differences: input must be dense (sparse matrices are refused); ``momentum`` must
+be below 1; ``MLPRegressor`` supports ``loss="squared_error"`` only. With
+``sample_weight``, ``loss_`` and ``loss_curve_`` average the per-sample losses with the
+weights (scikit-learn weights each batch's loss by its number of samples); for several
+regression outputs, ``loss_curve_`` sums half squared errors over the outputs (the loss
+whose gradient both libraries follow; scikit-learn reports its mean over the outputs).
+Parameters, predictions and every other attribute agree.
+
+This module imports scikit-learn; the rest of fastbp does not need it.
+"""
+
+import numbers
+import warnings
+
+import numpy as np
+import scipy
+import scipy.optimize
+from scipy.special import xlogy
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state, column_or_1d
+from sklearn.utils import shuffle as sklearn_shuffle
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import type_of_target, unique_labels
+from sklearn.utils.validation import check_is_fitted
+
+from .network import MLP
+
+try:
+    from sklearn.utils.validation import validate_data as _validate_data
+except ImportError:  # scikit-learn < 1.6
+
+    def _validate_data(estimator, *args, **kwargs):
+        return estimator._validate_data(*args, **kwargs)
+
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+_ENGINE_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh",
+                       "relu": "relu", "softmax": "softmax"}
+_STOCHASTIC = ("sgd", "adam")
+
+
+# ---------------------------------------------------------------- parameter checks
+
+
+def _check_choice(value, name, allowed):
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
+def _check_real(value, name, low, high, *, low_open=False, high_open=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {value!r}")
+    value = float(value)
+    below = value <= low if low_open else value < low
+    above = high is not None and (value >= high if high_open else value > high)
+    if np.isnan(value) or below or above:
+        interval = ("(" if low_open else "[") + f"{low}, " + (
+            "inf)" if high is None else f"{high}" + (")" if high_open else "]"))
+        raise ValueError(f"{name} must lie in {interval}; got {value!r}")
+    return value
+
+
+def _check_int(value, name, low=1):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {low}; got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+    return int(value)
+
+
+def _check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def _check_hidden(sizes):
+    """``hidden_layer_sizes`` as a list of positive ints (an int means one layer)."""
+    if isinstance(sizes, numbers.Integral) and not isinstance(sizes, (bool, np.bool_)):
+        sizes = [sizes]
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise TypeError(
+            f"hidden_layer_sizes must be a positive integer or a sequence of them; got {sizes!r}")
+    return [_check_int(s, f"hidden_layer_sizes[{i}]") for i, s in enumerate(sizes)]
+
+
+def _check_dtype(value):
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64; got {value!r}") from None
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64; got {dtype}")
+    return dtype
+
+
+def _check_sample_weight(sample_weight, n_samples, dtype):
+    """Sample weights as a float array ``(n_samples,)``: finite, non-negative and not all
+    zero (a number means that weight for every sample)."""
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, numbers.Number):
+        sample_weight = np.full(n_samples, sample_weight, dtype=dtype)
+    weights = np.asarray(sample_weight)
+    if weights.dtype.kind not in "fiub":
+        raise TypeError(f"sample_weight must hold real numbers; got dtype {weights.dtype}")
+    if weights.shape != (n_samples,):
+        raise ValueError(
+            f"sample_weight must have shape ({n_samples},) to match X; got {weights.shape}")
+    weights = np.array(weights, dtype=dtype)
+    if not np.isfinite(weights).all():
+        raise ValueError("sample_weight contains NaN or infinity")
+    if weights.min() < 0:
+        raise ValueError("sample_weight must be non-negative")
+    if not weights.any():
+        raise ValueError("sample_weight must contain at least one non-zero weight")
+    return weights
+
+
+def _writeable(array):
+    """The engine compiles one kernel per array type; read-only arrays would be another."""
+    return array if array is None or array.flags.writeable else array.copy()
+
+
+# ---------------------------------------------------------------- engine helpers
+
+
+def _optimizer_state(net):
+    """Copy of the engine's optimizer state (name, moments, step count)."""
+    return net._optimizer, net._state_m.copy(), net._state_v.copy(), net._step.copy()
+
+
+def _set_optimizer_state(net, state):
+    net._optimizer, net._state_m, net._state_v, net._step = (
+        state[0], state[1].copy(), state[2].copy(), state[3].copy())
+
+
+def _loss_value(out_activation, y, prob, sample_weight):
+    """scikit-learn's loss of predictions ``prob`` for 2-D targets ``y``, without the L2
+    term: half squared error (mean over outputs), binary log loss (summed over outputs)
+    or multiclass log loss; probabilities are clipped to ``[eps, 1 - eps]``."""
+    y = y.astype(prob.dtype)
+    if out_activation == "identity":
+        return float(0.5 * np.average((y - prob) ** 2, weights=sample_weight, axis=0).mean())
+    eps = np.finfo(prob.dtype).eps
+    prob = np.clip(prob, eps, 1 - eps)
+    if out_activation == "logistic":
+        terms = xlogy(y, prob) + xlogy(1 - y, 1 - prob)
+    else:
+        terms = xlogy(y, prob)
+    return float(-np.average(terms, weights=sample_weight, axis=0).sum())
+
+
+# ---------------------------------------------------------------- shared base
+
+
+class _BaseMLP(BaseEstimator):
+    """Training procedure shared by the classifier and the regressor."""
+
+    def __init__(self, hidden_layer_sizes, activation, solver, alpha, batch_size,
+                 learning_rate, learning_rate_init, power_t, max_iter, loss, shuffle,
+                 random_state, tol, verbose, warm_start, momentum, nesterovs_momentum,
+                 early_stopping, validation_fraction, beta_1, beta_2, epsilon,
+                 n_iter_no_change, max_fun, dtype, device):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.loss = loss
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.dtype = dtype
+        self.device = device
+
+    # ------------------------------------------------------------ validation
+
+    def _check_params(self):
+        """Every constructor parameter checked before anything changes; returns the
+        cleaned hidden layer sizes and dtype."""
+        hidden = _check_hidden(self.hidden_layer_sizes)
+        _check_choice(self.activation, "activation", ("identity", "logistic", "tanh", "relu"))
+        _check_choice(self.solver, "solver", ("lbfgs", "sgd", "adam"))
+        _check_real(self.alpha, "alpha", 0, None)
+        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
+            if isinstance(self.batch_size, str):
+                raise ValueError(f"batch_size must be 'auto' or a positive integer; "
+                                 f"got {self.batch_size!r}")
+            _check_int(self.batch_size, "batch_size")
+        _check_choice(self.learning_rate, "learning_rate", ("constant", "invscaling", "adaptive"))
+        _check_real(self.learning_rate_init, "learning_rate_init", 0, None, low_open=True)
+        _check_real(self.power_t, "power_t", 0, None)
+        _check_int(self.max_iter, "max_iter")
+        _check_bool(self.shuffle, "shuffle")
+        check_random_state(self.random_state)
+        _check_real(self.tol, "tol", 0, None)
+        if not isinstance(self.verbose, (bool, np.bool_, numbers.Integral)):
+            raise TypeError(f"verbose must be a bool or an integer; got {self.verbose!r}")
+        _check_bool(self.warm_start, "warm_start")
+        _check_real(self.momentum, "momentum", 0, 1, high_open=True)
+        _check_bool(self.nesterovs_momentum, "nesterovs_momentum")
+        _check_bool(self.early_stopping, "early_stopping")
+        _check_real(self.validation_fraction, "validation_fraction", 0, 1, high_open=True)
+        if self.early_stopping and self.validation_fraction == 0:
+            raise ValueError("validation_fraction must be positive when early_stopping=True")
+        _check_real(self.beta_1, "beta_1", 0, 1, high_open=True)
+        _check_real(self.beta_2, "beta_2", 0, 1, high_open=True)
+        _check_real(self.epsilon, "epsilon", 0, None, low_open=True)
+        if not (isinstance(self.n_iter_no_change, float) and self.n_iter_no_change == np.inf):
+            _check_int(self.n_iter_no_change, "n_iter_no_change")
+        _check_int(self.max_fun, "max_fun")
+        dtype = _check_dtype(self.dtype)
+        _check_choice(self.device, "device", ("cpu", "cuda"))
+        return hidden, dtype
+
+    def _check_solver(self):
+        if self.solver not in _STOCHASTIC:
+            raise AttributeError(
+                f"partial_fit is only available for stochastic optimizers. {self.solver} is "
+                "not stochastic.")
+        return True
+
+    # ------------------------------------------------------------ the engine network
+
+    def _engine_activations(self):
+        hidden = _ENGINE_ACTIVATIONS[self.activation]
+        return [hidden] * (self.n_layers_ - 2) + [_ENGINE_ACTIVATIONS[self.out_activation_]]
+
+    def _engine_loss(self):
+        """Engine loss name and per-sample scale giving scikit-learn's gradients: the
+        binary log loss and half the squared error are summed over the outputs."""
+        if self.out_activation_ == "softmax":
+            return "cce", 1.0
+        if self.out_activation_ == "logistic":
+            return "bce", 1.0
+        return "half_mse", 0.5
+
+    def _sync_net(self, dtype, device):
+        """The engine network holding ``coefs_`` and ``intercepts_`` (copied in, so
+        assignments to those attributes take effect); rebuilt when the architecture,
+        dtype or device changed, otherwise reused with its optimizer state."""
+        sizes = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+        acts = self._engine_activations()
+        for i, (coef, intercept) in enumerate(zip(self.coefs_, self.intercepts_, strict=True)):
+            if coef.shape != (sizes[i], sizes[i + 1]) or intercept.shape != (sizes[i + 1],):
+                raise ValueError(f"coefs_[{i}] and intercepts_[{i}] do not fit the network "
+                                 f"{sizes}: shapes {coef.shape} and {intercept.shape}")
+        key = (tuple(sizes), tuple(acts), dtype, device)
+        net = getattr(self, "_net", None)
+        if net is None or self._net_key != key:
+            loss, scale = self._engine_loss()
+            net = MLP(sizes, acts, loss, dtype=dtype, device=device, seed=0)
+            net._loss_scale = scale
+            self._net, self._net_key = net, key
+        for view, coef in zip(net.weights, self.coefs_, strict=True):
+            view[...] = coef
+        for view, intercept in zip(net.biases, self.intercepts_, strict=True):
+            view[...] = intercept
+        return net
+
+    def _read_net(self):
+        """Copy the trained parameters out of the engine network."""
+        weights, biases = self._net.get_params()
+        self.coefs_, self.intercepts_ = weights, biases
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state = dict(state)
+        net = state.pop("_net", None)
+        state.pop("_net_key", None)
+        if net is not None:
+            state["_engine_optimizer"] = _optimizer_state(net)
+        return state
+
+    def __setstate__(self, state):
+        optimizer = state.pop("_engine_optimizer", None)
+        super().__setstate__(state)
+        if optimizer is not None and hasattr(self, "coefs_"):
+            net = self._sync_net(self.coefs_[0].dtype, self._fit_device)
+            _set_optimizer_state(net, optimizer)
+
+    # ------------------------------------------------------------ fitting
+
+    def _snapshot(self):
+        state = {k: (list(v) if isinstance(v, list) else v) for k, v in self.__dict__.items()}
+        net = getattr(self, "_net", None)
+        return state, (net, _optimizer_state(net)) if net is not None else None
+
+    def _restore(self, snapshot):
+        state, engine = snapshot
+        self.__dict__.clear()
+        self.__dict__.update(state)
+        if engine is not None:
+            _set_optimizer_state(*engine)
+
+    def _fit(self, X, y, sample_weight=None, incremental=False, classes=None):
+        hidden, dtype = self._check_params()
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        snapshot = self._snapshot()
+        try:
+            return self._fit_checked(X, y, sample_weight, incremental, classes, hidden, dtype)
+        except BaseException:
+            self._restore(snapshot)
+            raise
+
+    def _fit_checked(self, X, y, sample_weight, incremental, classes, hidden, dtype):
+        if incremental:
+            self._partial_fit_classes(y, classes)
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        X, y = self._validate_input(X, y, incremental, reset=first_pass, dtype=dtype)
+        X = _writeable(X)
+        sample_weight = _check_sample_weight(sample_weight, X.shape[0], dtype)
+        if y.ndim == 1:
+            y = y.reshape((-1, 1))
+        self.n_outputs_ = y.shape[1]
+        layer_units = [X.shape[1]] + hidden + [self.n_outputs_]
+        random_state = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(y, layer_units, dtype, random_state)
+        elif [c.shape[0] for c in self.coefs_] + [self.coefs_[-1].shape[1]] != layer_units:
+            raise ValueError(
+                f"hidden_layer_sizes {hidden} and the data ({X.shape[1]} features, "
+                f"{self.n_outputs_} outputs) do not match the fitted network; refit "
+                "without warm_start")
+        net = self._sync_net(dtype, self.device)
+        self._fit_device = self.device
+        if self.solver in _STOCHASTIC:
+            self._fit_stochastic(net, X, y, sample_weight, incremental, random_state)
+        else:
+            self._fit_lbfgs(net, X, y, sample_weight)
+        if not all(np.isfinite(w).all() for w in self.coefs_ + self.intercepts_):
+            raise ValueError("Solver produced non-finite parameter weights. The input data may"
+                             " contain large values and need to be preprocessed.")
+        return self
+
+    def _initialize(self, y, layer_units, dtype, random_state):
+        """scikit-learn's initial state: Glorot-uniform weights and biases drawn from
+        ``random_state`` layer by layer (weights, then biases)."""
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_outputs_ = y.shape[1]
+        self.n_layers_ = len(layer_units)
+        self.out_activation_ = self._output_activation()
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        self.coefs_, self.intercepts_ = [], []
+        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:], strict=True):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            coef = random_state.uniform(-bound, bound, (fan_in, fan_out))
+            intercept = random_state.uniform(-bound, bound, fan_out)
+            self.coefs_.append(coef.astype(dtype, copy=False))
+            self.intercepts_.append(intercept.astype(dtype, copy=False))
+        self._best_coefs = [c.copy() for c in self.coefs_]
+        self._best_intercepts = [i.copy() for i in self.intercepts_]
+        for name in ("loss_curve_", "validation_scores_", "validation_loss_curve_",
+                     "best_loss_", "best_validation_score_", "_learning_rate"):
+            self.__dict__.pop(name, None)
+        if self.solver in _STOCHASTIC:
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.validation_loss_curve_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.validation_loss_curve_ = None
+                self.best_validation_score_ = None
+
+    def _engine_optimizer(self):
+        if self.solver == "adam":
+            return "adam"
+        if self.momentum == 0:
+            return "sgd"
+        return "nesterov" if self.nesterovs_momentum else "momentum"
+
+    def _fit_stochastic(self, net, X, y, sample_weight, incremental, random_state):
+        if not incremental or not hasattr(self, "_learning_rate"):
+            net.reset_optimizer()
+            self._learning_rate = float(self.learning_rate_init)
+        early_stopping = self.early_stopping
+        if early_stopping:
+            stratify = y if self._is_classifier() and self.n_outputs_ == 1 else None
+            arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
+            split = train_test_split(*arrays, random_state=random_state,
+                                     test_size=self.validation_fraction, stratify=stratify)
+            X_train, X_val, y_train, y_val = split[:4]
+            sw_train, sw_val = split[4:] if sample_weight is not None else (None, None)
+            if X_val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase "
+                                 "'validation_fraction' or the size of your dataset.")
+            validation = (X_val, y_val, sw_val)
+        else:
+            X_train, y_train, sw_train = X, y, sample_weight
+            validation = None
+        n_samples = X_train.shape[0]
+        if self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            if self.batch_size > n_samples:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
+                              "going to be clipped", stacklevel=3)
+            batch_size = int(np.clip(self.batch_size, 1, n_samples))
+        targets = self._engine_targets(y_train, net.dtype)
+        sample_idx = np.arange(n_samples, dtype=int)
+        optimizer = self._engine_optimizer()
+        try:
+            self.n_iter_ = 0
+            for _ in range(self.max_iter):
+                if self.shuffle:
+                    sample_idx = sklearn_shuffle(sample_idx, random_state=random_state)
+                try:
+                    history = net.fit(
+                        X_train, targets, epochs=1, lr=self._learning_rate,
+                        batch_size=batch_size, optimizer=optimizer, momentum=self.momentum,
+                        beta1=self.beta_1, beta2=self.beta_2, epsilon=self.epsilon,
+                        l2=self.alpha, sample_weight=sw_train,
+                        order=sample_idx if self.shuffle else None)
+                except FloatingPointError as error:
+                    raise ValueError(
+                        "Solver produced non-finite parameter weights. The input data may "
+                        "contain large values and need to be preprocessed.") from error
+                self.n_iter_ += 1
+                self.loss_ = float(history[0])
+                self.t_ += n_samples
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                self._update_no_improvement_count(net, validation)
+                if self.solver == "sgd" and self.learning_rate == "invscaling":
+                    self._learning_rate = (float(self.learning_rate_init)
+                                           / (self.t_ + 1) ** self.power_t)
+                if self._no_improvement_count > self.n_iter_no_change:
+                    if early_stopping:
+                        msg = ("Validation score did not improve more than tol=%f for %d "
+                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
+                    else:
+                        msg = ("Training loss did not improve more than tol=%f for %d "
+                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
+                    if self._trigger_stopping(msg):
+                        break
+                    self._no_improvement_count = 0
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(
+                        "Stochastic Optimizer: Maximum iterations (%d) reached and the "
+                        "optimization hasn't converged yet." % self.max_iter,
+                        ConvergenceWarning, stacklevel=3)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.", stacklevel=3)
+        self._read_net()
+        if early_stopping:
+            self.coefs_ = self._best_coefs
+            self.intercepts_ = self._best_intercepts
+
+    def _trigger_stopping(self, msg):
+        """scikit-learn's rule: stop, except that the adaptive schedule of ``sgd``
+        first divides the learning rate by 5 until it falls to 1e-6."""
+        if self.solver == "adam" or self.learning_rate != "adaptive":
+            if self.verbose:
+                print(msg + " Stopping.")
+            return True
+        if self._learning_rate <= 1e-6:
+            if self.verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        self._learning_rate /= 5.0
+        if self.verbose:
+            print(msg + " Setting learning rate to %f" % self._learning_rate)
+        return False
+
+    def _update_no_improvement_count(self, net, validation):
+        if validation is None:
+            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if self.loss_curve_[-1] < self.best_loss_:
+                self.best_loss_ = self.loss_curve_[-1]
+            return
+        X_val, y_val, sw_val = validation
+        prob = net.forward(X_val)
+        self.validation_loss_curve_.append(
+            _loss_value(self.out_activation_, y_val, prob, sw_val))
+        score = self._score_output(prob, y_val, sw_val)
+        self.validation_scores_.append(score)
+        if self.verbose:
+            print("Validation score: %f" % score)
+        if score < self.best_validation_score_ + self.tol:
+            self._no_improvement_count += 1
+        else:
+            self._no_improvement_count = 0
+        if score > self.best_validation_score_:
+            self.best_validation_score_ = score
+            self._best_coefs, self._best_intercepts = net.get_params()
+
+    def _fit_lbfgs(self, net, X, y, sample_weight):
+        """scipy's L-BFGS-B over scikit-learn's packing (all weights, then all biases),
+        with loss and gradient from the compiled engine."""
+        targets = self._engine_targets(y, net.dtype)
+        shapes = [c.shape for c in self.coefs_]
+        bounds = np.cumsum([0] + [a * b for a, b in shapes] + [b for _, b in shapes])
+        n_layers = len(shapes)
+        n_out = self.n_outputs_
+        weight_total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+
+        def unpack(packed):
+            for i, (view, bias) in enumerate(zip(net.weights, net.biases, strict=True)):
+                view[...] = packed[bounds[i]:bounds[i + 1]].reshape(shapes[i])
+                bias[...] = packed[bounds[n_layers + i]:bounds[n_layers + i + 1]]
+
+        def loss_and_gradient(packed):
+            unpack(packed)
+            loss, dWs, dbs = net.gradients(X, targets, sample_weight=sample_weight,
+                                           l2=self.alpha)
+            if self.out_activation_ == "identity" and n_out > 1:
+                # scikit-learn reports the squared error averaged over the outputs while
+                # following the gradient of its sum; L-BFGS-B sees the same pair.
+                penalty = 0.5 * self.alpha * sum(
+                    float(np.dot(w.ravel(), w.ravel())) for w in net.weights) / weight_total
+                loss = (loss - penalty) / n_out + penalty
+            grad = np.concatenate([g.ravel() for g in dWs] + [g.ravel() for g in dbs])
+            return loss, grad.astype(np.float64, copy=False)
+
+        packed = np.hstack([c.ravel() for c in self.coefs_ + self.intercepts_])
+        options = {"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol}
+        if tuple(int(p) for p in scipy.__version__.split(".")[:2]) < (1, 15):
+            options["iprint"] = 1 if self.verbose else -1
+        result = scipy.optimize.minimize(loss_and_gradient, packed, method="L-BFGS-B",
+                                         jac=True, options=options)
+        self.n_iter_ = min(result.nit, self.max_iter)
+        if result.status != 0:
+            message = (f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
+                       f"(status={result.status}):\n{result.message}\n")
+            if self.n_iter_ == self.max_iter:
+                message += ("\nIncrease the number of iterations to improve the convergence "
+                            f"(max_iter={self.max_iter}).")
+            message += ("\nYou might also want to scale the data as shown in:\n"
+                        "    https://scikit-learn.org/stable/modules/preprocessing.html")
+            warnings.warn(message, ConvergenceWarning, stacklevel=4)
+        self.loss_ = float(result.fun)
+        unpack(result.x)
+        self._read_net()
+
+    # ------------------------------------------------------------ prediction
+
+    def _forward(self, X):
+        """Output activations ``(n_samples, n_outputs)`` of the fitted network."""
+        check_is_fitted(self, "coefs_")
+        dtype = self.coefs_[0].dtype
+        X = _writeable(_validate_data(self, X, reset=False, dtype=dtype))
+        device = getattr(self, "_fit_device", "cpu")
+        return self._sync_net(dtype, device).forward(X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _more_tags(self):  # scikit-learn < 1.6
+        return {"multioutput": True, "multilabel": True}
+
+
+_PARAMETER_DOC = """
+    Parameters
+    ----------
+    hidden_layer_sizes : int or sequence of int, default=(100,)
+        Width of each hidden layer.
+    activation : {'identity', 'logistic', 'tanh', 'relu'}, default='relu'
+        Activation of the hidden layers.
+    solver : {'lbfgs', 'sgd', 'adam'}, default='adam'
+        ``sgd`` and ``adam`` train mini-batches in the compiled engine, one engine call
+        per epoch; ``lbfgs`` runs scipy's L-BFGS-B on the compiled full-batch loss and
+        gradient.
+    alpha : float, default=0.0001
+        L2 penalty: ``0.5 * alpha * sum(W**2)`` per batch, divided like the data term.
+    batch_size : int or 'auto', default='auto'
+        Mini-batch size; ``'auto'`` is ``min(200, n_samples)``.
+    learning_rate : {'constant', 'invscaling', 'adaptive'}, default='constant'
+        Schedule of ``sgd``: constant, ``learning_rate_init / (t + 1) ** power_t`` after
+        each epoch (``t`` counts samples seen), or divided by 5 whenever
+        ``n_iter_no_change`` epochs fail to improve by ``tol``.
+    learning_rate_init : float, default=0.001
+        Initial learning rate of ``sgd`` and ``adam``.
+    power_t : float, default=0.5
+        Exponent of the ``invscaling`` schedule.
+    max_iter : int, default=200
+        Epochs of ``sgd``/``adam``; iterations of ``lbfgs``.
+    shuffle : bool, default=True
+        Whether to draw a new sample order each epoch from ``random_state``.
+    random_state : int, RandomState instance or None, default=None
+        Source of the initial weights, the early-stopping split and the sample order,
+        drawn in scikit-learn's order, so both libraries start and shuffle alike.
+    tol : float, default=1e-4
+        Improvement of the loss (or validation score) that counts as progress; the
+        gradient tolerance of ``lbfgs``.
+    verbose : bool or int, default=False
+        Print the loss after every epoch.
+    warm_start : bool, default=False
+        Continue from the fitted weights instead of initializing anew.
+    momentum : float, default=0.9
+        Momentum of ``sgd``, in ``[0, 1)``.
+    nesterovs_momentum : bool, default=True
+        Use Nesterov's momentum with ``sgd``.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the data and stop when its score stops
+        improving; the best weights are kept.
+    validation_fraction : float, default=0.1
+        Share of the data held out for early stopping.
+    beta_1, beta_2 : float, default=0.9, 0.999
+        Decay rates of Adam's first and second moments.
+    epsilon : float, default=1e-8
+        Adam's denominator offset.
+    n_iter_no_change : int, default=10
+        Epochs without improvement by ``tol`` before stopping.
+    max_fun : int, default=15000
+        Most loss evaluations of ``lbfgs``.
+    dtype : float32 or float64, default=np.float64
+        Precision of the parameters and of all arithmetic; data is converted to it.
+    device : {'cpu', 'cuda'}, default='cpu'
+        Where the engine runs (``fastbp.MLP``'s ``device``).
+
+    Attributes
+    ----------
+    coefs_, intercepts_ : list of ndarray
+        Weights ``(fan_in, fan_out)`` and biases ``(fan_out,)`` of each layer.
+    loss_ : float
+        Loss of the last epoch (or of the ``lbfgs`` solution), L2 term included.
+    best_loss_ : float or None
+        Lowest training loss; None with early stopping.
+    loss_curve_ : list of float
+        Loss of every epoch (``sgd``/``adam``).
+    validation_scores_ : list of float or None
+        Score on the held-out data after every epoch, with early stopping.
+    validation_loss_curve_ : list of float or None
+        Loss (without the L2 term) on the held-out data after every epoch, with early
+        stopping; compare with ``loss_curve_`` to see over-fitting.
+    best_validation_score_ : float or None
+        Best of ``validation_scores_``.
+    t_ : int
+        Training samples seen.
+    n_iter_ : int
+        Epochs (or ``lbfgs`` iterations) of the last fit.
+    n_layers_, n_outputs_ : int
+        Layers including input and output; output units.
+    out_activation_ : str
+        Output activation.
+    n_features_in_ : int
+        Number of features seen in fit.
+    feature_names_in_ : ndarray of str
+        Feature names, when X had string column names.
+"""
+
+
+# ---------------------------------------------------------------- the estimators
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    __doc__ = ("""Multilayer perceptron classifier (log loss) trained by fastbp's engine.
+
+    A drop-in replacement of ``sklearn.neural_network.MLPClassifier``: softmax output for
+    several classes, a logistic output per column for two classes and for multi-label
+    targets.
+""" + _PARAMETER_DOC + """    classes_ : ndarray or list of ndarray
+        Class labels.
+""")
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dtype=np.float64, device="cpu"):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
+            alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
+            loss="log_loss", shuffle=shuffle, random_state=random_state, tol=tol,
+            verbose=verbose, warm_start=warm_start, momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+            validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
+            epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
+            dtype=dtype, device=device)
+
+    def _is_classifier(self):
+        return True
+
+    def _output_activation(self):
+        return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
+
+    def _partial_fit_classes(self, y, classes):
+        """scikit-learn's first-call rule: ``classes`` is required the first time and
+        must not change later."""
+        if getattr(self, "classes_", None) is None and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        if classes is None:
+            return
+        if getattr(self, "classes_", None) is not None:
+            if not np.array_equal(self.classes_, unique_labels(classes)):
+                raise ValueError(f"`classes={classes!r}` is not the same as on last call to "
+                                 f"partial_fit, was: {self.classes_!r}")
+            return
+        self.classes_ = unique_labels(classes)
+        self._label_binarizer = LabelBinarizer()
+        if type_of_target(y).startswith("multilabel"):
+            self._label_binarizer.fit(y)
+        else:
+            self._label_binarizer.fit(classes)
+
+    def _validate_input(self, X, y, incremental, reset, dtype):
+        X, y = _validate_data(self, X, y, multi_output=True, dtype=dtype, reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer()
+            self._label_binarizer.fit(y)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError(
+                        "warm_start can only be used where `y` has the same classes as in "
+                        f"the previous call to fit. Previously got {self.classes_}, `y` has "
+                        f"{classes}")
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
+                                 f"{self.classes_}. 'y' has {classes}.")
+        return X, self._label_binarizer.transform(y).astype(bool)
+
+    def _engine_targets(self, y, dtype):
+        """Class indices for a softmax output, else 0/1 targets per output column."""
+        if self.out_activation_ == "softmax":
+            return np.argmax(y, axis=1).astype(np.int64)
+        return y.astype(dtype)
+
+    def _score_output(self, prob, y, sample_weight):
+        if not np.isfinite(prob).all():
+            return np.nan
+        return float(accuracy_score(self._label_binarizer.inverse_transform(y),
+                                    self._labels(prob), sample_weight=sample_weight))
+
+    def _labels(self, prob):
+        if self.n_outputs_ == 1:
+            prob = prob.ravel()
+        return self._label_binarizer.inverse_transform(prob)
+
+    def fit(self, X, y, sample_weight=None):
+        """Train on ``X`` ``(n_samples, n_features)`` and labels ``y`` ``(n_samples,)``
+        (or a 0/1 indicator matrix ``(n_samples, n_labels)`` for multi-label), each
+        sample weighted by ``sample_weight`` ``(n_samples,)``. Returns self."""
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over ``X``, ``y``, continuing the optimizer's state; ``classes``
+        (every label the model will see) is required on the first call. Returns self."""
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True, classes=classes)
+
+    def predict(self, X):
+        """Class labels ``(n_samples,)``, or an indicator matrix for multi-label."""
+        return self._labels(self._forward(X))
+
+    def predict_proba(self, X):
+        """Class probabilities ``(n_samples, n_classes)`` in the order of ``classes_``."""
+        prob = self._forward(X)
+        if self.n_outputs_ == 1:
+            prob = prob.ravel()
+        if prob.ndim == 1:
+            return np.vstack([1 - prob, prob]).T
+        return prob
+
+    def predict_log_proba(self, X):
+        """Logarithm of ``predict_proba``."""
+        prob = self.predict_proba(X)
+        return np.log(prob, out=prob)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    __doc__ = ("""Multilayer perceptron regressor (squared error) trained by fastbp's engine.
+
+    A drop-in replacement of ``sklearn.neural_network.MLPRegressor`` with an identity
+    output; several targets are fitted at once.
+
+    loss : {'squared_error'}, default='squared_error'
+        Half the squared error; scikit-learn's ``'poisson'`` needs an exponential output
+        the engine does not have.
+""" + _PARAMETER_DOC)
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
+                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dtype=np.float64, device="cpu"):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
+            alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
+            loss=loss, shuffle=shuffle, random_state=random_state, tol=tol,
+            verbose=verbose, warm_start=warm_start, momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+            validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
+            epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
+            dtype=dtype, device=device)
+
+    def _check_params(self):
+        if self.loss == "poisson":
+            raise ValueError("loss='poisson' is not supported by fastbp (its engine has no "
+                             "exponential output); use loss='squared_error'")
+        _check_choice(self.loss, "loss", ("squared_error",))
+        return super()._check_params()
+
+    def _is_classifier(self):
+        return False
+
+    def _output_activation(self):
+        return "identity"
+
+    def _partial_fit_classes(self, y, classes):
+        pass
+
+    def _validate_input(self, X, y, incremental, reset, dtype):
+        X, y = _validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=dtype,
+                              reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        return X, y
+
+    def _engine_targets(self, y, dtype):
+        return np.ascontiguousarray(y, dtype=dtype)
+
+    def _score_output(self, prob, y, sample_weight):
+        if not np.isfinite(prob).all():
+            return np.nan
+        if prob.shape[1] == 1:
+            prob, y = prob.ravel(), y.ravel()
+        return float(r2_score(y, prob, sample_weight=sample_weight))
+
+    def fit(self, X, y, sample_weight=None):
+        """Train on ``X`` ``(n_samples, n_features)`` and targets ``y`` ``(n_samples,)``
+        or ``(n_samples, n_targets)``, each sample weighted by ``sample_weight``
+        ``(n_samples,)``. Returns self."""
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over ``X``, ``y``, continuing the optimizer's state. Returns self."""
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+    def predict(self, X):
+        """Predictions ``(n_samples,)``, or ``(n_samples, n_targets)`` for several targets."""
+        out = self._forward(X)
+        return out.ravel() if out.shape[1] == 1 else out
