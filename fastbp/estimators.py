@@ -878,7 +878,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return X, y
 
     def _engine_targets(self, y, dtype):
-        return np.ascontiguousarray(y, dtype=dtype)
+        return _writeable(np.ascontiguousarray(y, dtype=dtype))
 
     def _score_output(self, prob, y, sample_weight):
         if not np.isfinite(prob).all():

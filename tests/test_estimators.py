@@ -1,0 +1,321 @@
+"""fastbp.MLPClassifier / MLPRegressor against scikit-learn's own estimators.
+
+The estimators replay scikit-learn's procedure, so with the same data and random_state
+the two must produce the same weights up to floating-point rounding.
+"""
+
+import pickle
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn import neural_network as sk  # noqa: E402
+from sklearn.datasets import load_digits, make_regression  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from fastbp import MLPClassifier, MLPRegressor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X / 16.0, y
+
+
+def relative_difference(ours, theirs):
+    return max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(ours, theirs))
+
+
+def fit_both(kind, X, y, **params):
+    """Fit fastbp's and scikit-learn's estimator alike, ignoring ConvergenceWarning."""
+    ours = {"classifier": MLPClassifier, "regressor": MLPRegressor}[kind](**params)
+    theirs = {"classifier": sk.MLPClassifier, "regressor": sk.MLPRegressor}[kind](**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours.fit(X, y)
+        theirs.fit(X, y)
+    return ours, theirs
+
+
+def assert_same_model(ours, theirs, rtol):
+    assert relative_difference(ours.coefs_, theirs.coefs_) < rtol
+    assert relative_difference(ours.intercepts_, theirs.intercepts_) < rtol
+    for name in ("n_iter_", "t_", "n_layers_", "n_outputs_", "out_activation_",
+                 "n_features_in_"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+
+
+# ---------------------------------------------------------------- scikit-learn's checks
+
+
+def expected_failed_checks(estimator):
+    # Nothing is expected to fail; the hook stays so a future check that no mini-batch
+    # trainer can pass is declared here with its reason.
+    return {}
+
+
+# scikit-learn's common tests run its MLPs with max_iter=100 too.
+@parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100)],
+                         expected_failed_checks=expected_failed_checks)
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+# ---------------------------------------------------------------- same trajectory
+
+
+SOLVERS = {
+    "adam": dict(solver="adam"),
+    "adam-early-stopping": dict(solver="adam", early_stopping=True, validation_fraction=0.2),
+    "sgd-nesterov": dict(solver="sgd", learning_rate_init=0.01),
+    "sgd-momentum-invscaling": dict(solver="sgd", nesterovs_momentum=False,
+                                    learning_rate="invscaling", learning_rate_init=0.2),
+    "sgd-plain": dict(solver="sgd", momentum=0.0, learning_rate_init=0.05),
+    # tol this large makes every epoch count as no progress: the rate is divided by 5
+    # after each, checking that learning-rate changes reach the engine between epochs.
+    "sgd-adaptive": dict(solver="sgd", learning_rate="adaptive", learning_rate_init=0.05,
+                         tol=0.5, n_iter_no_change=1),
+}
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_classifier_follows_scikit_learn_for_ten_epochs(digits, name):
+    X, y = digits
+    ours, theirs = fit_both("classifier", X, y, hidden_layer_sizes=(40,), max_iter=10,
+                            random_state=0, **SOLVERS[name])
+    assert ours.n_iter_ == 10
+    assert_same_model(ours, theirs, rtol=1e-6)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-9)
+    assert ours.best_loss_ == theirs.best_loss_ or ours.best_loss_ == pytest.approx(
+        theirs.best_loss_, rel=1e-9)
+    if ours.early_stopping:
+        assert ours.validation_scores_ == pytest.approx(theirs.validation_scores_)
+        assert ours.best_validation_score_ == theirs.best_validation_score_
+        assert len(ours.validation_loss_curve_) == 10
+    else:
+        assert ours.validation_scores_ is None and ours.validation_loss_curve_ is None
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-9)
+
+
+def test_stopping_rules_and_warnings_match(digits):
+    """tol/n_iter_no_change end training at the same epoch; early stopping restores the
+    best weights; ConvergenceWarning is raised exactly when scikit-learn raises it."""
+    X, y = digits
+    X, y = X[:600], y[:600]
+    for params in (dict(tol=1e-2, n_iter_no_change=2, max_iter=200),
+                   dict(early_stopping=True, n_iter_no_change=3, max_iter=200, tol=0.01),
+                   dict(max_iter=3)):
+        common = dict(hidden_layer_sizes=(16,), random_state=1, learning_rate_init=0.01)
+        with warnings.catch_warnings(record=True) as ours_warned:
+            warnings.simplefilter("always")
+            ours = MLPClassifier(**common, **params).fit(X, y)
+        with warnings.catch_warnings(record=True) as theirs_warned:
+            warnings.simplefilter("always")
+            theirs = sk.MLPClassifier(**common, **params).fit(X, y)
+        assert ours.n_iter_ == theirs.n_iter_ and ours.n_iter_ < 200
+        assert ([w.category for w in ours_warned if w.category is ConvergenceWarning]
+                == [w.category for w in theirs_warned if w.category is ConvergenceWarning])
+        assert_same_model(ours, theirs, rtol=1e-6)
+
+
+def test_warm_start_and_partial_fit_match(digits):
+    X, y = digits
+    X, y = X[:500], y[:500]
+    params = dict(hidden_layer_sizes=(20,), max_iter=3, random_state=np.random.RandomState(3),
+                  warm_start=True)
+    ours = MLPClassifier(**params)
+    theirs = sk.MLPClassifier(**{**params, "random_state": np.random.RandomState(3)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for _ in range(2):
+            ours.fit(X, y)
+            theirs.fit(X, y)
+    assert_same_model(ours, theirs, rtol=1e-6)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
+
+    classes = np.unique(y)
+    ours = MLPClassifier(hidden_layer_sizes=(20,), random_state=4, solver="sgd")
+    theirs = sk.MLPClassifier(hidden_layer_sizes=(20,), random_state=4, solver="sgd")
+    for start in (0, 100, 200):
+        ours.partial_fit(X[start:start + 300], y[start:start + 300], classes=classes)
+        theirs.partial_fit(X[start:start + 300], y[start:start + 300], classes=classes)
+    assert_same_model(ours, theirs, rtol=1e-6)
+    with pytest.raises(ValueError, match="classes"):
+        MLPClassifier().partial_fit(X, y)
+    with pytest.raises(AttributeError, match="partial_fit"):
+        MLPClassifier(solver="lbfgs").partial_fit
+
+
+def test_multilabel_and_binary_classification_match(digits):
+    X, y = digits
+    Y = np.column_stack([y % 2, y > 4, y == 0])
+    ours, theirs = fit_both("classifier", X, Y, hidden_layer_sizes=(16,), max_iter=5,
+                            random_state=0)
+    assert ours.out_activation_ == "logistic" and ours.n_outputs_ == 3
+    assert_same_model(ours, theirs, rtol=1e-6)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
+    assert ours.predict(X).shape == Y.shape
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+
+    labels = np.where(y > 4, "big", "small")
+    ours, theirs = fit_both("classifier", X, labels, hidden_layer_sizes=(8,), max_iter=5,
+                            random_state=0, early_stopping=True)
+    assert_same_model(ours, theirs, rtol=1e-6)
+    assert list(ours.classes_) == ["big", "small"]
+    assert ours.predict_proba(X).shape == (len(X), 2)
+    np.testing.assert_allclose(ours.predict_log_proba(X[:5]), np.log(ours.predict_proba(X[:5])))
+    assert ours.score(X, labels) == theirs.score(X, labels)
+
+
+def test_sample_weight_matches_in_weights(digits):
+    X, y = digits
+    weights = np.random.RandomState(0).uniform(0.5, 2.0, len(y))
+    ours = MLPClassifier(hidden_layer_sizes=(16,), max_iter=5, random_state=0)
+    theirs = sk.MLPClassifier(hidden_layer_sizes=(16,), max_iter=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours.fit(X, y, sample_weight=weights)
+        theirs.fit(X, y, sample_weight=weights)
+    assert_same_model(ours, theirs, rtol=1e-6)
+
+
+def test_regressor_matches(digits):
+    X, y = digits
+    targets = np.column_stack([y, X[:, 20:22].sum(axis=1)])
+    for Y, solver in ((y.astype(float), "adam"), (targets, "sgd")):
+        ours, theirs = fit_both("regressor", X, Y, hidden_layer_sizes=(16,), max_iter=10,
+                                random_state=0, solver=solver, learning_rate_init=0.001)
+        assert_same_model(ours, theirs, rtol=1e-6)
+        assert ours.predict(X).shape == np.shape(Y)
+        if Y.ndim == 1:
+            np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
+        else:
+            # Documented: fastbp sums half squared errors over outputs, scikit-learn averages.
+            assert ours.loss_ > theirs.loss_
+        assert ours.score(X, Y) == pytest.approx(theirs.score(X, Y), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_lbfgs_matches(digits, kind):
+    X, y = digits
+    X, y = X[:400], y[:400]
+    if kind == "regressor":
+        y = np.column_stack([y, X[:, 30]])  # two outputs
+    ours, theirs = fit_both(kind, X, y, hidden_layer_sizes=(12,), solver="lbfgs", max_iter=30,
+                            random_state=0)
+    assert_same_model(ours, theirs, rtol=1e-5)
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-7)
+    assert not hasattr(ours, "loss_curve_")
+    with pytest.warns(ConvergenceWarning, match="lbfgs failed to converge"):
+        MLPRegressor(solver="lbfgs", max_iter=2, hidden_layer_sizes=(5,)).fit(X, y)
+
+
+def test_regression_with_early_stopping_on_generated_data():
+    X, y = make_regression(n_samples=300, n_features=5, noise=0.1, random_state=0)
+    y = y / y.std()
+    ours, theirs = fit_both("regressor", X, y, hidden_layer_sizes=(16,), max_iter=20,
+                            random_state=0, early_stopping=True, learning_rate_init=0.01)
+    assert_same_model(ours, theirs, rtol=1e-6)
+    assert ours.validation_scores_ == pytest.approx(theirs.validation_scores_)
+    assert len(ours.validation_loss_curve_) == len(ours.loss_curve_)
+    assert ours.best_loss_ is None
+
+
+# ---------------------------------------------------------------- beyond scikit-learn
+
+
+def test_float32_trains_in_float32(digits):
+    X, y = digits
+    X32 = X.astype(np.float32)
+    ours = MLPClassifier(hidden_layer_sizes=(16,), max_iter=5, random_state=0, dtype=np.float32)
+    theirs = sk.MLPClassifier(hidden_layer_sizes=(16,), max_iter=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours.fit(X32, y)
+        theirs.fit(X32, y)  # scikit-learn keeps float32 input in float32 too
+    assert all(c.dtype == np.float32 for c in ours.coefs_ + ours.intercepts_)
+    assert ours.predict_proba(X32).dtype == np.float32
+    assert relative_difference(ours.coefs_, theirs.coefs_) < 1e-4
+    default = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1).fit(X32, y)
+    assert default.coefs_[0].dtype == np.float64
+
+
+def test_device_is_passed_to_the_engine(digits):
+    X, y = digits
+    est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1, device="cpu").fit(X[:50], y[:50])
+    assert est._net.device == "cpu"
+    with pytest.raises(ValueError, match="device"):
+        MLPClassifier(device="tpu").fit(X[:50], y[:50])
+
+
+def test_pickle_round_trip_keeps_predictions_and_optimizer(digits):
+    X, y = digits
+    est = MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    copy = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(copy.predict_proba(X), est.predict_proba(X))
+    est.partial_fit(X, y)
+    copy.partial_fit(X, y)
+    np.testing.assert_array_equal(copy.coefs_[0], est.coefs_[0])
+
+
+def test_feature_names_are_recorded(digits):
+    pa = pytest.importorskip("pyarrow")
+    X, y = digits
+    names = [f"pixel{i}" for i in range(X.shape[1])]
+    table = pa.table({name: X[:60, i] for i, name in enumerate(names)})
+    est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(table, y[:60])
+    assert list(est.feature_names_in_) == names
+    np.testing.assert_array_equal(est.predict(table), est.predict(X[:60]))
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_bad_parameters_name_the_argument_and_leave_the_model_alone(digits):
+    X, y = digits
+    est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X[:100], y[:100])
+    before = [c.copy() for c in est.coefs_]
+    state = dict(est.__dict__)
+    for name, value in (("alpha", -1.0), ("momentum", 1.0), ("batch_size", 0),
+                        ("activation", "softmax"), ("hidden_layer_sizes", (0,)),
+                        ("learning_rate_init", 0.0), ("validation_fraction", 1.0),
+                        ("dtype", np.int32), ("solver", "newton"), ("max_iter", 1.5)):
+        bad = est.set_params(**{name: value})
+        with pytest.raises((ValueError, TypeError), match=name.split("_sizes")[0]):
+            bad.fit(X[:100], y[:100])
+        est.set_params(**{name: MLPClassifier().get_params()[name]})
+    est.set_params(hidden_layer_sizes=(4,), max_iter=2)
+    with pytest.raises(ValueError, match="sample_weight"):
+        est.fit(X[:100], y[:100], sample_weight=-np.ones(100))
+    with pytest.raises(ValueError, match="poisson"):
+        MLPRegressor(loss="poisson").fit(X[:10], y[:10])
+    assert est.__dict__.keys() == state.keys()
+    for a, b in zip(est.coefs_, before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_core_imports_without_scikit_learn():
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "import fastbp\n"
+            "assert fastbp.MLP and fastbp.load\n"
+            "try:\n    fastbp.MLPClassifier\nexcept ImportError:\n    print('lazy')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "lazy"
