@@ -29,7 +29,8 @@ def digits():
 
 
 def relative_difference(ours, theirs):
-    return max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(ours, theirs))
+    return max(float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+               for a, b in zip(ours, theirs, strict=True))
 
 
 def fit_both(kind, X, y, **params):
@@ -151,7 +152,7 @@ def test_warm_start_and_partial_fit_match(digits):
     with pytest.raises(ValueError, match="classes"):
         MLPClassifier().partial_fit(X, y)
     with pytest.raises(AttributeError, match="partial_fit"):
-        MLPClassifier(solver="lbfgs").partial_fit
+        MLPClassifier(solver="lbfgs").partial_fit  # noqa: B018
 
 
 def test_multilabel_and_binary_classification_match(digits):
@@ -307,7 +308,7 @@ def test_bad_parameters_name_the_argument_and_leave_the_model_alone(digits):
     with pytest.raises(ValueError, match="poisson"):
         MLPRegressor(loss="poisson").fit(X[:10], y[:10])
     assert est.__dict__.keys() == state.keys()
-    for a, b in zip(est.coefs_, before):
+    for a, b in zip(est.coefs_, before, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
