@@ -86,9 +86,10 @@ def _open(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model file at {path}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("it holds a single array, not an .npz archive")
+        archive = np.load(path, allow_pickle=False)
+        if not hasattr(archive, "files"):
+            raise ValueError("it holds a single array, not an .npz archive")
+        with archive:
             return {name: archive[name] for name in archive.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         if isinstance(error, ValueError) and str(error).startswith("it holds"):

@@ -1,0 +1,111 @@
+"""MLP.save / fastbp.load: exact round trips and clear refusals."""
+
+import os
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import persistence
+
+
+def trained(sizes, activations, loss, **options):
+    net = fastbp.MLP(sizes, activations, loss, seed=1, **options)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, sizes[0]))
+    Y = rng.integers(0, sizes[-1], 40) if loss == "cce" else rng.uniform(size=(40, sizes[-1]))
+    net.fit(X, Y, epochs=2, lr=0.05, batch_size=16, optimizer="adam")
+    return net, X
+
+
+@pytest.mark.parametrize("sizes, activations, loss, options", [
+    ([5, 7, 3], ["tanh", "softmax"], "cce", {}),
+    ([4, 6, 5, 2], ["relu", "leaky_relu", "sigmoid"], "bce", {"reduction": "sum"}),
+    ([3, 2], "identity", "half_mse", {"bias": False, "dtype": np.float32}),
+])
+def test_round_trip_is_exact(tmp_path, sizes, activations, loss, options):
+    net, X = trained(sizes, activations, loss, **options)
+    net._loss_scale = 0.25  # estimators change it; the file keeps it
+    path = tmp_path / "model"  # no suffix: written exactly there
+    net.save(path)
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+    loaded = fastbp.load(path)
+    assert repr(loaded) == repr(net)
+    assert (loaded.layer_sizes, loaded.activations, loaded.loss_name, loaded.bias,
+            loaded.reduction, loaded.dtype) == (net.layer_sizes, net.activations,
+                                                net.loss_name, net.bias, net.reduction,
+                                                net.dtype)
+    assert loaded._loss_scale == 0.25
+    for a, b in zip(loaded.weights + (loaded.biases or []), net.weights + (net.biases or []),
+                    strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(loaded.forward(X), net.forward(X))
+
+
+def test_file_is_plain_numbers_and_strings(tmp_path):
+    net, _ = trained([3, 4, 2], ["relu", "softmax"], "cce")
+    net.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as archive:
+        assert str(archive["format"]) == "fastbp.MLP"
+        assert int(archive["format_version"]) == persistence.FORMAT_VERSION == 1
+        assert archive["W0"].shape == (3, 4) and archive["b1"].shape == (2,)
+        assert list(archive["activations"]) == ["relu", "softmax"]
+
+
+def test_metadata_round_trip(tmp_path):
+    net, _ = trained([3, 2], "sigmoid", "bce")
+    persistence.save(net, tmp_path / "m.npz",
+                     metadata={"classes": np.array([3.0, 7.0]), "task": "classify"})
+    meta = persistence.read_metadata(tmp_path / "m.npz")
+    np.testing.assert_array_equal(meta["classes"], [3.0, 7.0])
+    assert str(meta["task"]) == "classify"
+    assert fastbp.load(tmp_path / "m.npz").layer_sizes == (3, 2)
+    with pytest.raises(TypeError, match="metadata"):
+        persistence.save(net, tmp_path / "x.npz", metadata={"bad": np.array([object()])})
+
+
+def rewrite(path, **changes):
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    arrays.update(changes)
+    for name, value in changes.items():
+        if value is None:
+            del arrays[name]
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"format_version": np.array(2)}, "version 2"),
+    ({"format": np.array("something else")}, "not a fastbp model"),
+    ({"W0": None}, "'W0' is missing"),
+    ({"W0": np.zeros((2, 2))}, "shape"),
+    ({"W0": np.full((3, 4), np.nan)}, "NaN"),
+    ({"activations": np.array(["relu", "cosine"])}, "activations"),
+    ({"dtype": np.array("int8")}, "dtype"),
+])
+def test_refuses_inconsistent_files(tmp_path, change, message):
+    net, _ = trained([3, 4, 2], ["relu", "softmax"], "cce")
+    path = tmp_path / "m.npz"
+    net.save(path)
+    rewrite(path, **change)
+    with pytest.raises(ValueError, match=message):
+        fastbp.load(path)
+
+
+def test_refuses_files_that_are_not_models(tmp_path):
+    text = tmp_path / "notes.npz"
+    text.write_text("just some text\n")
+    with pytest.raises(ValueError, match="not a fastbp model file"):
+        fastbp.load(text)
+    single = tmp_path / "array.npz"
+    with open(single, "wb") as file:
+        np.save(file, np.zeros(3))
+    with pytest.raises(ValueError, match="single array"):
+        fastbp.load(single)
+    pickled = tmp_path / "objects.npz"
+    np.savez(pickled, format=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="not a fastbp model file"):
+        fastbp.load(pickled)
+    with pytest.raises(FileNotFoundError):
+        fastbp.load(tmp_path / "missing.npz")
