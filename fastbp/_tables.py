@@ -131,7 +131,11 @@ def _load_numpy(path):
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         kind = "an .npz archive" if path.lower().endswith(".npz") else "a NumPy .npy file"
-        reason = "it holds Python objects" if "pickle" in str(error) else str(error)
+        reason = str(error)
+        if "Object arrays" in reason:
+            reason = "it holds Python objects"
+        elif "pickle" in reason:
+            reason = "it is not in NumPy's format"
         raise DataError(f"{path} is not {kind} ({reason})") from None
 
 
