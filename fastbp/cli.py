@@ -89,10 +89,13 @@ def _parser():
     train.add_argument("--solver", choices=("adam", "sgd", "lbfgs"), default="adam")
     train.add_argument("--epochs", type=_positive(int), default=30,
                        help="epochs (lbfgs: iterations); default 30")
-    train.add_argument("--batch-size", type=_positive(int), default=64)
-    train.add_argument("--lr", type=_positive(float), default=1e-3, help="learning rate")
-    train.add_argument("--alpha", type=float, default=1e-4, help="L2 penalty")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--batch-size", type=_positive(int), default=64,
+                       help="mini-batch size (default 64)")
+    train.add_argument("--lr", type=_positive(float), default=1e-3,
+                       help="learning rate (default 0.001)")
+    train.add_argument("--alpha", type=float, default=1e-4, help="L2 penalty (default 0.0001)")
+    train.add_argument("--seed", type=int, default=0,
+                       help="seed of the weights, split and batch order (default 0)")
     train.add_argument("--validation", type=_fraction, default=0.1,
                        help="share of rows held out for validation (default 0.1)")
     train.add_argument("--no-scale", action="store_true",
