@@ -68,6 +68,10 @@ BK = 4 if SIMULATOR else 16
 LD = TILE + 1  # padded row of a shared tile: stores along BK hit distinct banks
 STAGE = BK * LD
 RR = R * R
+# Elements of the data type that the float64 reduction scratch at the start of the
+# dynamic shared buffer may take (TPB float64 are 2 * TPB float32).
+RED_SPACE = 2 * TPB
+FLOAT64 = np.dtype(np.float64)
 
 #: Networks whose layers are all at most this wide use the chunk-per-block schedule.
 CHUNK_MAX_WIDTH = TILE
@@ -696,9 +700,11 @@ def train_kernel(X, Y, labels, sw, order, norms, params, state_m, state_v, saved
                  epoch_hi):
     """Epochs ``epoch_lo .. epoch_hi`` of training (or one gradient, or one forward pass)
     on a cooperative grid; see ``run``."""
-    sA = cuda.shared.array(STAGE, X.dtype)
-    sB = cuda.shared.array(STAGE, X.dtype)
-    red = cuda.shared.array(TPB, np.float64)
+    # One dynamic shared buffer: the float64 reduction scratch, then the two tiles.
+    red = cuda.shared.array(0, FLOAT64)
+    tiles = cuda.shared.array(0, X.dtype)
+    sA = tiles[RED_SPACE:RED_SPACE + STAGE]
+    sB = tiles[RED_SPACE + STAGE:RED_SPACE + 2 * STAGE]
     acc = cuda.local.array(RR, X.dtype)
     bv = cuda.local.array(R, X.dtype)
     tid = cuda.threadIdx.x
@@ -953,7 +959,7 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
                     d_out_grad, d_out, d_meta, d_reals, lo, hi)
             if kernel is None:
                 kernel, grid = _grid_blocks(train_kernel, args, work)
-            kernel[grid, TPB, stream](*args)
+            kernel[grid, TPB, stream, (RED_SPACE + 2 * STAGE) * dtype.itemsize](*args)
     status = d_status.copy_to_host(stream=stream)
     stream.synchronize()
     failed = int(status[S_FAILED])
