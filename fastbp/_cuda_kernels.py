@@ -10,17 +10,18 @@ the device and no launch is paid per batch.
 
 Two schedules, picked by the width of the network:
 
-* narrow networks (every layer at most ``CHUNK_MAX_WIDTH`` wide): a block takes a chunk
-  of a batch's samples through the forward pass, the loss and the backward pass on its
-  own, leaving that chunk group's gradient in a partial buffer; two barriers per batch;
-* wide networks: each layer's matrix product is split into tiles over all blocks, with a
-  barrier between layers.
+* narrow networks (every layer at most ``CHUNK_MAX_WIDTH`` wide): a block takes chunks of
+  ``TPB`` samples through the forward pass, the loss and the backward pass on its own, one
+  thread per output with plain loops, leaving each chunk group's gradient in a partial
+  buffer; two grid barriers per batch;
+* wide networks: each layer's matrix product is split into shared-memory tiles over all
+  blocks (bias as an extra input column of ones, activation or its derivative applied as
+  the tile is stored), with a grid barrier between layers; weight gradients of large
+  batches are summed per slice of rows.
 
-Both multiply through the same shared-memory tiles (bias as an extra input column of
-ones, activation or its derivative fused into the tile's stores). Every sum has a fixed
-order that depends on the batch and the network alone: each output of a tile is summed
-by one thread, partial gradients are added in chunk-group order, and block reductions
-use a fixed tree. No floating-point atomics are used, so results are bitwise
+Every sum has a fixed order that depends on the batch and the network alone: each output
+is summed by one thread, partial gradients are added in index order, and block
+reductions use a fixed tree. No floating-point atomics are used, so results are bitwise
 reproducible and do not depend on the number of blocks.
 
 Keep every CUDA kernel in this module, behind ``run``: the backend is meant to move to
@@ -75,8 +76,13 @@ FLOAT64 = np.dtype(np.float64)
 
 #: Networks whose layers are all at most this wide use the chunk-per-block schedule.
 CHUNK_MAX_WIDTH = TILE
-#: At most this many chunk groups (partial gradient buffers) per batch.
+#: At most this many partial gradients per batch: chunk groups, or row slices of a batch
+#: on the wide schedule.
 MAX_CHUNK_GROUPS = 1024
+#: Rows per slice of a batch when the wide schedule splits its weight gradients.
+SPLIT_ROWS = 2 * TILE if SIMULATOR else 16 * TILE
+#: Most entries all partial gradients of the wide schedule may take together.
+PART_ENTRIES = 1 << 26
 #: Parameters per work item of the update (and of the squared-weight sum for L2).
 SEGMENT = TPB * 16
 #: Blocks of the cooperative grid; None lets ``run`` choose. Results do not depend on it.
@@ -86,9 +92,9 @@ GRID_BLOCKS = None
 TRAIN, GRADIENT, FORWARD = 0, 1, 2
 
 # Entries of the integer settings array ``meta``.
-(M_N, M_BATCH, M_N_BATCHES, M_EPOCHS, M_MODE, M_CHUNKED, M_CHUNK, M_LOSS, M_REDUCE_SUM,
- M_OPTIMIZER, M_STEP0, M_HAS_LABELS, M_HAS_WEIGHTS, M_MAX_OUT, M_N_SQ, M_N_UPDATE) = range(16)
-META_SIZE = 16
+(M_N, M_BATCH, M_N_BATCHES, M_EPOCHS, M_MODE, M_CHUNKED, M_LOSS, M_REDUCE_SUM, M_OPTIMIZER,
+ M_STEP0, M_HAS_LABELS, M_HAS_WEIGHTS, M_MAX_OUT, M_N_SQ, M_N_UPDATE) = range(15)
+META_SIZE = 15
 
 # Entries of the float64 settings array ``reals``.
 (F_LR, F_MOMENTUM, F_BETA1, F_BETA2, F_EPSILON, F_L2, F_LOSS_SCALE, F_CLIP,
@@ -564,28 +570,116 @@ def update_item(params, state_m, state_v, part, n_parts, layout, meta, reals, no
 
 
 @cuda.jit(device=True)
+def narrow_forward(X, order, ostart, acts, aoff, params, layout, l, r0, r_end):
+    """Outputs of layer ``l`` for batch rows ``r0 .. r_end``, one thread per output:
+    ``A @ W + b`` summed in input order, activated unless it is the output layer."""
+    fi = layout[l, K.L_FAN_IN]
+    fo = layout[l, K.L_FAN_OUT]
+    w_off = layout[l, K.L_WEIGHT]
+    bias = layout[l, K.L_BIAS]
+    hidden = l < layout.shape[0] - 1
+    code = layout[l, K.L_ACTIVATION]
+    in_off = aoff[l - 1] if l > 0 else 0
+    out_off = aoff[l]
+    for o in range(cuda.threadIdx.x, (r_end - r0) * fo, TPB):
+        b = r0 + o // fo
+        j = o % fo
+        z = X.dtype.type(0)
+        if l == 0:
+            row = order[ostart + b]
+            for k in range(fi):
+                z += X[row, k] * params[w_off + k * fo + j]
+        else:
+            for k in range(fi):
+                z += acts[in_off + b * fi + k] * params[w_off + k * fo + j]
+        if bias >= 0:
+            z += params[bias + j]
+        if hidden:
+            acts[out_off + b * fo + j] = activate(code, z)
+        else:
+            acts[out_off + b * fo + j] = z
+
+
+@cuda.jit(device=True)
+def narrow_input_delta(acts, aoff, delta, d_off, d_prev, params, layout, l, r0, r_end):
+    """dL/dz of layer ``l - 1`` for batch rows ``r0 .. r_end``, one thread per unit:
+    ``(D @ W^T) * act'(A)``."""
+    fi = layout[l, K.L_FAN_IN]
+    fo = layout[l, K.L_FAN_OUT]
+    w_off = layout[l, K.L_WEIGHT]
+    code = layout[l - 1, K.L_ACTIVATION]
+    a_off = aoff[l - 1]
+    for o in range(cuda.threadIdx.x, (r_end - r0) * fi, TPB):
+        b = r0 + o // fi
+        k = o % fi
+        s = delta.dtype.type(0)
+        for j in range(fo):
+            s += delta[d_off + b * fo + j] * params[w_off + k * fo + j]
+        d_prev[b * fi + k] = s * derivative_from_output(code, acts[a_off + b * fi + k])
+
+
+@cuda.jit(device=True)
+def narrow_weight_grad(X, order, ostart, acts, aoff, delta, d_off, layout, l, r0, r_end, part,
+                       p_off, accumulate, scratch):
+    """Gradient of layer ``l``'s weights and bias summed over batch rows ``r0 .. r_end``,
+    written (or added) to ``part[p_off + ...]``. When there are fewer weights than
+    threads, each weight's rows are split over several threads (row ``r0 + s`` plus
+    multiples of the split go to slice ``s``) and the slices added in order."""
+    tid = cuda.threadIdx.x
+    fi = layout[l, K.L_FAN_IN]
+    fo = layout[l, K.L_FAN_OUT]
+    w_off = layout[l, K.L_WEIGHT]
+    depth = fi + 1 if layout[l, K.L_BIAS] >= 0 else fi
+    in_off = aoff[l - 1] if l > 0 else 0
+    pairs = depth * fo
+    split = 1
+    while split * 2 * pairs <= TPB:
+        split *= 2
+    slots = TPB // split
+    piece = tid // slots
+    for p0 in range(0, pairs, slots):
+        p = p0 + tid % slots
+        s = delta.dtype.type(0)
+        if p < pairs:
+            k = p // fo
+            j = p % fo
+            for b in range(r0 + piece, r_end, split):
+                if k == fi:
+                    s += delta[d_off + b * fo + j]
+                elif l == 0:
+                    s += X[order[ostart + b], k] * delta[d_off + b * fo + j]
+                else:
+                    s += acts[in_off + b * fi + k] * delta[d_off + b * fo + j]
+        scratch[tid] = s
+        cuda.syncthreads()
+        if tid < slots and p < pairs:
+            total = scratch[tid]
+            for q in range(1, split):
+                total += scratch[q * slots + tid]
+            i = p_off + w_off + p
+            part[i] = part[i] + total if accumulate else total
+        cuda.syncthreads()
+
+
+@cuda.jit(device=True)
 def chunk_pass(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part, loss_part,
-               params, layout, meta, reals, group, n_groups, out, sA, sB, acc, bv, red):
-    """Forward, loss and backward passes of one group of consecutive chunks, all in this
-    block; the group's gradient goes to ``part[group]`` and its loss to ``loss_part``."""
+               params, layout, meta, reals, group, n_groups, out, scratch, red):
+    """Forward, loss and backward passes of one group of consecutive chunks of ``TPB``
+    rows, all in this block; the group's gradient goes to ``part[group]`` and its loss to
+    ``loss_part``."""
     n_layers = layout.shape[0]
-    chunk = meta[M_CHUNK]
     rows = meta[M_BATCH]
     max_out = meta[M_MAX_OUT]
     forward_only = meta[M_MODE] == FORWARD
     n_params = params.shape[0]
-    n_chunks = (size + chunk - 1) // chunk
+    n_chunks = (size + TPB - 1) // TPB
     first = group * n_chunks // n_groups
     group_loss = 0.0
     for c in range(first, (group + 1) * n_chunks // n_groups):
-        r0 = c * chunk
-        r_end = min(r0 + chunk, size)
-        n_bt = (r_end - r0 + TILE - 1) // TILE
+        r0 = c * TPB
+        r_end = min(r0 + TPB, size)
         for l in range(n_layers):
-            n_ut = (layout[l, K.L_FAN_OUT] + TILE - 1) // TILE
-            for w in range(n_bt * n_ut):
-                forward_tile(X, order, ostart, acts, aoff, params, layout, l,
-                             r0 + (w // n_ut) * TILE, r_end, (w % n_ut) * TILE, sA, sB, acc, bv)
+            narrow_forward(X, order, ostart, acts, aoff, params, layout, l, r0, r_end)
             cuda.syncthreads()
         if forward_only:
             output_rows(order, ostart, acts, aoff, layout, r0, r_end, out)
@@ -593,40 +687,29 @@ def chunk_pass(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part, l
         group_loss += loss_rows(Y, labels, sw, order, ostart, acts, aoff, delta, layout, meta,
                                 reals, r0, r_end, red)
         for l in range(n_layers - 1, -1, -1):
-            fi = layout[l, K.L_FAN_IN]
-            fo = layout[l, K.L_FAN_OUT]
-            depth = fi + 1 if layout[l, K.L_BIAS] >= 0 else fi
-            n_ut = (fo + TILE - 1) // TILE
             d_off = delta_offset(layout, l, rows, max_out)
-            for w in range(((depth + TILE - 1) // TILE) * n_ut):
-                weight_grad_tile(X, order, ostart, acts, aoff, delta, d_off, layout, l, r0,
-                                 r_end, (w // n_ut) * TILE, (w % n_ut) * TILE, part,
-                                 group * n_params, c > first, sA, sB, acc, bv)
             if l > 0:
-                n_kt = (fi + TILE - 1) // TILE
-                d_prev = delta[delta_offset(layout, l - 1, rows, max_out):]
-                for w in range(n_bt * n_kt):
-                    input_delta_tile(acts, aoff, delta, d_off, d_prev, params, layout, l,
-                                     r0 + (w // n_kt) * TILE, r_end, (w % n_kt) * TILE, sA, sB,
-                                     acc, bv)
-            cuda.syncthreads()
+                narrow_input_delta(acts, aoff, delta, d_off,
+                                   delta[delta_offset(layout, l - 1, rows, max_out):], params,
+                                   layout, l, r0, r_end)
+            narrow_weight_grad(X, order, ostart, acts, aoff, delta, d_off, layout, l, r0, r_end,
+                               part, group * n_params, c > first, scratch)
     if cuda.threadIdx.x == 0 and not forward_only:
         loss_part[group] = group_loss
 
 
 @cuda.jit(device=True)
 def chunked_batch(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part, loss_part,
-                  sq_part, params, layout, meta, reals, out, sA, sB, acc, bv, red):
+                  sq_part, params, layout, meta, reals, out, scratch, red):
     """One batch on the narrow schedule: chunk groups (and the squared-weight segments of
     the L2 term) spread over the blocks. Returns the number of partial gradients."""
-    n_chunks = (size + meta[M_CHUNK] - 1) // meta[M_CHUNK]
-    n_groups = min(n_chunks, MAX_CHUNK_GROUPS)
+    n_groups = min((size + TPB - 1) // TPB, MAX_CHUNK_GROUPS)
     n_sq = meta[M_N_SQ] if reals[F_L2] > 0.0 and meta[M_MODE] != FORWARD else 0
     for w in range(cuda.blockIdx.x, n_groups + n_sq, cuda.gridDim.x):
         if w < n_groups:
             chunk_pass(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part,
-                       loss_part, params, layout, meta, reals, w, n_groups, out, sA, sB, acc,
-                       bv, red)
+                       loss_part, params, layout, meta, reals, w, n_groups, out, scratch,
+                       red)
         else:
             squared_weights_item(params, layout, w - n_groups, sq_part, red)
     barrier(cuda.gridDim.x)
@@ -634,10 +717,17 @@ def chunked_batch(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part
 
 
 @cuda.jit(device=True)
+def row_splits(size, n_params):
+    """Slices of a batch's rows whose weight gradients the wide schedule sums apart."""
+    return max(1, min((size + SPLIT_ROWS - 1) // SPLIT_ROWS, MAX_CHUNK_GROUPS,
+                      PART_ENTRIES // n_params))
+
+
+@cuda.jit(device=True)
 def layered_batch(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part, loss_part,
                   sq_part, params, layout, meta, reals, out, sA, sB, acc, bv, red):
     """One batch on the wide schedule: every layer's tiles spread over all blocks, a
-    barrier between layers. Returns the number of loss partials."""
+    barrier between layers. Returns the numbers of loss and gradient partials."""
     n_layers = layout.shape[0]
     bid = cuda.blockIdx.x
     n_blocks = cuda.gridDim.x
@@ -660,13 +750,15 @@ def layered_batch(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part
         for w in range(bid, n_lc, n_blocks):
             output_rows(order, ostart, acts, aoff, layout, w * TPB, min(size, (w + 1) * TPB),
                         out)
-        return n_lc
+        return n_lc, 1
     for w in range(bid, n_lc, n_blocks):
         total = loss_rows(Y, labels, sw, order, ostart, acts, aoff, delta, layout, meta, reals,
                           w * TPB, min(size, (w + 1) * TPB), red)
         if cuda.threadIdx.x == 0:
             loss_part[w] = total
     barrier(n_blocks)
+    n_params = params.shape[0]
+    n_split = row_splits(size, n_params)
     for l in range(n_layers - 1, -1, -1):
         fi = layout[l, K.L_FAN_IN]
         fo = layout[l, K.L_FAN_OUT]
@@ -677,17 +769,19 @@ def layered_batch(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part
         n_dt = n_bt * n_kt if l > 0 else 0
         d_off = delta_offset(layout, l, rows, max_out)
         d_prev = delta[delta_offset(layout, l - 1, rows, max_out):] if l > 0 else delta
-        for w in range(bid, n_dt + n_wt, n_blocks):
+        for w in range(bid, n_dt + n_wt * n_split, n_blocks):
             if w < n_dt:
                 input_delta_tile(acts, aoff, delta, d_off, d_prev, params, layout, l,
                                  (w // n_kt) * TILE, size, (w % n_kt) * TILE, sA, sB, acc, bv)
             else:
-                v = w - n_dt
-                weight_grad_tile(X, order, ostart, acts, aoff, delta, d_off, layout, l, 0,
-                                 size, (v // n_ut) * TILE, (v % n_ut) * TILE, part, 0, False,
-                                 sA, sB, acc, bv)
+                tile = (w - n_dt) // n_split
+                piece = (w - n_dt) % n_split
+                weight_grad_tile(X, order, ostart, acts, aoff, delta, d_off, layout, l,
+                                 piece * size // n_split, (piece + 1) * size // n_split,
+                                 (tile // n_ut) * TILE, (tile % n_ut) * TILE, part,
+                                 piece * n_params, False, sA, sB, acc, bv)
         barrier(n_blocks)
-    return n_lc
+    return n_lc, n_split
 
 
 # ---------------------------------------------------------------- the kernel
@@ -728,13 +822,12 @@ def train_kernel(X, Y, labels, sw, order, norms, params, state_m, state_v, saved
             if meta[M_CHUNKED] != 0:
                 n_parts = chunked_batch(X, Y, labels, sw, order, ostart, size, acts, aoff,
                                         delta, part, loss_part, sq_part, params, layout, meta,
-                                        reals, out, sA, sB, acc, bv, red)
+                                        reals, out, sA, red)
                 n_loss = n_parts
             else:
-                n_loss = layered_batch(X, Y, labels, sw, order, ostart, size, acts, aoff,
-                                       delta, part, loss_part, sq_part, params, layout, meta,
-                                       reals, out, sA, sB, acc, bv, red)
-                n_parts = 1
+                n_loss, n_parts = layered_batch(X, Y, labels, sw, order, ostart, size, acts,
+                                                aoff, delta, part, loss_part, sq_part, params,
+                                                layout, meta, reals, out, sA, sB, acc, bv, red)
             if mode == FORWARD:
                 return
             norm = norms[t]
@@ -811,16 +904,15 @@ def _segments(layout, weights_only):
     return count
 
 
-def _chunk_rows(layout):
-    """Samples per chunk on the narrow schedule, or 0 for the wide one."""
-    widest = int(max(layout[:, K.L_FAN_IN].max(), layout[:, K.L_FAN_OUT].max()))
-    if widest > CHUNK_MAX_WIDTH:
-        return 0
-    if widest * 4 <= TILE:
-        return 4 * TILE
-    if widest * 2 <= TILE:
-        return 2 * TILE
-    return TILE
+def _narrow(layout):
+    """Whether a network takes the narrow (chunk per block) schedule."""
+    return int(max(layout[:, K.L_FAN_IN].max(), layout[:, K.L_FAN_OUT].max())) <= \
+        CHUNK_MAX_WIDTH
+
+
+def _row_splits(size, n_params):
+    """Host twin of the kernel's ``row_splits``."""
+    return max(1, min(-(-size // SPLIT_ROWS), MAX_CHUNK_GROUPS, PART_ENTRIES // n_params))
 
 
 def _batch_norms(order, sample_weight, batch, n, n_batches, reduce_sum):
@@ -872,22 +964,22 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
         if bias >= 0 and bias != w_off + fan_in * fan_out:
             raise ValueError("the CUDA kernels need each bias right after its weights")
     n_params = params.shape[0]
-    chunk_rows = _chunk_rows(layout)
+    narrow = _narrow(layout)
     max_out = int(layout[:, K.L_FAN_OUT].max())
     widths = [int(w) for w in layout[:, K.L_FAN_OUT]]
     aoff = np.cumsum([0] + [batch * w for w in widths])
-    if chunk_rows:
-        n_parts = min(-(-batch // chunk_rows), MAX_CHUNK_GROUPS)
+    if narrow:
+        n_parts = min(-(-batch // TPB), MAX_CHUNK_GROUPS)
         n_loss = n_parts
     else:
-        n_parts = 1
+        n_parts = _row_splits(batch, n_params)
         n_loss = -(-batch // TPB)
     n_sq = _segments(layout, True)
     n_update = _segments(layout, False)
     save = mode == TRAIN
     meta = np.zeros(META_SIZE, np.int64)
-    meta[[M_N, M_BATCH, M_N_BATCHES, M_EPOCHS, M_MODE, M_CHUNKED, M_CHUNK, M_LOSS]] = [
-        n, batch, n_batches, epochs, mode, chunk_rows > 0, chunk_rows, loss]
+    meta[[M_N, M_BATCH, M_N_BATCHES, M_EPOCHS, M_MODE, M_CHUNKED, M_LOSS]] = [
+        n, batch, n_batches, epochs, mode, narrow, loss]
     meta[[M_REDUCE_SUM, M_OPTIMIZER, M_STEP0, M_HAS_LABELS, M_HAS_WEIGHTS, M_MAX_OUT]] = [
         bool(reduce_sum), optimizer, step[0], labels.shape[0] > 0, sample_weight.shape[0] > 0,
         max_out]
@@ -934,10 +1026,12 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
     d_meta = cuda.to_device(meta, stream=stream)
     d_reals = cuda.to_device(reals, stream=stream)
 
-    if chunk_rows:
+    if narrow:
         work = max(n_parts, n_update)
     else:
         tiles = [-(-batch // TILE) * -(-w // TILE) for w in widths]
+        tiles += [n_parts * -(-(fan_in + 1) // TILE) * -(-fan_out // TILE)
+                  for fan_in, fan_out in layout[:, :2]]
         work = max(max(tiles), n_update, n_loss)
     states = []
     launches = [(e, e + 1) for e in range(epochs)] if shuffle else [(0, epochs)]

@@ -178,10 +178,19 @@ def test_bias_and_reduction(bias, reduction):
 def test_many_chunks_in_a_batch():
     """A full batch larger than the narrow schedule's chunks, with a caller's order."""
     cpu, gpu = pair([2, 3, 1], ["tanh", "sigmoid"], "bce")
-    n = 3 * CK._chunk_rows(cpu._layout) + 5
+    n = 3 * CK.TPB + 5
     X, Y = data(n, 2, 1, "bce")
     order = np.random.default_rng(3).permutation(n)
     assert_same_training(cpu, gpu, X, Y, epochs=2, lr=0.5, order=order)
+
+
+@needs_device
+def test_wide_batch_split_into_row_slices():
+    """A batch the wide schedule splits into several row slices for its weight gradients."""
+    cpu, gpu = pair([3, WIDE, 2], ["relu", "sigmoid"], "bce", reduction="sum")
+    n = 2 * CK.SPLIT_ROWS + 5
+    X, Y = data(n, 3, 2, "bce")
+    assert_same_training(cpu, gpu, X, Y, epochs=2, lr=0.01, optimizer="nesterov", l2=0.1)
 
 
 @needs_device
