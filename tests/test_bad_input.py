@@ -376,7 +376,6 @@ BAD_CONSTRUCTION = [
     ("dtype-complex", ([3, 2], "tanh", "mse"), {"dtype": "complex128"}, ValueError, "dtype"),
     ("dtype-nonsense", ([3, 2], "tanh", "mse"), {"dtype": "nonsense"}, TypeError, "dtype"),
     ("device-unknown", ([3, 2], "tanh", "mse"), {"device": "gpu"}, ValueError, "device"),
-    ("device-cuda", ([3, 2], "tanh", "mse"), {"device": "cuda"}, ValueError, "device"),
 ]
 
 
