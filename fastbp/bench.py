@@ -1,0 +1,285 @@
+"""``python -m fastbp.bench``: time every row of the benchmark grid (``fastbp._grid``) with
+fastbp, with its plain-NumPy twin ``fastbp.reference`` and, when it can be imported, with
+PyTorch on the CPU, and report speedups and the fraction of the machine's peak reached.
+
+Every framework trains the same network from the same initial weights with plain SGD on
+the same mini-batches in row order. fastbp times are the median of ``--repeats`` fits after
+one warm-up fit. A NumPy run expected to take longer than about 15 s is timed on a leading
+slice of the rows and scaled linearly to the full row count; it is marked "(scaled)".
+PyTorch runs with as many threads as numba. The peak is the rate of ``np.dot`` of two
+2048 x 2048 matrices of the row's dtype, measured in the same run; a training run counts
+``6 * rows * epochs * sum(fan_in * fan_out)`` floating-point operations.
+"""
+
+import argparse
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+
+import numba
+import numpy as np
+
+from . import MLP, reference
+from ._grid import GRID, get_row, make_data
+
+#: A NumPy run expected to take longer than this is timed on a slice and scaled.
+REFERENCE_BUDGET_S = 15.0
+#: Rows of the slice that estimates how long a NumPy run takes.
+PROBE_ROWS = 2048
+#: Rows and epochs of every grid row under ``--quick``.
+QUICK_ROWS = 300
+QUICK_EPOCHS = 1
+
+
+def _fit_seconds(cls, row, X, Y, dtype):
+    """Seconds of one fit of a fresh ``cls`` network (construction not timed)."""
+    net = cls(list(row.sizes), list(row.activations), row.loss, seed=0, dtype=dtype)
+    start = time.perf_counter()
+    net.fit(X, Y, epochs=row.epochs, lr=row.lr, batch_size=row.batch_size)
+    return time.perf_counter() - start
+
+
+def time_fastbp(row, X, Y, dtype, repeats):
+    """Median fastbp fit time after one warm-up fit (which also loads or compiles the
+    kernels)."""
+    _fit_seconds(MLP, row, X, Y, dtype)
+    return float(np.median([_fit_seconds(MLP, row, X, Y, dtype) for _ in range(repeats)]))
+
+
+def _slice_rows(row, n):
+    """At most ``n`` leading rows, whole mini-batches where the row has a batch size."""
+    n = min(row.n_rows, n)
+    if row.batch_size is not None and n < row.n_rows:
+        n = max(row.batch_size, n // row.batch_size * row.batch_size)
+    return min(row.n_rows, n)
+
+
+def time_reference(row, X, Y, dtype, repeats, budget=REFERENCE_BUDGET_S):
+    """``(seconds, scaled)``: the NumPy fit time of the whole row, measured directly when
+    it fits in ``budget`` (median of as many of ``repeats`` as fit), otherwise measured
+    on a leading slice of the rows and scaled linearly (``scaled`` is True)."""
+    n = row.n_rows
+    probe = _slice_rows(row, PROBE_ROWS)
+    t_probe = _fit_seconds(reference.MLP, row, X[:probe], Y[:probe], dtype)
+    if probe == n:
+        runs = max(0, min(repeats, int(budget / max(t_probe, 1e-9))) - 1)
+        times = [t_probe] + [_fit_seconds(reference.MLP, row, X, Y, dtype) for _ in range(runs)]
+        return float(np.median(times)), False
+    estimate = t_probe * n / probe
+    if estimate <= budget:
+        runs = max(1, min(repeats, int(budget / estimate)))
+        return float(np.median([_fit_seconds(reference.MLP, row, X, Y, dtype)
+                                for _ in range(runs)])), False
+    part = _slice_rows(row, int(n * budget / estimate))
+    if part <= probe:
+        return t_probe * n / probe, True
+    return _fit_seconds(reference.MLP, row, X[:part], Y[:part], dtype) * n / part, True
+
+
+def _torch():
+    try:
+        import torch
+    except Exception:  # any failure to import means: no PyTorch column
+        return None
+    return torch
+
+
+def time_torch(torch, row, X, Y, dtype, repeats):
+    """Median PyTorch CPU fit time after one warm-up fit: explicit weight tensors with the
+    initial weights of the fastbp network, autograd, ``torch.optim.SGD`` on the same
+    mini-batches, the same losses (means over the batch)."""
+    import torch.nn.functional as F
+
+    torch.set_num_threads(numba.get_num_threads())
+    start_net = MLP(list(row.sizes), list(row.activations), row.loss, seed=0, dtype=dtype)
+    weights, biases = start_net.get_params()
+    Xt = torch.from_numpy(np.ascontiguousarray(X))
+    Yt = torch.from_numpy(np.ascontiguousarray(Y))
+    hidden = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+              "identity": lambda z: z}
+    acts = [hidden[name] for name in row.activations[:-1]]
+    if row.loss == "cce":
+        loss_fn = F.cross_entropy
+    else:
+        loss_fn = F.binary_cross_entropy_with_logits
+    n = X.shape[0]
+    batch = n if row.batch_size is None else row.batch_size
+
+    def fit():
+        params = []
+        for w, b in zip(weights, biases, strict=True):
+            params += [torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)]
+        opt = torch.optim.SGD(params, lr=row.lr)
+        pairs = list(zip(params[0::2], params[1::2], strict=True))
+        start = time.perf_counter()
+        for _ in range(row.epochs):
+            for lo in range(0, n, batch):
+                a = Xt[lo:lo + batch]
+                for (w, b), act in zip(pairs[:-1], acts, strict=True):
+                    a = act(torch.addmm(b, a, w))
+                z = torch.addmm(pairs[-1][1], a, pairs[-1][0])
+                loss = loss_fn(z, Yt[lo:lo + batch])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return time.perf_counter() - start
+
+    fit()
+    return float(np.median([fit() for _ in range(repeats)]))
+
+
+def peak_flops(dtype, repeats=3):
+    """FLOP/s of ``np.dot`` of two 2048 x 2048 matrices of ``dtype`` (best of repeats)."""
+    n = 2048
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    np.dot(a, b)
+    best = min(_timed_dot(a, b) for _ in range(repeats))
+    return 2.0 * n**3 / best
+
+
+def _timed_dot(a, b):
+    start = time.perf_counter()
+    np.dot(a, b)
+    return time.perf_counter() - start
+
+
+def _target_factor(target):
+    match = re.search(r">=\s*([0-9.]+)x", target)
+    return float(match.group(1)) if match else None
+
+
+def measure(row, dtype, repeats, torch=None, peak=None, judge=True):
+    """One result dict of ``row`` in ``dtype``; ``judge`` compares the speedup with the
+    row's target (memory targets are the asv suite's ``peakmem_fit``)."""
+    X, Y = make_data(row, dtype)
+    t_fast = time_fastbp(row, X, Y, dtype, repeats)
+    t_ref, scaled = time_reference(row, X, Y, dtype, repeats)
+    t_torch = None if torch is None else time_torch(torch, row, X, Y, dtype, repeats)
+    speedup = t_ref / t_fast
+    factor = _target_factor(row.target) if judge else None
+    return {
+        "row": row, "dtype": np.dtype(dtype).name, "fastbp": t_fast, "numpy": t_ref,
+        "scaled": scaled, "speedup": speedup, "torch": t_torch,
+        "vs_torch": None if t_torch is None else t_fast / t_torch,
+        "peak_fraction": None if peak is None else row.train_flops() / t_fast / peak,
+        "meets": None if factor is None else speedup >= factor,
+    }
+
+
+def _seconds(t):
+    if t is None:
+        return "-"
+    if t < 1e-3:
+        return f"{t * 1e6:.0f} us"
+    if t < 1:
+        return f"{t * 1e3:.1f} ms"
+    return f"{t:.2f} s"
+
+
+COLUMNS = ("row", "dtype", "fastbp", "NumPy", "speedup", "target", "speedup met", "torch",
+           "fastbp/torch", "% peak")
+
+
+def _cells(r):
+    return (r["row"].name, r["dtype"], _seconds(r["fastbp"]),
+            _seconds(r["numpy"]) + (" (scaled)" if r["scaled"] else ""),
+            f"{r['speedup']:.1f}x", r["row"].target,
+            "-" if r["meets"] is None else ("yes" if r["meets"] else "NO"), _seconds(r["torch"]),
+            "-" if r["vs_torch"] is None else f"{r['vs_torch']:.2f}",
+            "-" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.1f}%")
+
+
+def format_text(results):
+    rows = [COLUMNS] + [_cells(r) for r in results]
+    widths = [max(len(line[i]) for line in rows) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
+                     .rstrip() for line in rows)
+
+
+def format_markdown(results):
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in results]
+    return "\n".join(lines)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_header(torch, argv, peaks):
+    command = "python -m fastbp.bench" + "".join(" " + shlex.quote(a) for a in argv)
+    torch_version = "not installed" if torch is None else torch.__version__
+    return "\n".join([
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores",
+        f"- threads: numba {numba.get_num_threads()}"
+        + ("" if torch is None else f", torch {numba.get_num_threads()}"),
+        f"- numpy {np.__version__}, numba {numba.__version__}, torch {torch_version}, "
+        f"Python {platform.python_version()}",
+        "- np.dot 2048 x 2048 peak: " + ", ".join(f"{d} {p / 1e9:.1f} GFLOP/s"
+                                                  for d, p in peaks.items()),
+        f"- command: `{command}`",
+    ])
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m fastbp.bench",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default=",".join(r.name for r in GRID),
+                        help="comma-separated grid rows (default: all)")
+    parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="float64")
+    parser.add_argument("--repeats", type=int, default=3, help="timed fits per median")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"every row cut to {QUICK_ROWS} rows and {QUICK_EPOCHS} epoch "
+                             "(a smoke test, not a measurement)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="a markdown table under a header describing the machine")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if present")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    try:
+        args.rows = [get_row(name.strip()) for name in args.rows.split(",") if name.strip()]
+    except KeyError as e:
+        parser.error(e.args[0])
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+    torch = None if args.no_torch else _torch()
+    rows = args.rows
+    if args.quick:
+        rows = [r.scaled(n_rows=min(r.n_rows, QUICK_ROWS), epochs=QUICK_EPOCHS) for r in rows]
+    results, peaks = [], {}
+    for dtype in dtypes:
+        peak = peaks[dtype] = peak_flops(dtype)
+        print(f"{dtype}: np.dot peak {peak / 1e9:.1f} GFLOP/s", file=sys.stderr, flush=True)
+        for row in rows:
+            results.append(measure(row, dtype, args.repeats, torch, peak, judge=not args.quick))
+            print(f"  {row.name} done", file=sys.stderr, flush=True)
+    if args.markdown:
+        print(machine_header(torch, argv, peaks) + "\n")
+        print(format_markdown(results))
+    else:
+        print(format_text(results))
+    if args.quick:
+        print("(--quick: rows cut down for a smoke test; the times are not measurements)")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""The benchmark runner works end to end on a cut-down grid (no timing is checked)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastbp._grid import GRID, make_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_bench_reports_every_row():
+    result = subprocess.run([sys.executable, "-m", "fastbp.bench", "--quick", "--repeats", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    for row in GRID:
+        assert row.name in result.stdout
+
+
+@pytest.mark.parametrize("row", GRID, ids=lambda r: r.name)
+def test_grid_data_is_seeded_and_shaped(row):
+    X, Y = make_data(row, np.float32, n_rows=50)
+    X2, Y2 = make_data(row, np.float32, n_rows=20)
+    assert X.shape == (50, row.sizes[0]) and X.dtype == np.float32
+    np.testing.assert_array_equal(X[:20], X2)
+    np.testing.assert_array_equal(Y[:20], Y2)
+    if row.loss == "cce":
+        assert Y.shape == (50,) and Y.dtype.kind == "i" and Y.max() < row.sizes[-1]
+    else:
+        assert Y.shape == (50, 1) and set(np.unique(Y)) <= {0.0, 1.0}
