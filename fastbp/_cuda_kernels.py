@@ -74,8 +74,9 @@ RR = R * R
 RED_SPACE = 2 * TPB
 FLOAT64 = np.dtype(np.float64)
 
-#: Networks whose layers are all at most this wide use the chunk-per-block schedule.
-CHUNK_MAX_WIDTH = TILE
+#: Networks whose layers are all at most this wide use the chunk-per-block schedule (on
+#: an H100 the tiles win from 64 wide on).
+CHUNK_MAX_WIDTH = TILE if SIMULATOR else 32
 #: At most this many partial gradients per batch: chunk groups, or row slices of a batch
 #: on the wide schedule.
 MAX_CHUNK_GROUPS = 1024
