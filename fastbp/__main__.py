@@ -102,7 +102,8 @@ def main(argv=None):
     for name, t_fast, t_slow, agree in rows:
         print(f"  {name:34s} {t_fast * 1e3:8.1f} ms {t_slow * 1e3:8.1f} ms "
               f"{t_slow / t_fast:7.0f}x  {agree:.1e}")
-    print("  (fastbp: median of repeats; NumPy: fastbp.reference, the same training in plain NumPy)")
+    print("  (fastbp: median of repeats; NumPy: fastbp.reference, the same training in "
+          "plain NumPy)")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ class MLP:
         self._offs, self._work_size = _layout.work_offsets(self._layout, _config.CHUNK_ROWS)
         rng = np.random.default_rng(seed)
         self._params = np.zeros(n_params, self.dtype)
-        for view, w in zip(self.weights, initial_weights(self.layer_sizes, self.activations, rng)):
+        initial = initial_weights(self.layer_sizes, self.activations, rng)
+        for view, w in zip(self.weights, initial, strict=True):
             view[...] = w
         self._shuffle_state = np.array([rng.integers(0, 2**63)], dtype=np.uint64)
         self.reset_optimizer()
@@ -82,10 +83,10 @@ class MLP:
         after checking every shape and value; resets the optimizer state."""
         new_w, new_b = check.parameters(weights, biases, self.layer_sizes, self.bias, self.dtype)
         params = self._params.copy()
-        for view, w in zip(_layout.weight_views(params, self._layout), new_w):
+        for view, w in zip(_layout.weight_views(params, self._layout), new_w, strict=True):
             view[...] = w
         if new_b is not None:
-            for view, b in zip(_layout.bias_views(params, self._layout), new_b):
+            for view, b in zip(_layout.bias_views(params, self._layout), new_b, strict=True):
                 view[...] = b
         self._params = params
         self.reset_optimizer()
@@ -145,7 +146,8 @@ class MLP:
             self._state_m if training else empty, self._state_v if training else empty,
             _config.CHUNK_ROWS, self._max_groups(), _config.PARALLEL_MIN_MACS,
             np.zeros(1) if history is None else history,
-            empty if out_grad is None else out_grad, np.zeros((0, 0), self.dtype) if out is None else out)
+            empty if out_grad is None else out_grad,
+            np.zeros((0, 0), self.dtype) if out is None else out)
 
     def _gradient(self, X, Y, labels, sample_weight, l2):
         """Loss and flat gradient of the whole data set as one batch."""

@@ -142,7 +142,7 @@ class MLP:
     def _layers(self, X):
         """Hidden activations of every layer (input included) and the output pre-activations."""
         A = [X]
-        for i, (W, name) in enumerate(zip(self.weights, self.activations)):
+        for i, (W, name) in enumerate(zip(self.weights, self.activations, strict=True)):
             Z = A[-1] @ W
             if self.biases is not None:
                 Z = Z + self.biases[i]
@@ -193,18 +193,18 @@ class MLP:
     def _step_params(self, params, grads, optimizer, lr, momentum, beta1, beta2, epsilon):
         """Apply one optimizer step to ``params`` in place (scikit-learn's formulas)."""
         if optimizer == "sgd":
-            for p, g in zip(params, grads):
+            for p, g in zip(params, grads, strict=True):
                 p -= lr * g
             return
         if optimizer in ("momentum", "nesterov"):
-            for p, g, v in zip(params, grads, self._state[0]):
+            for p, g, v in zip(params, grads, self._state[0], strict=True):
                 v *= momentum
                 v -= lr * g
                 p += momentum * v - lr * g if optimizer == "nesterov" else v
             return
         t = self._step
         lr_t = lr * np.sqrt(1 - beta2**t) / (1 - beta1**t)
-        for p, g, m, v in zip(params, grads, *self._state):
+        for p, g, m, v in zip(params, grads, *self._state, strict=True):
             m *= beta1
             m += (1 - beta1) * g
             v *= beta2

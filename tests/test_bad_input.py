@@ -268,7 +268,7 @@ def test_mini_batch_of_zero_total_weight(data):
         X, Y, epochs=2, lr=0.1, batch_size=2, sample_weight=sample_weight, optimizer="adam"
     )
     np.testing.assert_allclose(history, expected, rtol=1e-10)
-    for got, want in zip(net.weights, twin.weights):
+    for got, want in zip(net.weights, twin.weights, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
