@@ -20,7 +20,9 @@ when the file of the cached function changes.
 """
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 # Activation codes.
 IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = 0, 1, 2, 3, 4, 5
@@ -55,33 +57,97 @@ PANEL_ENTRIES = 32768
 
 
 # ---------------------------------------------------------------- scalar math
+#
+# Written without branches, libm calls or Python's ZeroDivisionError check
+# (``error_model="numpy"``), so loops over a layer's outputs vectorize: a tanh costs about
+# 1 ns instead of 10-25 ns for a scalar libm call. Accuracy stays within 2 ulp of float64.
+
+#: Compile options of every kernel: division without a raise-on-zero branch vectorizes.
+NUMPY_ERRORS = "numpy"
+
+# exp(x) = 2**n * exp(r), |r| <= ln(2)/2, with Cephes' Pade coefficients (1-2 ulp).
+LOG2E = 1.4426950408889634
+LN2_HI = 6.93145751953125e-1
+LN2_LO = 1.42860682030941723212e-6
+EXP_P0, EXP_P1, EXP_P2 = 1.26177193074810590878e-4, 3.02994407707441961300e-2, 1.0
+EXP_Q0, EXP_Q1, EXP_Q2, EXP_Q3 = (3.00198505138664455042e-6, 2.52448340349684104192e-3,
+                                  2.27265548208155028766e-1, 2.0)
+#: Adding 1.5 * 2**52 rounds a float64 of magnitude below 2**51 to an integer, which then
+#: sits in the low bits of the sum's mantissa.
+ROUNDER = 6755399441055744.0
+EXP_MIN, EXP_MAX = -708.0, 709.0
 
 
-@njit(cache=True)
+@intrinsic
+def _float_bits(typingctx, x):
+    """The bits of a float64 as an int64 (a register move, no memory)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _bits_float(typingctx, x):
+    """The float64 whose bits are the int64 ``x``."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+@njit(cache=True, error_model=NUMPY_ERRORS)
+def exp(x):
+    """exp of a float64 within 2 ulp, branch-free: the exponent goes straight into the
+    result's bits. Below -708 it returns 0 (subnormal results are flushed), above 709
+    infinity; NaN stays NaN."""
+    given = float(x)
+    x = EXP_MIN if given < EXP_MIN else given
+    x = EXP_MAX if x > EXP_MAX else x
+    shifted = x * LOG2E + ROUNDER
+    n = shifted - ROUNDER
+    r = x - n * LN2_HI
+    r = r - n * LN2_LO
+    rr = r * r
+    p = r * ((EXP_P0 * rr + EXP_P1) * rr + EXP_P2)
+    q = ((EXP_Q0 * rr + EXP_Q1) * rr + EXP_Q2) * rr + EXP_Q3
+    power = (_float_bits(shifted) - _float_bits(ROUNDER) + 1023) << 52
+    result = (1.0 + 2.0 * p / (q - p)) * _bits_float(power)
+    result = 0.0 if given < EXP_MIN else result
+    return np.inf if given > EXP_MAX else result
+
+
+@njit(cache=True, error_model=NUMPY_ERRORS)
 def tanh(x):
-    """tanh to within about 1 ulp, with one ``exp`` instead of libm's slower ``expm1``
-    path: ``1 - 2 / (exp(2|x|) + 1)`` where that has no cancellation, a rational
-    approximation (Cephes' coefficients) below |x| = 0.625."""
+    """tanh within 2 ulp: ``1 - 2 / (exp(2|x|) + 1)`` where that has no cancellation, a
+    rational approximation (Cephes' coefficients) below |x| = 0.625. Both are computed
+    and one selected, so loops of it vectorize."""
+    x = float(x)
     ax = abs(x)
-    if ax > 0.625:
-        r = 1.0 - 2.0 / (np.exp(2.0 * ax) + 1.0)
-        return r if x > 0 else -r
+    twice = 2.0 * ax
+    large = 1.0 - 2.0 / (exp(40.0 if twice > 40.0 else twice) + 1.0)
+    large = large if x > 0 else -large
     z = x * x
     p = (-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z \
         - 1.61468768441708447952e3
     q = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z \
         + 4.84406305325125486048e3
-    return x + x * z * p / q
+    small = x + x * z * p / q
+    return small if ax <= 0.625 else large
 
 
-@njit(cache=True)
+@njit(cache=True, error_model=NUMPY_ERRORS)
+def sigmoid(z):
+    """1 / (1 + exp(-z)) from ``exp(-|z|)``, which never overflows."""
+    z = float(z)
+    e = exp(-abs(z))
+    s = 1.0 / (1.0 + e)
+    return s if z >= 0 else e * s
+
+
+@njit(cache=True, error_model=NUMPY_ERRORS)
 def activate(code, z):
     """Elementwise activation (softmax is applied per row by ``output_loss``)."""
     if code == SIGMOID:
-        if z >= 0:
-            return 1.0 / (1.0 + np.exp(-z))
-        e = np.exp(z)
-        return e / (1.0 + e)
+        return sigmoid(z)
     if code == TANH:
         return tanh(z)
     if code == RELU:
@@ -103,6 +169,90 @@ def derivative_from_output(code, a):
     if code == LEAKY_RELU:
         return 1.0 if a > 0 else LEAKY_SLOPE
     return 1.0
+
+
+# ---------------------------------------------------------------- elementwise passes
+#
+# One loop per activation, with the branch outside: each loop runs over a contiguous
+# row and vectorizes. Transposed copies are written in a pass of their own, since a
+# strided store in the same loop would stop the vectorizer.
+
+
+@njit(cache=True, error_model=NUMPY_ERRORS)
+def bias_activation(work, off, rows, width, params, bias, code):
+    """``Z += b`` and ``A = act(Z)`` in place, over ``rows`` sample-major rows."""
+    n = np.uint64(width)
+    zero = work.dtype.type(0)
+    slope = work.dtype.type(LEAKY_SLOPE)
+    for b in range(rows):
+        o = np.uint64(off + b * width)
+        if bias >= 0:
+            bo = np.uint64(bias)
+            for j in range(n):
+                work[o + j] += params[bo + j]
+        if code == SIGMOID:
+            for j in range(n):
+                work[o + j] = sigmoid(work[o + j])
+        elif code == TANH:
+            for j in range(n):
+                work[o + j] = tanh(work[o + j])
+        elif code == RELU:
+            for j in range(n):
+                z = work[o + j]
+                work[o + j] = z if z > 0 else zero * z
+        elif code == LEAKY_RELU:
+            for j in range(n):
+                z = work[o + j]
+                work[o + j] = z if z > 0 else slope * z
+
+
+@njit(cache=True, error_model=NUMPY_ERRORS)
+def times_derivative(work, d_off, a_off, rows, width, code):
+    """``D *= act'(A)`` in place, the derivative written in terms of the output ``A``."""
+    n = np.uint64(rows * width)
+    d = np.uint64(d_off)
+    a = np.uint64(a_off)
+    one = work.dtype.type(1)
+    zero = work.dtype.type(0)
+    slope = work.dtype.type(LEAKY_SLOPE)
+    if code == SIGMOID:
+        for i in range(n):
+            work[d + i] *= work[a + i] * (one - work[a + i])
+    elif code == TANH:
+        for i in range(n):
+            work[d + i] *= one - work[a + i] * work[a + i]
+    elif code == RELU:
+        for i in range(n):
+            work[d + i] = work[d + i] if work[a + i] > 0 else zero * work[d + i]
+    elif code == LEAKY_RELU:
+        for i in range(n):
+            work[d + i] = work[d + i] if work[a + i] > 0 else slope * work[d + i]
+
+
+@njit(cache=True)
+def transpose(work, src, rows, width, dst, dst_stride):
+    """``work[dst + j * dst_stride + b] = work[src + b * width + j]``: a sample-major
+    block of ``rows`` x ``width`` copied feature-major."""
+    n = np.uint64(rows)
+    for j in range(width):
+        s = np.uint64(src + j)
+        t = np.uint64(dst + j * dst_stride)
+        w = np.uint64(width)
+        for b in range(n):
+            work[t + b] = work[s + b * w]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def row_sums(work, off, rows, stride, count, grad, out_off, accumulate):
+    """``grad[out_off + j] (+)= sum(work[off + j * stride : ... + count])`` for each of
+    ``rows`` feature-major rows: the bias gradient."""
+    n = np.uint64(count)
+    for j in range(rows):
+        o = np.uint64(off + j * stride)
+        total = work.dtype.type(0)
+        for b in range(n):
+            total += work[o + b]
+        grad[out_off + j] = grad[out_off + j] + total if accumulate else total
 
 
 # ---------------------------------------------------------------- matrix products
@@ -222,7 +372,7 @@ def output_activation(code, work, o, n_out):
             top = max(top, work[o + i])
         total = 0.0
         for i in range(n_out):
-            e = np.exp(work[o + i] - top)
+            e = exp(work[o + i] - top)
             work[o + i] = e
             total += e
         for i in range(n_out):
@@ -247,32 +397,35 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, we
             top = max(top, work[o + i])
         total = 0.0
         for i in range(n_out):
-            total += np.exp(work[o + i] - top)
+            total += exp(work[o + i] - top)
         log_total = np.log(total)
     label = labels[row] if labels.shape[0] > 0 else -1
     target_sum = 0.0
     value = 0.0
     for i in range(n_out):
         z = work[o + i]
-        a = np.exp(z - top - log_total) if code == SOFTMAX else activate(code, z)
         y = (1.0 if i == label else 0.0) if label >= 0 else Y[row, i]
         target_sum += y
-        if loss == SQUARED:
-            value += (a - y) * (a - y)
-            g = 2.0 * (a - y)
-        elif loss == BINARY_CROSS_ENTROPY:
-            if code == SIGMOID:
-                value += max(z, 0.0) - z * y + np.log1p(np.exp(-abs(z)))
-                g = a - y  # already dL/dz
-            else:
+        if code == SIGMOID and loss == BINARY_CROSS_ENTROPY:
+            e = exp(-abs(z))  # shared by the activation and the loss
+            s = 1.0 / (1.0 + e)
+            a = s if z >= 0 else e * s
+            value += max(z, 0.0) - z * y + np.log1p(e)
+            g = a - y  # already dL/dz
+        elif code == SOFTMAX and loss == CATEGORICAL_CROSS_ENTROPY:
+            a = exp(z - top - log_total)
+            if y != 0.0:
+                value += y * (top + log_total - z)
+            g = -y  # completed below to a * sum(y) - y
+        else:
+            a = exp(z - top - log_total) if code == SOFTMAX else activate(code, z)
+            if loss == SQUARED:
+                value += (a - y) * (a - y)
+                g = 2.0 * (a - y)
+            elif loss == BINARY_CROSS_ENTROPY:
                 ac = min(max(a, clip), 1.0 - clip)
                 value -= y * np.log(ac) + (1.0 - y) * np.log(1.0 - ac)
                 g = (ac - y) / (ac * (1.0 - ac))
-        else:
-            if code == SOFTMAX:
-                if y != 0.0:
-                    value += y * (top + log_total - z)
-                g = -y  # completed below to a * sum(y) - y
             else:
                 ac = max(a, clip)
                 if y != 0.0:
@@ -340,16 +493,11 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             t_out = offs[n_layers + 2 + l]
             dot_nt(work, offs[l], fan_in, wt, layout[l, L_WEIGHT], fan_in, work, z_out, fan_out,
                    count, fan_out, fan_in, False)
-            hidden = l < n_layers - 1
-            for b in range(count):
-                for j in range(fan_out):
-                    z = work[z_out + b * fan_out + j]
-                    if bias >= 0:
-                        z += params[bias + j]
-                    if hidden:
-                        z = activate(code, z)
-                        work[t_out + j * chunk + b] = z
-                    work[z_out + b * fan_out + j] = z
+            if l < n_layers - 1:
+                bias_activation(work, z_out, count, fan_out, params, bias, code)
+                transpose(work, z_out, count, fan_out, t_out, chunk)
+            else:  # the output activation comes with the loss
+                bias_activation(work, z_out, count, fan_out, params, bias, IDENTITY)
 
         a_last = offs[n_layers]
         if out.shape[0] > 0:
@@ -384,11 +532,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             dot_nt(work, offs[n_layers + 1 + l], chunk, work, dt_cur, chunk, grad, w_off,
                    fan_out, fan_in, fan_out, count, accumulate)
             if bias >= 0:
-                for j in range(fan_out):
-                    db = work.dtype.type(0)
-                    for b in range(count):
-                        db += work[dt_cur + j * chunk + b]
-                    grad[bias + j] = grad[bias + j] + db if accumulate else db
+                row_sums(work, dt_cur, fan_out, chunk, count, grad, bias, accumulate)
             if l == 0:
                 break
             cur = 1 - cur
@@ -396,21 +540,15 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             dt_next = offs[base + 2 + cur]
             dot_nt(work, d_cur, fan_out, params, w_off, fan_out, work, d_next, fan_in,
                    count, fan_in, fan_out, False)
-            code = layout[l - 1, L_ACTIVATION]
-            a_in = offs[l]
-            for b in range(count):
-                for k in range(fan_in):
-                    d = work[d_next + b * fan_in + k] * derivative_from_output(
-                        code, work[a_in + b * fan_in + k])
-                    work[d_next + b * fan_in + k] = d
-                    work[dt_next + k * chunk + b] = d
+            times_derivative(work, d_next, offs[l], count, fan_in, layout[l - 1, L_ACTIVATION])
+            transpose(work, d_next, count, fan_in, dt_next, chunk)
     return total
 
 
 # ---------------------------------------------------------------- updates
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, error_model=NUMPY_ERRORS)
 def apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m,
                    state_v, out_grad):
     """Sum the groups' gradients in group order, divide by ``norm``, add the L2 term on
