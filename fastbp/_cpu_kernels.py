@@ -22,7 +22,11 @@ when the file of the cached function changes.
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
+from numba.np import linalg as numba_linalg
+
+numba_linalg.ensure_blas()  # BLAS comes from scipy; fail at import if it is missing
 
 # Activation codes.
 IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = 0, 1, 2, 3, 4, 5
@@ -242,17 +246,19 @@ def transpose(work, src, rows, width, dst, dst_stride):
             work[t + b] = work[s + b * w]
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def row_sums(work, off, rows, stride, count, grad, out_off, accumulate):
-    """``grad[out_off + j] (+)= sum(work[off + j * stride : ... + count])`` for each of
-    ``rows`` feature-major rows: the bias gradient."""
-    n = np.uint64(count)
-    for j in range(rows):
-        o = np.uint64(off + j * stride)
-        total = work.dtype.type(0)
-        for b in range(n):
-            total += work[o + b]
-        grad[out_off + j] = grad[out_off + j] + total if accumulate else total
+@njit(cache=True)
+def column_sums(work, off, rows, width, grad, out_off, accumulate):
+    """``grad[out_off + j] (+)= sum over b of work[off + b * width + j]``: the bias
+    gradient, summed sample by sample from a sample-major block."""
+    n = np.uint64(width)
+    o = np.uint64(out_off)
+    if not accumulate:
+        for j in range(n):
+            grad[o + j] = 0
+    for b in range(rows):
+        row = np.uint64(off + b * width)
+        for j in range(n):
+            grad[o + j] += work[row + j]
 
 
 # ---------------------------------------------------------------- matrix products
@@ -348,12 +354,101 @@ def dot_nt(P, po, ps, Q, qo, qs, out, oo, os, m, n, k_len, accumulate):
             i += 2
 
 
+# ---------------------------------------------------------------- BLAS for wide layers
+#
+# Layers of at least ``blas_min`` weights multiply through scipy's BLAS (the
+# ``numba_xxgemm`` helper that numba's own ``np.dot`` calls), with beta = 1 so that
+# weight gradients accumulate in place. BLAS's own threading changes the bits with the
+# thread count, so the caller holds BLAS to one thread, and each product is split into
+# blocks of a fixed number of output columns that run in parallel here.
+
+NOTRANS, TRANS = ord("n"), ord("t")
+
+#: A product is split into at most this many BLAS calls of at least GEMM_MIN_BLOCK output
+#: columns each. The split depends on the shapes alone, so the bits never depend on the
+#: thread count.
+GEMM_MAX_BLOCKS = 8
+GEMM_MIN_BLOCK = 64
+
+
+@intrinsic
+def _gemm(typingctx, trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off,
+          ldc):
+    """Column-major ``C = op(A) @ op(B) + beta * C`` (m x n, inner size k) on flat arrays
+    of one dtype, each operand starting at its offset."""
+    if not (a.dtype == b.dtype == c.dtype and a.dtype in (types.float32, types.float64)):
+        return None
+    dtype = a.dtype
+
+    def codegen(context, builder, signature, args):
+        (trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off,
+         ldc) = args
+        char, void_p, intp = ir.IntType(8), ir.IntType(8).as_pointer(), cgutils.intp_t
+        fnty = ir.FunctionType(ir.IntType(32), [char, char, char, intp, intp, intp, void_p,
+                                                void_p, intp, void_p, intp, void_p, void_p,
+                                                intp])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+
+        def pointer(array, ty, offset):
+            data = context.make_array(ty)(context, builder, array).data
+            return builder.bitcast(builder.gep(data, [offset]), void_p)
+
+        alpha_slot = cgutils.alloca_once_value(builder, context.get_constant(dtype, 1.0))
+        beta_value = context.cast(builder, beta, signature.args[11], dtype)
+        beta_slot = cgutils.alloca_once_value(builder, beta_value)
+        kind = ir.Constant(char, ord(numba_linalg.get_blas_kind(dtype)))
+        res = builder.call(fn, (kind, builder.trunc(trans_a, char), builder.trunc(trans_b, char),
+                                m, n, k, builder.bitcast(alpha_slot, void_p),
+                                pointer(a, signature.args[5], a_off), lda,
+                                pointer(b, signature.args[8], b_off), ldb,
+                                builder.bitcast(beta_slot, void_p),
+                                pointer(c, signature.args[12], c_off), ldc))
+        numba_linalg.check_blas_return(context, builder, res)
+        return context.get_dummy_value()
+
+    sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64, a,
+                     types.int64, types.int64, b, types.int64, types.int64, types.float64, c,
+                     types.int64, types.int64)
+    return sig, codegen
+
+
 @njit(cache=True)
-def transpose_weights(params, wt, layout):
-    """Refresh ``wt`` (each W_l stored fan_out x fan_in) from ``params``."""
+def uses_blas(layout, l, blas_min):
+    """Whether layer ``l`` multiplies through BLAS, which reads every operand as it is
+    stored; the register-blocked products need transposed copies instead."""
+    return layout[l, L_FAN_IN] * layout[l, L_FAN_OUT] >= blas_min
+
+
+@njit(cache=True)
+def blas_forward(work, a_off, params, w_off, z_off, rows, fan_in, fan_out):
+    """``Z = A @ W`` for sample-major A (rows x fan_in) and W (fan_in x fan_out)."""
+    _gemm(NOTRANS, NOTRANS, fan_out, rows, fan_in, params, w_off, fan_out, work, a_off, fan_in,
+          0.0, work, z_off, fan_out)
+
+
+@njit(cache=True)
+def blas_backward(work, d_off, params, w_off, out_off, rows, fan_in, fan_out):
+    """``D_prev = D @ W.T`` for sample-major D (rows x fan_out)."""
+    _gemm(TRANS, NOTRANS, fan_in, rows, fan_out, params, w_off, fan_out, work, d_off, fan_out,
+          0.0, work, out_off, fan_in)
+
+
+@njit(cache=True)
+def blas_weight_gradient(work, a_off, d_off, grad, w_off, rows, fan_in, fan_out, accumulate):
+    """``dW (+)= A.T @ D``, summed over the rows."""
+    _gemm(NOTRANS, TRANS, fan_out, fan_in, rows, work, d_off, fan_out, work, a_off, fan_in,
+          1.0 if accumulate else 0.0, grad, w_off, fan_out)
+
+
+@njit(cache=True)
+def transpose_weights(params, wt, layout, blas_min):
+    """Refresh ``wt`` (each W_l stored fan_out x fan_in) from ``params``; BLAS layers
+    read ``params`` directly and are skipped."""
     for l in range(layout.shape[0]):
         fan_in = layout[l, L_FAN_IN]
         fan_out = layout[l, L_FAN_OUT]
+        if uses_blas(layout, l, blas_min):
+            continue
         off = layout[l, L_WEIGHT]
         for i in range(fan_in):
             for j in range(fan_out):
@@ -454,7 +549,8 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, we
 
 @njit(cache=True)
 def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size,
-               chunk, params, wt, layout, loss, loss_scale, clip, work, offs, grad, out):
+               chunk, params, wt, layout, blas_min, loss, loss_scale, clip, work, offs, grad,
+               out):
     """Forward and backward passes over one group's consecutive chunks of a batch.
 
     Returns the group's summed (weighted) loss and leaves its gradient sum in ``grad``
@@ -471,6 +567,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
     out_code = layout[n_layers - 1, L_ACTIVATION]
     base = 2 * (n_layers + 1)
     first = group * n_chunks // n_groups
+    training = out.shape[0] == 0
     total = 0.0
     for c in range(first, (group + 1) * n_chunks // n_groups):
         lo = start + c * chunk
@@ -483,7 +580,8 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             row = order[lo + b]
             for k in range(n_in):
                 work[a_in + b * n_in + k] = X[row, k]
-                work[t_in + k * chunk + b] = X[row, k]
+        if training and not uses_blas(layout, 0, blas_min):
+            transpose(work, a_in, count, n_in, t_in, chunk)
         for l in range(n_layers):
             fan_in = layout[l, L_FAN_IN]
             fan_out = layout[l, L_FAN_OUT]
@@ -491,16 +589,21 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             code = layout[l, L_ACTIVATION]
             z_out = offs[l + 1]
             t_out = offs[n_layers + 2 + l]
-            dot_nt(work, offs[l], fan_in, wt, layout[l, L_WEIGHT], fan_in, work, z_out, fan_out,
-                   count, fan_out, fan_in, False)
+            if uses_blas(layout, l, blas_min):
+                blas_forward(work, offs[l], params, layout[l, L_WEIGHT], z_out, count, fan_in,
+                             fan_out)
+            else:
+                dot_nt(work, offs[l], fan_in, wt, layout[l, L_WEIGHT], fan_in, work, z_out,
+                       fan_out, count, fan_out, fan_in, False)
             if l < n_layers - 1:
                 bias_activation(work, z_out, count, fan_out, params, bias, code)
-                transpose(work, z_out, count, fan_out, t_out, chunk)
+                if training and not uses_blas(layout, l + 1, blas_min):
+                    transpose(work, z_out, count, fan_out, t_out, chunk)
             else:  # the output activation comes with the loss
                 bias_activation(work, z_out, count, fan_out, params, bias, IDENTITY)
 
         a_last = offs[n_layers]
-        if out.shape[0] > 0:
+        if not training:
             for b in range(count):
                 output_activation(out_code, work, a_last + b * n_out, n_out)
                 for i in range(n_out):
@@ -516,8 +619,8 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             total += weight * output_loss(out_code, loss, loss_scale, clip, work,
                                           a_last + b * n_out, n_out, Y, labels, row, weight,
                                           d_cur + b * n_out)
-            for i in range(n_out):
-                work[dt_cur + i * chunk + b] = work[d_cur + b * n_out + i]
+        if not uses_blas(layout, n_layers - 1, blas_min):
+            transpose(work, d_cur, count, n_out, dt_cur, chunk)
 
         # Backward: dW = A^T @ D and db = sum(D); then D <- (D @ W^T) * act'(A).
         accumulate = c > first
@@ -529,19 +632,28 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             bias = layout[l, L_BIAS]
             d_cur = offs[base + cur]
             dt_cur = offs[base + 2 + cur]
-            dot_nt(work, offs[n_layers + 1 + l], chunk, work, dt_cur, chunk, grad, w_off,
-                   fan_out, fan_in, fan_out, count, accumulate)
+            wide = uses_blas(layout, l, blas_min)
+            if wide:
+                blas_weight_gradient(work, offs[l], d_cur, grad, w_off, count, fan_in, fan_out,
+                                     accumulate)
+            else:
+                dot_nt(work, offs[n_layers + 1 + l], chunk, work, dt_cur, chunk, grad, w_off,
+                       fan_out, fan_in, fan_out, count, accumulate)
             if bias >= 0:
-                row_sums(work, dt_cur, fan_out, chunk, count, grad, bias, accumulate)
+                column_sums(work, d_cur, count, fan_out, grad, bias, accumulate)
             if l == 0:
                 break
             cur = 1 - cur
             d_next = offs[base + cur]
             dt_next = offs[base + 2 + cur]
-            dot_nt(work, d_cur, fan_out, params, w_off, fan_out, work, d_next, fan_in,
-                   count, fan_in, fan_out, False)
+            if wide:
+                blas_backward(work, d_cur, params, w_off, d_next, count, fan_in, fan_out)
+            else:
+                dot_nt(work, d_cur, fan_out, params, w_off, fan_out, work, d_next, fan_in,
+                       count, fan_in, fan_out, False)
             times_derivative(work, d_next, offs[l], count, fan_in, layout[l - 1, L_ACTIVATION])
-            transpose(work, d_next, count, fan_in, dt_next, chunk)
+            if not uses_blas(layout, l - 1, blas_min):
+                transpose(work, d_next, count, fan_in, dt_next, chunk)
     return total
 
 
@@ -636,20 +748,21 @@ def shuffle_order(order, state):
 
 @njit(parallel=PRANGE_ONLY, cache=True)
 def parallel_groups(n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk,
-                    params, wt, layout, loss, loss_scale, clip, work, offs, grads, out,
-                    group_loss):
+                    params, wt, layout, blas_min, loss, loss_scale, clip, work, offs, grads,
+                    out, group_loss):
     """``group_pass`` for every group of a batch, spread over threads. Kept apart from
     ``run`` because parallel compilation analyses the whole enclosing function."""
     for g in prange(n_groups):
         group_loss[g] = group_pass(g, n_groups, n_chunks, X, Y, labels, sample_weight, order,
-                                   start, size, chunk, params, wt, layout, loss, loss_scale, clip,
-                                   work[g], offs, grads[g], out)
+                                   start, size, chunk, params, wt, layout, blas_min, loss,
+                                   loss_scale, clip, work[g], offs, grads[g], out)
 
 
 @njit(cache=True)
 def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, loss, loss_scale,
           clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state, optimizer, hyper, step,
-          state_m, state_v, chunk, max_groups, parallel_min_macs, history, out_grad, out):
+          state_m, state_v, chunk, max_groups, parallel_min_macs, blas_min, history, out_grad,
+          out):
     """The one compiled entry point: training, or one gradient, or a forward pass.
 
     Trains in place for ``epochs`` epochs of mini-batches, visiting the rows of ``X`` in
@@ -661,11 +774,12 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
     the first batch runs, its output activations going to ``out``.
 
     One entry point serves all three because each compiled function that reaches the
-    chunk loops costs seconds of compilation."""
+    chunk loops costs seconds of compilation. A network with a layer of ``blas_min`` or
+    more weights runs its chunks as one group and spreads each product over threads."""
     n = X.shape[0]
     n_params = params.shape[0]
     wt = np.empty_like(params)
-    transpose_weights(params, wt, layout)
+    transpose_weights(params, wt, layout, blas_min)
     most_groups = min((min(batch_size, n) + chunk - 1) // chunk, max_groups)
     work = np.zeros((most_groups, work_size), params.dtype)
     grads = np.zeros((most_groups, n_params), params.dtype)
@@ -688,14 +802,14 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
             n_groups = min(n_chunks, most_groups)
             if n_groups > 1 and size * 3 * n_params >= parallel_min_macs:
                 parallel_groups(n_groups, n_chunks, X, Y, labels, sample_weight, order, start,
-                                size, chunk, params, wt, layout, loss, loss_scale, clip, work,
-                                offs, grads, out, group_loss)
+                                size, chunk, params, wt, layout, blas_min, loss, loss_scale,
+                                clip, work, offs, grads, out, group_loss)
             else:
                 for g in range(n_groups):
                     group_loss[g] = group_pass(
                         g, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size,
-                        chunk, params, wt, layout, loss, loss_scale, clip, work[g], offs,
-                        grads[g], out)
+                        chunk, params, wt, layout, blas_min, loss, loss_scale, clip, work[g],
+                        offs, grads[g], out)
             if out.shape[0] > 0:
                 return -1
             loss_sum = 0.0
@@ -725,7 +839,7 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
             step[0] += 1
             apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step[0],
                            state_m, state_v, out_grad)
-            transpose_weights(params, wt, layout)
+            transpose_weights(params, wt, layout, blas_min)
         if ok:
             history[epoch] = epoch_loss / total_norm
             for i in range(n_params):

@@ -948,12 +948,13 @@ def _grid_blocks(kernel, args, work):
 
 def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, loss, loss_scale,
         clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state, optimizer, hyper, step,
-        state_m, state_v, chunk, max_groups, parallel_min_macs, history, out_grad, out):
+        state_m, state_v, chunk, max_groups, parallel_min_macs, blas_min, history, out_grad,
+        out):
     """The one entry point: training, or one gradient, or a forward pass, on the GPU.
 
     Same arguments, in-place updates and return value as ``fastbp._cpu_kernels.run``
-    (``offs``, ``work_size``, ``chunk``, ``max_groups`` and ``parallel_min_macs`` describe
-    the CPU engine's work split and are not used here)."""
+    (``offs``, ``work_size``, ``chunk``, ``max_groups``, ``parallel_min_macs`` and
+    ``blas_min`` describe the CPU engine's work split and are not used here)."""
     mode = FORWARD if out.shape[0] > 0 else GRADIENT if out_grad.shape[0] > 0 else TRAIN
     n = X.shape[0]
     batch = min(int(batch_size), n)

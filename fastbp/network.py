@@ -4,12 +4,22 @@ The class validates and allocates; the loops live in the kernel modules. Paramet
 one flat array (see ``fastbp._layout``); ``weights`` and ``biases`` are views into it.
 """
 
+import contextlib
+
 import numpy as np
 
 from . import _config, _layout
 from . import _validation as check
 from ._backends import kernels
 from ._init import initial_weights
+
+
+def _one_blas_thread():
+    """Hold BLAS to one thread: the kernels split each product over threads themselves,
+    in blocks that keep the bits independent of the thread count."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 class MLP:
@@ -53,7 +63,12 @@ class MLP:
                                                       self.bias)
         self._loss_code, self._loss_scale = _layout.loss_code(self.loss_name,
                                                               self.layer_sizes[-1])
-        self._offs, self._work_size = _layout.work_offsets(self._layout, _config.CHUNK_ROWS)
+        # Layers of BLAS_MIN_ENTRIES weights or more multiply through BLAS, on longer chunks.
+        self._blas_min = _config.BLAS_MIN_ENTRIES
+        self._uses_blas = bool((self._layout[:, 0] * self._layout[:, 1] >= self._blas_min).any())
+        self._blas_threads = (_one_blas_thread if self._uses_blas and self.device == "cpu"
+                              else contextlib.nullcontext)
+        self._work_plans = {}
         rng = np.random.default_rng(seed)
         self._params = np.zeros(n_params, self.dtype)
         initial = initial_weights(self.layer_sizes, self.activations, rng)
@@ -134,20 +149,38 @@ class MLP:
         """Call the compiled engine; every mode goes through this one entry point."""
         empty = np.zeros(0, self.dtype)
         training = out_grad is None and out is None
-        return self._kernels.run(
-            X, Y, labels, sample_weight, np.arange(X.shape[0]) if order is None else order,
-            self._params, self._layout, self._offs, self._work_size, self._loss_code,
-            self._loss_scale, np.finfo(self.dtype).eps, self.reduction == "sum", epochs,
-            batch_size or X.shape[0], shuffle,
-            self._shuffle_state if training else self._shuffle_state.copy(),
-            _layout.OPTIMIZER_CODES[optimizer],
-            np.array([0.0, 0.0, 0.0, 0.0, 1.0, 0.0]) if hyper is None else hyper,
-            self._step if training else np.zeros(1, np.int64),
-            self._state_m if training else empty, self._state_v if training else empty,
-            _config.CHUNK_ROWS, self._max_groups(), _config.PARALLEL_MIN_MACS,
-            np.zeros(1) if history is None else history,
-            empty if out_grad is None else out_grad,
-            np.zeros((0, 0), self.dtype) if out is None else out)
+        batch_size = batch_size or X.shape[0]
+        chunk, offs, work_size = self._work_plan(batch_size)
+        with self._blas_threads():
+            return self._kernels.run(
+                X, Y, labels, sample_weight, np.arange(X.shape[0]) if order is None else order,
+                self._params, self._layout, offs, work_size, self._loss_code,
+                self._loss_scale, np.finfo(self.dtype).eps, self.reduction == "sum", epochs,
+                batch_size, shuffle,
+                self._shuffle_state if training else self._shuffle_state.copy(),
+                _layout.OPTIMIZER_CODES[optimizer],
+                np.array([0.0, 0.0, 0.0, 0.0, 1.0, 0.0]) if hyper is None else hyper,
+                self._step if training else np.zeros(1, np.int64),
+                self._state_m if training else empty, self._state_v if training else empty,
+                chunk, self._max_groups(), _config.PARALLEL_MIN_MACS, self._blas_min,
+                np.zeros(1) if history is None else history,
+                empty if out_grad is None else out_grad,
+                np.zeros((0, 0), self.dtype) if out is None else out)
+
+    def _work_plan(self, batch_size):
+        """``(chunk rows, work offsets, work size)`` for batches of ``batch_size`` rows.
+
+        Chunks fix the summation order, so they depend on the network and the batch size
+        alone. Networks with BLAS layers take chunks of about half a batch (within
+        CHUNK_ROWS .. BLAS_CHUNK_ROWS): long enough for BLAS to run near its peak, and
+        at least two per batch so that two cores have work."""
+        chunk = _config.CHUNK_ROWS
+        if self._uses_blas:
+            half = -(-batch_size // 2)
+            chunk = min(_config.BLAS_CHUNK_ROWS, max(chunk, -(-half // 16) * 16))
+        if chunk not in self._work_plans:
+            self._work_plans[chunk] = _layout.work_offsets(self._layout, chunk)
+        return (chunk, *self._work_plans[chunk])
 
     def _gradient(self, X, Y, labels, sample_weight, l2):
         """Loss and flat gradient of the whole data set as one batch."""
