@@ -40,7 +40,6 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d
-from sklearn.utils import shuffle as sklearn_shuffle
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted
@@ -147,6 +146,14 @@ def _writeable(array):
 
 
 # ---------------------------------------------------------------- engine helpers
+
+
+def _shuffled(sample_idx, random_state):
+    """``sklearn.utils.shuffle(sample_idx, random_state=random_state)``: the same draw
+    from the same generator, without the input checks that cost 0.75 ms an epoch."""
+    indices = np.arange(sample_idx.shape[0])
+    random_state.shuffle(indices)
+    return sample_idx[indices]
 
 
 def _optimizer_state(net):
@@ -450,7 +457,7 @@ class _BaseMLP(BaseEstimator):
             self.n_iter_ = 0
             for _ in range(self.max_iter):
                 if self.shuffle:
-                    sample_idx = sklearn_shuffle(sample_idx, random_state=random_state)
+                    sample_idx = _shuffled(sample_idx, random_state)
                 try:
                     history = net.fit(
                         X_train, targets, epochs=1, lr=self._learning_rate,

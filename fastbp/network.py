@@ -171,13 +171,14 @@ class MLP:
         """``(chunk rows, work offsets, work size)`` for batches of ``batch_size`` rows.
 
         Chunks fix the summation order, so they depend on the network and the batch size
-        alone. Networks with BLAS layers take chunks of about half a batch (within
-        CHUNK_ROWS .. BLAS_CHUNK_ROWS): long enough for BLAS to run near its peak, and
+        alone. A batch is cut into chunks of equal size (at most CHUNK_ROWS rows), so
+        that threads get equal shares; networks with BLAS layers take chunks of about half
+        a batch (at most BLAS_CHUNK_ROWS): long enough for BLAS to run near its peak, and
         at least two per batch so that two cores have work."""
-        chunk = _config.CHUNK_ROWS
+        most = _config.CHUNK_ROWS
         if self._uses_blas:
-            half = -(-batch_size // 2)
-            chunk = min(_config.BLAS_CHUNK_ROWS, max(chunk, -(-half // 16) * 16))
+            most = max(most, min(_config.BLAS_CHUNK_ROWS, -(-batch_size // 2)))
+        chunk = -(-batch_size // -(-batch_size // most))
         if chunk not in self._work_plans:
             self._work_plans[chunk] = _layout.work_offsets(self._layout, chunk)
         return (chunk, *self._work_plans[chunk])
