@@ -11,6 +11,7 @@ import pytest
 
 import fastbp
 import fastbp.reference
+from fastbp import _config
 
 ARCHITECTURES = {
     "tanh-softmax-cce": ([4, 8, 3], ["tanh", "softmax"], "cce", True, "mean"),
@@ -135,13 +136,23 @@ def test_unshuffled_full_batch_and_optimizer_switch_match_reference(rng, name, d
         _assert_same_network(fast, slow, dtype)
 
 
+@pytest.fixture(params=["default-chunks", "chunks-of-4-in-2-groups"])
+def chunking(request, monkeypatch):
+    """The engine's default chunks, or chunks of 4 rows in 2 groups: every product then
+    runs over short contractions and adds each chunk to its group's earlier ones."""
+    if request.param != "default-chunks":
+        monkeypatch.setattr(_config, "CHUNK_ROWS", 4)
+        monkeypatch.setattr(_config, "MAX_GROUPS", 2)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(
     "name,n",
     # 300 rows are 5 chunks of the compiled engine; 2500 are 40 chunks in 32 groups.
     [(name, 300) for name in ARCHITECTURES] + [(name, 2500) for name in TRAINED],
 )
-def test_forward_loss_gradients_match_reference(rng, name, n, dtype):
+def test_forward_loss_gradients_match_reference(rng, chunking, name, n, dtype):
     fast, slow = _pair(name, dtype, seed=3)
     # Move away from the initial weights (zero biases) first, identically on both sides.
     weights = [w + rng.normal(scale=0.3, size=w.shape) for w in fast.weights]
