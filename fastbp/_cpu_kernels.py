@@ -188,18 +188,28 @@ def derivative_from_output(code, a):
 # strided store in the same loop would stop the vectorizer.
 
 
+@njit(cache=True)
+def add_bias(work, off, rows, width, params, bias):
+    """``Z += b`` in place over ``rows`` sample-major rows; nothing when ``bias`` < 0."""
+    if bias < 0:
+        return
+    n = np.uint64(width)
+    bo = np.uint64(bias)
+    for b in range(rows):
+        o = np.uint64(off + b * width)
+        for j in range(n):
+            work[o + j] += params[bo + j]
+
+
 @njit(cache=True, error_model=NUMPY_ERRORS)
 def bias_activation(work, off, rows, width, params, bias, code):
     """``Z += b`` and ``A = act(Z)`` in place, over ``rows`` sample-major rows."""
+    add_bias(work, off, rows, width, params, bias)
     n = np.uint64(width)
     zero = work.dtype.type(0)
     slope = work.dtype.type(LEAKY_SLOPE)
     for b in range(rows):
         o = np.uint64(off + b * width)
-        if bias >= 0:
-            bo = np.uint64(bias)
-            for j in range(n):
-                work[o + j] += params[bo + j]
         if code == SIGMOID:
             for j in range(n):
                 work[o + j] = sigmoid(work[o + j])
@@ -444,13 +454,6 @@ def short_product(n, k_len):
 
 
 @njit(cache=True)
-def uses_blas(layout, l, blas_min):
-    """Whether layer ``l`` multiplies through BLAS, which reads every operand as it is
-    stored; the register-blocked products need transposed copies instead."""
-    return layout[l, L_FAN_IN] * layout[l, L_FAN_OUT] >= blas_min
-
-
-@njit(cache=True)
 def blas_forward(work, a_off, params, w_off, z_off, rows, fan_in, fan_out):
     """``Z = A @ W`` for sample-major A (rows x fan_in) and W (fan_in x fan_out)."""
     _gemm(NOTRANS, NOTRANS, fan_out, rows, fan_in, params, w_off, fan_out, work, a_off, fan_in,
@@ -472,13 +475,13 @@ def blas_weight_gradient(work, a_off, d_off, grad, w_off, rows, fan_in, fan_out,
 
 
 @njit(cache=True)
-def transpose_weights(params, wt, layout, blas_min):
+def transpose_weights(params, wt, layout, blas):
     """Refresh ``wt`` (each W_l stored fan_out x fan_in) from ``params``; BLAS layers
-    read ``params`` directly and are skipped."""
+    (``blas[l]``) read ``params`` directly and are skipped."""
     for l in range(layout.shape[0]):
         fan_in = layout[l, L_FAN_IN]
         fan_out = layout[l, L_FAN_OUT]
-        if uses_blas(layout, l, blas_min):
+        if blas[l]:
             continue
         off = layout[l, L_WEIGHT]
         for i in range(fan_in):
@@ -580,8 +583,7 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, we
 
 @njit(cache=True)
 def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size,
-               chunk, params, wt, layout, blas_min, loss, loss_scale, clip, work, offs, grad,
-               out):
+               chunk, params, wt, layout, blas, loss, loss_scale, clip, work, offs, grad, out):
     """Forward and backward passes over one group's consecutive chunks of a batch.
 
     Returns the group's summed (weighted) loss and leaves its gradient sum in ``grad``
@@ -599,6 +601,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
     base = 2 * (n_layers + 1)
     first = group * n_chunks // n_groups
     training = out.shape[0] == 0
+    overwrite = np.bool_(False)  # a typed False: a literal one would compile products twice
     total = 0.0
     for c in range(first, (group + 1) * n_chunks // n_groups):
         lo = start + c * chunk
@@ -611,7 +614,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             row = order[lo + b]
             for k in range(n_in):
                 work[a_in + b * n_in + k] = X[row, k]
-        if training and not uses_blas(layout, 0, blas_min):
+        if training and not blas[0]:
             transpose(work, a_in, count, n_in, t_in, chunk)
         for l in range(n_layers):
             fan_in = layout[l, L_FAN_IN]
@@ -620,21 +623,21 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             code = layout[l, L_ACTIVATION]
             z_out = offs[l + 1]
             t_out = offs[n_layers + 2 + l]
-            if uses_blas(layout, l, blas_min):
+            if blas[l]:
                 blas_forward(work, offs[l], params, layout[l, L_WEIGHT], z_out, count, fan_in,
                              fan_out)
             elif short_product(fan_out, fan_in):
                 dot_nn(work, offs[l], fan_in, params, layout[l, L_WEIGHT], fan_out, work, z_out,
-                       fan_out, count, fan_out, fan_in, False)
+                       fan_out, count, fan_out, fan_in, overwrite)
             else:
                 dot_nt(work, offs[l], fan_in, wt, layout[l, L_WEIGHT], fan_in, work, z_out,
-                       fan_out, count, fan_out, fan_in, False)
+                       fan_out, count, fan_out, fan_in, overwrite)
             if l < n_layers - 1:
                 bias_activation(work, z_out, count, fan_out, params, bias, code)
-                if training and not uses_blas(layout, l + 1, blas_min):
+                if training and not blas[l + 1]:
                     transpose(work, z_out, count, fan_out, t_out, chunk)
             else:  # the output activation comes with the loss
-                bias_activation(work, z_out, count, fan_out, params, bias, IDENTITY)
+                add_bias(work, z_out, count, fan_out, params, bias)
 
         a_last = offs[n_layers]
         if not training:
@@ -653,7 +656,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             total += weight * output_loss(out_code, loss, loss_scale, clip, work,
                                           a_last + b * n_out, n_out, Y, labels, row, weight,
                                           d_cur + b * n_out)
-        if not uses_blas(layout, n_layers - 1, blas_min):
+        if not blas[n_layers - 1]:
             transpose(work, d_cur, count, n_out, dt_cur, chunk)
 
         # Backward: dW = A^T @ D and db = sum(D); then D <- (D @ W^T) * act'(A).
@@ -666,7 +669,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             bias = layout[l, L_BIAS]
             d_cur = offs[base + cur]
             dt_cur = offs[base + 2 + cur]
-            wide = uses_blas(layout, l, blas_min)
+            wide = blas[l]
             if wide:
                 blas_weight_gradient(work, offs[l], d_cur, grad, w_off, count, fan_in, fan_out,
                                      accumulate)
@@ -687,12 +690,12 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
                 blas_backward(work, d_cur, params, w_off, d_next, count, fan_in, fan_out)
             elif short_product(fan_in, fan_out):
                 dot_nn(work, d_cur, fan_out, wt, w_off, fan_in, work, d_next, fan_in, count,
-                       fan_in, fan_out, False)
+                       fan_in, fan_out, overwrite)
             else:
                 dot_nt(work, d_cur, fan_out, params, w_off, fan_out, work, d_next, fan_in,
-                       count, fan_in, fan_out, False)
+                       count, fan_in, fan_out, overwrite)
             times_derivative(work, d_next, offs[l], count, fan_in, layout[l - 1, L_ACTIVATION])
-            if not uses_blas(layout, l - 1, blas_min):
+            if not blas[l - 1]:
                 transpose(work, d_next, count, fan_in, dt_next, chunk)
     return total
 
@@ -788,14 +791,15 @@ def shuffle_order(order, state):
 
 @njit(parallel=PRANGE_ONLY, cache=True)
 def parallel_groups(n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk,
-                    params, wt, layout, blas_min, loss, loss_scale, clip, work, offs, grads,
-                    out, group_loss):
+                    params, wt, layout, blas, loss, loss_scale, clip, work, offs, grads, out,
+                    group_loss):
     """``group_pass`` for every group of a batch, spread over threads. Kept apart from
     ``run`` because parallel compilation analyses the whole enclosing function."""
     for g in prange(n_groups):
-        group_loss[g] = group_pass(g, n_groups, n_chunks, X, Y, labels, sample_weight, order,
-                                   start, size, chunk, params, wt, layout, blas_min, loss,
-                                   loss_scale, clip, work[g], offs, grads[g], out)
+        # prange counts in uint64; int64 keeps group_pass to one compiled signature.
+        group_loss[g] = group_pass(np.int64(g), n_groups, n_chunks, X, Y, labels,
+                                   sample_weight, order, start, size, chunk, params, wt, layout,
+                                   blas, loss, loss_scale, clip, work[g], offs, grads[g], out)
 
 
 @njit(cache=True)
@@ -818,8 +822,9 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
     more weights runs its chunks as one group and spreads each product over threads."""
     n = X.shape[0]
     n_params = params.shape[0]
+    blas = layout[:, L_FAN_IN] * layout[:, L_FAN_OUT] >= blas_min
     wt = np.empty_like(params)
-    transpose_weights(params, wt, layout, blas_min)
+    transpose_weights(params, wt, layout, blas)
     most_groups = min((min(batch_size, n) + chunk - 1) // chunk, max_groups)
     work = np.zeros((most_groups, work_size), params.dtype)
     grads = np.zeros((most_groups, n_params), params.dtype)
@@ -842,13 +847,13 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
             n_groups = min(n_chunks, most_groups)
             if n_groups > 1 and size * 3 * n_params >= parallel_min_macs:
                 parallel_groups(n_groups, n_chunks, X, Y, labels, sample_weight, order, start,
-                                size, chunk, params, wt, layout, blas_min, loss, loss_scale,
+                                size, chunk, params, wt, layout, blas, loss, loss_scale,
                                 clip, work, offs, grads, out, group_loss)
             else:
                 for g in range(n_groups):
                     group_loss[g] = group_pass(
                         g, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size,
-                        chunk, params, wt, layout, blas_min, loss, loss_scale, clip, work[g],
+                        chunk, params, wt, layout, blas, loss, loss_scale, clip, work[g],
                         offs, grads[g], out)
             if out.shape[0] > 0:
                 return -1
@@ -869,7 +874,8 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
                 batch_loss += 0.5 * hyper[H_L2] * squared_weights(params, layout) / norm
             if out_grad.shape[0] > 0:
                 history[0] = batch_loss
-                apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, 1,
+                # The step count is not read when the gradient is only stored.
+                apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step[0],
                                state_m, state_v, out_grad)
                 return -1
             if not np.isfinite(batch_loss):
@@ -879,7 +885,7 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
             step[0] += 1
             apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step[0],
                            state_m, state_v, out_grad)
-            transpose_weights(params, wt, layout, blas_min)
+            transpose_weights(params, wt, layout, blas)
         if ok:
             history[epoch] = epoch_loss / total_norm
             for i in range(n_params):
