@@ -144,6 +144,34 @@ def tanh(x):
     return small if ax <= 0.625 else large
 
 
+# log(1 + t) = t - t**2 / 2 + t**3 P(t) / Q(t) for 1 + t in [sqrt(1/2), sqrt(2)] (Cephes).
+LOG_P = (1.01875663804580931796e-4, 4.97494994976747001425e-1, 4.70579119878881725854e0,
+         1.44989225341610930846e1, 1.79368678507819816313e1, 7.70838733755885391666e0)
+LOG_Q = (1.12873587189167450590e1, 4.52279145837532221105e1, 8.29875266912776603211e1,
+         7.11544750618563894466e1, 2.31251620126765340583e1)
+LOG_LN2_HI, LOG_LN2_LO = 0.693359375, -2.121944400546905827679e-4
+SQRT2 = 1.4142135623730951
+
+
+@njit(cache=True, error_model=NUMPY_ERRORS)
+def log1p_unit(x):
+    """log(1 + x) for x in [0, 1] within 2 ulp, branch-free: log of u = 1 + x, corrected
+    by x / (u - 1) for the rounding of u (Goldberg's trick)."""
+    x = float(x)
+    u = 1.0 + x
+    halve = u > SQRT2
+    f = u * 0.5 if halve else u
+    k = 1.0 if halve else 0.0
+    t = f - 1.0
+    z = t * t
+    p = ((((LOG_P[0] * t + LOG_P[1]) * t + LOG_P[2]) * t + LOG_P[3]) * t + LOG_P[4]) * t \
+        + LOG_P[5]
+    q = ((((t + LOG_Q[0]) * t + LOG_Q[1]) * t + LOG_Q[2]) * t + LOG_Q[3]) * t + LOG_Q[4]
+    log_u = t + (t * (z * p / q) + k * LOG_LN2_LO - 0.5 * z) + k * LOG_LN2_HI
+    rounded = u - 1.0
+    return x if rounded == 0.0 else log_u * (x / rounded)
+
+
 @njit(cache=True, error_model=NUMPY_ERRORS)
 def sigmoid(z):
     """1 / (1 + exp(-z)) from ``exp(-|z|)``, which never overflows."""
@@ -581,6 +609,38 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, we
     return loss_scale * value
 
 
+@njit(cache=True, error_model=NUMPY_ERRORS)
+def sigmoid_bce(work, o, d_off, scratch, count, n_out, Y, order, lo, sample_weight,
+                loss_scale):
+    """``output_loss`` for sigmoid outputs with binary cross-entropy, over a chunk's
+    ``count`` rows at once: returns their summed weighted loss, leaves the activations
+    in place and dL/dz (times the weight) at ``d_off``. The transcendental part runs in
+    one loop over the whole block, which vectorizes; ``work[scratch:]`` holds its
+    softplus terms meanwhile."""
+    n = np.uint64(count * n_out)
+    zo, do_, so = np.uint64(o), np.uint64(d_off), np.uint64(scratch)
+    for t in range(n):
+        z = work[zo + t]
+        e = exp(-abs(z))  # shared by the activation and the loss
+        s = 1.0 / (1.0 + e)
+        work[zo + t] = s if z >= 0 else e * s
+        work[do_ + t] = z
+        work[so + t] = (z if z > 0 else 0.0) + log1p_unit(e)
+    total = 0.0
+    for b in range(count):
+        row = order[lo + b]
+        weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
+        scale = loss_scale * weight
+        value = 0.0
+        for i in range(n_out):
+            t = b * n_out + i
+            y = Y[row, i]
+            value += work[scratch + t] - work[d_off + t] * y
+            work[d_off + t] = (work[o + t] - y) * scale
+        total += weight * loss_scale * value
+    return total
+
+
 @njit(cache=True)
 def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size,
                chunk, params, wt, layout, blas, loss, loss_scale, clip, work, offs, grad, out):
@@ -650,12 +710,16 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
         # Loss and output delta dL/dz, sample-major and transposed.
         d_cur = offs[base]
         dt_cur = offs[base + 2]
-        for b in range(count):
-            row = order[lo + b]
-            weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
-            total += weight * output_loss(out_code, loss, loss_scale, clip, work,
-                                          a_last + b * n_out, n_out, Y, labels, row, weight,
-                                          d_cur + b * n_out)
+        if out_code == SIGMOID and loss == BINARY_CROSS_ENTROPY:
+            total += sigmoid_bce(work, a_last, d_cur, offs[base + 1], count, n_out, Y, order, lo,
+                                 sample_weight, loss_scale)
+        else:
+            for b in range(count):
+                row = order[lo + b]
+                weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
+                total += weight * output_loss(out_code, loss, loss_scale, clip, work,
+                                              a_last + b * n_out, n_out, Y, labels, row,
+                                              weight, d_cur + b * n_out)
         if not blas[n_layers - 1]:
             transpose(work, d_cur, count, n_out, dt_cur, chunk)
 
