@@ -29,6 +29,9 @@ from ._grid import GRID, get_row, make_data
 REFERENCE_BUDGET_S = 15.0
 #: Rows of the slice that estimates how long a NumPy run takes.
 PROBE_ROWS = 2048
+#: Pause before each library's timings, so that the thread pools of the one before
+#: (OpenBLAS's, PyTorch's OpenMP threads) stop spinning on the two cores first.
+IDLE_S = 0.5
 #: Rows and epochs of every grid row under ``--quick``.
 QUICK_ROWS = 300
 QUICK_EPOCHS = 1
@@ -157,8 +160,11 @@ def measure(row, dtype, repeats, torch=None, peak=None, judge=True):
     """One result dict of ``row`` in ``dtype``; ``judge`` compares the speedup with the
     row's target (memory targets are the asv suite's ``peakmem_fit``)."""
     X, Y = make_data(row, dtype)
+    time.sleep(IDLE_S)
     t_fast = time_fastbp(row, X, Y, dtype, repeats)
+    time.sleep(IDLE_S)
     t_ref, scaled = time_reference(row, X, Y, dtype, repeats)
+    time.sleep(IDLE_S)
     t_torch = None if torch is None else time_torch(torch, row, X, Y, dtype, repeats)
     speedup = t_ref / t_fast
     factor = _target_factor(row.target) if judge else None
