@@ -505,13 +505,26 @@ def blas_weight_gradient(work, a_off, d_off, grad, w_off, rows, fan_in, fan_out,
 
 
 @njit(cache=True)
-def transpose_weights(params, wt, layout, blas):
-    """Refresh ``wt`` (each W_l stored fan_out x fan_in) from ``params``; BLAS layers
-    (``blas[l]``) read ``params`` directly and are skipped."""
+def reads_transposed(layout, blas):
+    """Which layers' products read ``wt``: ``dot_nt``'s forward pass and ``dot_nn``'s
+    backward pass (never needed for the first layer, whose delta is not computed)."""
+    reads = np.zeros(layout.shape[0], np.bool_)
     for l in range(layout.shape[0]):
         fan_in = layout[l, L_FAN_IN]
         fan_out = layout[l, L_FAN_OUT]
-        if blas[l]:
+        backward = l > 0 and short_product(fan_in, fan_out)
+        reads[l] = not blas[l] and (not short_product(fan_out, fan_in) or backward)
+    return reads
+
+
+@njit(cache=True)
+def transpose_weights(params, wt, layout, reads):
+    """Refresh ``wt`` (each W_l stored fan_out x fan_in) from ``params`` for the layers
+    whose products read it (``reads[l]``)."""
+    for l in range(layout.shape[0]):
+        fan_in = layout[l, L_FAN_IN]
+        fan_out = layout[l, L_FAN_OUT]
+        if not reads[l]:
             continue
         off = layout[l, L_WEIGHT]
         for i in range(fan_in):
@@ -889,8 +902,9 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
     n = X.shape[0]
     n_params = params.shape[0]
     blas = layout[:, L_FAN_IN] * layout[:, L_FAN_OUT] >= blas_min
+    reads_wt = reads_transposed(layout, blas)
     wt = np.empty_like(params)
-    transpose_weights(params, wt, layout, blas)
+    transpose_weights(params, wt, layout, reads_wt)
     most_groups = min((min(batch_size, n) + chunk - 1) // chunk, max_groups)
     work = np.zeros((most_groups, work_size), params.dtype)
     grads = np.zeros((most_groups, n_params), params.dtype)
@@ -951,7 +965,7 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
             step[0] += 1
             apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step[0],
                            state_m, state_v, out_grad)
-            transpose_weights(params, wt, layout, blas)
+            transpose_weights(params, wt, layout, reads_wt)
         if ok:
             history[epoch] = epoch_loss / total_norm
             for i in range(n_params):
