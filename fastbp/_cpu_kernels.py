@@ -60,6 +60,9 @@ PRANGE_ONLY = {
 # float64, half of this machine's per-core L2).
 PANEL_ENTRIES = 32768
 
+#: Training batches of fewer rows run sample by sample (``sample_pass``).
+SAMPLE_PASS_ROWS = 16
+
 #: Products whose contraction is shorter than SHORT_CONTRACTION and whose output rows
 #: are at least NN_MIN_WIDTH wide use ``dot_nn``; the rest ``dot_nt`` (measured on one
 #: core: k = 1, n = 100 runs 3x faster as ``dot_nn``; n = 4 runs 2x slower).
@@ -656,6 +659,74 @@ def sigmoid_bce(work, o, d_off, scratch, count, n_out, Y, order, lo, sample_weig
     return total
 
 
+@njit(cache=True, error_model=NUMPY_ERRORS)
+def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout, loss,
+                loss_scale, clip, work, offs, grad):
+    """Forward and backward passes of a small batch, one sample at a time, every product
+    a loop in this function: for batches of a few rows the calls of ``group_pass``
+    between compiled functions cost more than the arithmetic. Returns the summed
+    (weighted) loss and leaves the gradient sum in ``grad``; the batch's samples are
+    added in order, as one chunk would."""
+    n_layers = layout.shape[0]
+    n_out = layout[n_layers - 1, L_FAN_OUT]
+    out_code = layout[n_layers - 1, L_ACTIVATION]
+    base = 2 * (n_layers + 1)
+    one_row, no_bias = np.int64(1), np.int64(-1)  # typed: literals would compile twice
+    for i in range(grad.shape[0]):
+        grad[i] = 0
+    total = 0.0
+    for b in range(size):
+        row = order[start + b]
+        for k in range(layout[0, L_FAN_IN]):
+            work[offs[0] + k] = X[row, k]
+        for l in range(n_layers):
+            fan_in = layout[l, L_FAN_IN]
+            fan_out = np.uint64(layout[l, L_FAN_OUT])
+            w, a, z = layout[l, L_WEIGHT], offs[l], np.uint64(offs[l + 1])
+            bias = layout[l, L_BIAS]
+            for j in range(fan_out):
+                work[z + j] = params[np.uint64(bias) + j] if bias >= 0 else 0
+            for k in range(fan_in):
+                x = work[a + k]
+                row_w = np.uint64(w + k * layout[l, L_FAN_OUT])
+                for j in range(fan_out):
+                    work[z + j] += x * params[row_w + j]
+            if l < n_layers - 1:
+                bias_activation(work, offs[l + 1], one_row, layout[l, L_FAN_OUT], params,
+                                no_bias, layout[l, L_ACTIVATION])
+        weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
+        d = offs[base]
+        total += weight * output_loss(out_code, loss, loss_scale, clip, work, offs[n_layers],
+                                      n_out, Y, labels, row, weight, d)
+        cur = 0
+        for l in range(n_layers - 1, -1, -1):
+            fan_in = layout[l, L_FAN_IN]
+            fan_out = np.uint64(layout[l, L_FAN_OUT])
+            w, a = layout[l, L_WEIGHT], offs[l]
+            d = np.uint64(offs[base + cur])
+            for k in range(fan_in):
+                x = work[a + k]
+                row_w = np.uint64(w + k * layout[l, L_FAN_OUT])
+                for j in range(fan_out):
+                    grad[row_w + j] += x * work[d + j]
+            if layout[l, L_BIAS] >= 0:
+                bo = np.uint64(layout[l, L_BIAS])
+                for j in range(fan_out):
+                    grad[bo + j] += work[d + j]
+            if l == 0:
+                break
+            cur = 1 - cur
+            d_prev = offs[base + cur]
+            for k in range(fan_in):
+                row_w = np.uint64(w + k * layout[l, L_FAN_OUT])
+                total_k = work.dtype.type(0)
+                for j in range(fan_out):
+                    total_k += params[row_w + j] * work[d + j]
+                work[d_prev + k] = total_k
+            times_derivative(work, d_prev, a, one_row, fan_in, layout[l - 1, L_ACTIVATION])
+    return total
+
+
 @njit(cache=True)
 def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size,
                chunk, params, wt, layout, blas, loss, loss_scale, clip, work, offs, grad, out):
@@ -903,6 +974,7 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
     n_params = params.shape[0]
     blas = layout[:, L_FAN_IN] * layout[:, L_FAN_OUT] >= blas_min
     reads_wt = reads_transposed(layout, blas)
+    by_sample = out.shape[0] == 0 and not blas.any()
     wt = np.empty_like(params)
     transpose_weights(params, wt, layout, reads_wt)
     most_groups = min((min(batch_size, n) + chunk - 1) // chunk, max_groups)
@@ -925,7 +997,11 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
             size = min(batch_size, n - start)
             n_chunks = (size + chunk - 1) // chunk
             n_groups = min(n_chunks, most_groups)
-            if n_groups > 1 and size * 3 * n_params >= parallel_min_macs:
+            if by_sample and size < SAMPLE_PASS_ROWS:
+                group_loss[0] = sample_pass(X, Y, labels, sample_weight, order, start, size,
+                                            params, layout, loss, loss_scale, clip, work[0],
+                                            offs, grads[0])
+            elif n_groups > 1 and size * 3 * n_params >= parallel_min_macs:
                 parallel_groups(n_groups, n_chunks, X, Y, labels, sample_weight, order, start,
                                 size, chunk, params, wt, layout, blas, loss, loss_scale,
                                 clip, work, offs, grads, out, group_loss)
