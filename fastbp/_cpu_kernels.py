@@ -684,8 +684,12 @@ def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout,
             fan_out = np.uint64(layout[l, L_FAN_OUT])
             w, a, z = layout[l, L_WEIGHT], offs[l], np.uint64(offs[l + 1])
             bias = layout[l, L_BIAS]
-            for j in range(fan_out):
-                work[z + j] = params[np.uint64(bias) + j] if bias >= 0 else 0
+            if bias >= 0:
+                for j in range(fan_out):
+                    work[z + j] = params[np.uint64(bias) + j]
+            else:
+                for j in range(fan_out):
+                    work[z + j] = 0
             for k in range(fan_in):
                 x = work[a + k]
                 row_w = np.uint64(w + k * layout[l, L_FAN_OUT])
@@ -695,9 +699,8 @@ def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout,
                 bias_activation(work, offs[l + 1], one_row, layout[l, L_FAN_OUT], params,
                                 no_bias, layout[l, L_ACTIVATION])
         weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
-        d = offs[base]
         total += weight * output_loss(out_code, loss, loss_scale, clip, work, offs[n_layers],
-                                      n_out, Y, labels, row, weight, d)
+                                      n_out, Y, labels, row, weight, offs[base])
         cur = 0
         for l in range(n_layers - 1, -1, -1):
             fan_in = layout[l, L_FAN_IN]
@@ -719,10 +722,10 @@ def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout,
             d_prev = offs[base + cur]
             for k in range(fan_in):
                 row_w = np.uint64(w + k * layout[l, L_FAN_OUT])
-                total_k = work.dtype.type(0)
+                back = work.dtype.type(0)
                 for j in range(fan_out):
-                    total_k += params[row_w + j] * work[d + j]
-                work[d_prev + k] = total_k
+                    back += params[row_w + j] * work[d + j]
+                work[d_prev + k] = back
             times_derivative(work, d_prev, a, one_row, fan_in, layout[l - 1, L_ACTIVATION])
     return total
 
