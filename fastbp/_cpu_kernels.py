@@ -666,23 +666,25 @@ def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout,
     a loop in this function: for batches of a few rows the calls of ``group_pass``
     between compiled functions cost more than the arithmetic. Returns the summed
     (weighted) loss and leaves the gradient sum in ``grad``; the batch's samples are
-    added in order, as one chunk would."""
+    added in order, as one chunk would. Indices are unsigned, which keeps numba's
+    negative-index handling out of the short loops."""
     n_layers = layout.shape[0]
     n_out = layout[n_layers - 1, L_FAN_OUT]
     out_code = layout[n_layers - 1, L_ACTIVATION]
     base = 2 * (n_layers + 1)
     one_row, no_bias = np.int64(1), np.int64(-1)  # typed: literals would compile twice
-    for i in range(grad.shape[0]):
+    for i in range(np.uint64(grad.shape[0])):
         grad[i] = 0
     total = 0.0
     for b in range(size):
         row = order[start + b]
-        for k in range(layout[0, L_FAN_IN]):
-            work[offs[0] + k] = X[row, k]
+        a0 = np.uint64(offs[0])
+        for k in range(np.uint64(layout[0, L_FAN_IN])):
+            work[a0 + k] = X[row, k]
         for l in range(n_layers):
-            fan_in = layout[l, L_FAN_IN]
+            fan_in = np.uint64(layout[l, L_FAN_IN])
             fan_out = np.uint64(layout[l, L_FAN_OUT])
-            w, a, z = layout[l, L_WEIGHT], offs[l], np.uint64(offs[l + 1])
+            w, a, z = np.uint64(layout[l, L_WEIGHT]), np.uint64(offs[l]), np.uint64(offs[l + 1])
             bias = layout[l, L_BIAS]
             if bias >= 0:
                 for j in range(fan_out):
@@ -692,7 +694,7 @@ def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout,
                     work[z + j] = 0
             for k in range(fan_in):
                 x = work[a + k]
-                row_w = np.uint64(w + k * layout[l, L_FAN_OUT])
+                row_w = w + k * fan_out
                 for j in range(fan_out):
                     work[z + j] += x * params[row_w + j]
             if l < n_layers - 1:
@@ -703,13 +705,13 @@ def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout,
                                       n_out, Y, labels, row, weight, offs[base])
         cur = 0
         for l in range(n_layers - 1, -1, -1):
-            fan_in = layout[l, L_FAN_IN]
+            fan_in = np.uint64(layout[l, L_FAN_IN])
             fan_out = np.uint64(layout[l, L_FAN_OUT])
-            w, a = layout[l, L_WEIGHT], offs[l]
+            w, a = np.uint64(layout[l, L_WEIGHT]), np.uint64(offs[l])
             d = np.uint64(offs[base + cur])
             for k in range(fan_in):
                 x = work[a + k]
-                row_w = np.uint64(w + k * layout[l, L_FAN_OUT])
+                row_w = w + k * fan_out
                 for j in range(fan_out):
                     grad[row_w + j] += x * work[d + j]
             if layout[l, L_BIAS] >= 0:
@@ -719,14 +721,15 @@ def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout,
             if l == 0:
                 break
             cur = 1 - cur
-            d_prev = offs[base + cur]
+            d_prev = np.uint64(offs[base + cur])
             for k in range(fan_in):
-                row_w = np.uint64(w + k * layout[l, L_FAN_OUT])
+                row_w = w + k * fan_out
                 back = work.dtype.type(0)
                 for j in range(fan_out):
                     back += params[row_w + j] * work[d + j]
                 work[d_prev + k] = back
-            times_derivative(work, d_prev, a, one_row, fan_in, layout[l - 1, L_ACTIVATION])
+            times_derivative(work, offs[base + cur], offs[l], one_row, layout[l, L_FAN_IN],
+                             layout[l - 1, L_ACTIVATION])
     return total
 
 
