@@ -879,9 +879,10 @@ def apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step
         other = grads[s]
         for i in range(n):
             g[i] += other[i]
-    scale = 1.0 / norm
-    for i in range(n):
-        g[i] *= scale
+    if norm != 1.0:  # single-sample mean and summed batches skip a pass
+        scale = 1.0 / norm
+        for i in range(n):
+            g[i] *= scale
     if hyper[H_L2] > 0.0:
         decay = hyper[H_L2] / norm
         for l in range(layout.shape[0]):
@@ -981,6 +982,9 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
     blas = layout[:, L_FAN_IN] * layout[:, L_FAN_OUT] >= blas_min
     reads_wt = reads_transposed(layout, blas)
     by_sample = out.shape[0] == 0 and not blas.any()
+    # Batches that all run sample by sample read the weights as stored, never ``wt``.
+    if by_sample and min(batch_size, n) < SAMPLE_PASS_ROWS:
+        reads_wt[:] = False
     wt = np.empty_like(params)
     transpose_weights(params, wt, layout, reads_wt)
     most_groups = min((min(batch_size, n) + chunk - 1) // chunk, max_groups)
