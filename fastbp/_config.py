@@ -34,10 +34,11 @@ GRADIENT_BUFFER_ENTRIES = _int_env("FASTBP_GRADIENT_BUFFER_ENTRIES", 1 << 24)
 #: below it, starting the thread pool costs more than it saves.
 PARALLEL_MIN_MACS = _int_env("FASTBP_PARALLEL_MIN_MACS", 1 << 17)
 
-#: Layers with at least this many weights multiply through BLAS, which threads each
-#: product; a network with such a layer runs its chunks one after another. Read when a
-#: network is created.
+#: Layers with at least this many weights multiply through BLAS (held to one thread
+#: while fastbp trains; chunk groups still run in parallel). Read when a network is
+#: created.
 BLAS_MIN_ENTRIES = _int_env("FASTBP_BLAS_MIN_ENTRIES", 1 << 16)
 
-#: Samples per chunk in networks that use BLAS: long enough for BLAS to reach its peak.
+#: Most samples per chunk in networks that use BLAS, which take chunks of about half a
+#: batch: long enough for BLAS to reach its peak.
 BLAS_CHUNK_ROWS = _int_env("FASTBP_BLAS_CHUNK_ROWS", 256)

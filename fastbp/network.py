@@ -15,8 +15,8 @@ from ._init import initial_weights
 
 
 def _one_blas_thread():
-    """Hold BLAS to one thread: the kernels split each product over threads themselves,
-    in blocks that keep the bits independent of the thread count."""
+    """Hold BLAS to one thread while the kernels run: its own threading changes the bits
+    with the thread count, and the kernels spread their chunk groups over threads."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
