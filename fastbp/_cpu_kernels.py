@@ -178,6 +178,16 @@ def log1p_unit(x):
 
 
 @njit(cache=True, error_model=NUMPY_ERRORS)
+def sigmoid_softplus(z):
+    """``(sigmoid(z), log(1 + exp(z)))``, both from one ``exp(-|z|)``, which never
+    overflows: the activation and the binary cross-entropy of a sigmoid output."""
+    z = float(z)
+    e = exp(-abs(z))
+    s = 1.0 / (1.0 + e)
+    return (s if z >= 0 else e * s), (z if z > 0 else 0.0) + log1p_unit(e)
+
+
+@njit(cache=True, error_model=NUMPY_ERRORS)
 def sigmoid(z):
     """1 / (1 + exp(-z)) from ``exp(-|z|)``, which never overflows."""
     z = float(z)
@@ -287,10 +297,10 @@ def transpose(work, src, rows, width, dst, dst_stride):
     """``work[dst + j * dst_stride + b] = work[src + b * width + j]``: a sample-major
     block of ``rows`` x ``width`` copied feature-major."""
     n = np.uint64(rows)
+    w = np.uint64(width)
     for j in range(width):
         s = np.uint64(src + j)
         t = np.uint64(dst + j * dst_stride)
-        w = np.uint64(width)
         for b in range(n):
             work[t + b] = work[s + b * w]
 
@@ -403,21 +413,39 @@ def dot_nt(P, po, ps, Q, qo, qs, out, oo, os, m, n, k_len, accumulate):
             i += 2
 
 
+@njit(cache=True, fastmath=FASTMATH)
+def dot_nn(P, po, ps, Q, qo, qs, out, oo, os, m, n, k_len, accumulate):
+    """``out[i, j] (+)= sum_k P[i, k] * Q[k, j]``, Q's rows contiguous along j: the form
+    for short contractions, where ``dot_nt`` would spend more on summing each output's
+    vector lanes than on its multiply-adds."""
+    width = np.uint64(n)
+    zero = out.dtype.type(0)
+    for i in range(m):
+        o = np.uint64(oo + i * os)
+        if not accumulate:
+            for j in range(width):
+                out[o + j] = zero
+        for k in range(k_len):
+            x = P[po + i * ps + k]
+            q = np.uint64(qo + k * qs)
+            for j in range(width):
+                out[o + j] += x * Q[q + j]
+
+
+@njit(cache=True)
+def short_product(n, k_len):
+    """Whether an ``n`` wide product over ``k_len`` terms is ``dot_nn``'s (see above)."""
+    return k_len < SHORT_CONTRACTION and n >= NN_MIN_WIDTH
+
+
 # ---------------------------------------------------------------- BLAS for wide layers
 #
 # Layers of at least ``blas_min`` weights multiply through scipy's BLAS (the
 # ``numba_xxgemm`` helper that numba's own ``np.dot`` calls), with beta = 1 so that
 # weight gradients accumulate in place. BLAS's own threading changes the bits with the
-# thread count, so the caller holds BLAS to one thread, and each product is split into
-# blocks of a fixed number of output columns that run in parallel here.
+# thread count, so the caller holds BLAS to one thread while chunk groups run in parallel.
 
 NOTRANS, TRANS = ord("n"), ord("t")
-
-#: A product is split into at most this many BLAS calls of at least GEMM_MIN_BLOCK output
-#: columns each. The split depends on the shapes alone, so the bits never depend on the
-#: thread count.
-GEMM_MAX_BLOCKS = 8
-GEMM_MIN_BLOCK = 64
 
 
 @intrinsic
@@ -459,31 +487,6 @@ def _gemm(typingctx, trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, be
                      types.int64, types.int64, b, types.int64, types.int64, types.float64, c,
                      types.int64, types.int64)
     return sig, codegen
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def dot_nn(P, po, ps, Q, qo, qs, out, oo, os, m, n, k_len, accumulate):
-    """``out[i, j] (+)= sum_k P[i, k] * Q[k, j]``, Q's rows contiguous along j: the form
-    for short contractions, where ``dot_nt`` would spend more on summing each output's
-    vector lanes than on its multiply-adds."""
-    width = np.uint64(n)
-    zero = out.dtype.type(0)
-    for i in range(m):
-        o = np.uint64(oo + i * os)
-        if not accumulate:
-            for j in range(width):
-                out[o + j] = zero
-        for k in range(k_len):
-            x = P[po + i * ps + k]
-            q = np.uint64(qo + k * qs)
-            for j in range(width):
-                out[o + j] += x * Q[q + j]
-
-
-@njit(cache=True)
-def short_product(n, k_len):
-    """Whether an ``n`` wide product over ``k_len`` terms is ``dot_nn``'s (see above)."""
-    return k_len < SHORT_CONTRACTION and n >= NN_MIN_WIDTH
 
 
 @njit(cache=True)
@@ -582,10 +585,8 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, we
         y = (1.0 if i == label else 0.0) if label >= 0 else Y[row, i]
         target_sum += y
         if code == SIGMOID and loss == BINARY_CROSS_ENTROPY:
-            e = exp(-abs(z))  # shared by the activation and the loss
-            s = 1.0 / (1.0 + e)
-            a = s if z >= 0 else e * s
-            value += max(z, 0.0) - z * y + np.log1p(e)
+            a, softplus = sigmoid_softplus(z)
+            value += softplus - z * y
             g = a - y  # already dL/dz
         elif code == SOFTMAX and loss == CATEGORICAL_CROSS_ENTROPY:
             a = exp(z - top - log_total)
@@ -639,11 +640,10 @@ def sigmoid_bce(work, o, d_off, scratch, count, n_out, Y, order, lo, sample_weig
     zo, do_, so = np.uint64(o), np.uint64(d_off), np.uint64(scratch)
     for t in range(n):
         z = work[zo + t]
-        e = exp(-abs(z))  # shared by the activation and the loss
-        s = 1.0 / (1.0 + e)
-        work[zo + t] = s if z >= 0 else e * s
+        a, softplus = sigmoid_softplus(z)
+        work[zo + t] = a
         work[do_ + t] = z
-        work[so + t] = (z if z > 0 else 0.0) + log1p_unit(e)
+        work[so + t] = softplus
     total = 0.0
     for b in range(count):
         row = order[lo + b]

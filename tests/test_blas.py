@@ -17,10 +17,17 @@ import numpy as np
 import pytest
 import threadpoolctl
 from test_gradients import _check_network
-from test_vs_reference import ARCHITECTURES, TRAINED, _assert_close, _data, _flat, _tolerance
+from test_vs_reference import (
+    ARCHITECTURES,
+    TRAINED,
+    _assert_close,
+    _data,
+    _flat,
+    _pair,
+    _tolerance,
+)
 
 import fastbp
-import fastbp.reference
 from fastbp import _config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,13 +46,6 @@ def blas_layers(request, monkeypatch):
         monkeypatch.setattr(_config, "BLAS_MIN_ENTRIES", value)
         return value
     return threshold
-
-
-def _pair(name, dtype, seed=7):
-    sizes, activations, loss, bias, reduction = ARCHITECTURES[name]
-    kwargs = dict(bias=bias, reduction=reduction, dtype=dtype, seed=seed)
-    return (fastbp.MLP(sizes, activations, loss, **kwargs),
-            fastbp.reference.MLP(sizes, activations, loss, **kwargs))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
