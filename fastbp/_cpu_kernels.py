@@ -17,6 +17,11 @@ vectorizes. The forward pass therefore reads a transposed copy of each weight ma
 ``out = P @ Q`` instead (``dot_nn``), and layers of ``blas_min`` weights or more call
 BLAS, which reads every operand as it is stored.
 
+Kernels that allocate nothing compile without numba's reference counting
+(``_nrt=False``): they only borrow arrays that ``run`` owns, and counting references
+costs two atomic operations per array argument of every call, about 12 ns, more than a
+tiny layer's arithmetic.
+
 Keep every kernel and its helpers in this module: numba's cache is invalidated only
 when the file of the cached function changes.
 """
@@ -231,7 +236,7 @@ def derivative_from_output(code, a):
 # strided store in the same loop would stop the vectorizer.
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def add_bias(work, off, rows, width, params, bias):
     """``Z += b`` in place over ``rows`` sample-major rows; nothing when ``bias`` < 0."""
     if bias < 0:
@@ -244,7 +249,7 @@ def add_bias(work, off, rows, width, params, bias):
             work[o + j] += params[bo + j]
 
 
-@njit(cache=True, error_model=NUMPY_ERRORS)
+@njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
 def bias_activation(work, off, rows, width, params, bias, code):
     """``Z += b`` and ``A = act(Z)`` in place, over ``rows`` sample-major rows."""
     add_bias(work, off, rows, width, params, bias)
@@ -269,7 +274,7 @@ def bias_activation(work, off, rows, width, params, bias, code):
                 work[o + j] = z if z > 0 else slope * z
 
 
-@njit(cache=True, error_model=NUMPY_ERRORS)
+@njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
 def times_derivative(work, d_off, a_off, rows, width, code):
     """``D *= act'(A)`` in place, the derivative written in terms of the output ``A``."""
     n = np.uint64(rows * width)
@@ -292,7 +297,7 @@ def times_derivative(work, d_off, a_off, rows, width, code):
             work[d + i] = work[d + i] if work[a + i] > 0 else slope * work[d + i]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def transpose(work, src, rows, width, dst, dst_stride):
     """``work[dst + j * dst_stride + b] = work[src + b * width + j]``: a sample-major
     block of ``rows`` x ``width`` copied feature-major."""
@@ -305,7 +310,7 @@ def transpose(work, src, rows, width, dst, dst_stride):
             work[t + b] = work[s + b * w]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def column_sums(work, off, rows, width, grad, out_off, accumulate):
     """``grad[out_off + j] (+)= sum over b of work[off + b * width + j]``: the bias
     gradient, summed sample by sample from a sample-major block."""
@@ -323,7 +328,7 @@ def column_sums(work, off, rows, width, grad, out_off, accumulate):
 # ---------------------------------------------------------------- matrix products
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, _nrt=False, fastmath=FASTMATH)
 def dot_nt(P, po, ps, Q, qo, qs, out, oo, os, m, n, k_len, accumulate):
     """``out[i, j] (+)= sum_k P[i, k] * Q[j, k]`` for i < m, j < n, k < k_len, over flat
     row-major operands given as (array, offset, row stride).
@@ -413,7 +418,7 @@ def dot_nt(P, po, ps, Q, qo, qs, out, oo, os, m, n, k_len, accumulate):
             i += 2
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, _nrt=False, fastmath=FASTMATH)
 def dot_nn(P, po, ps, Q, qo, qs, out, oo, os, m, n, k_len, accumulate):
     """``out[i, j] (+)= sum_k P[i, k] * Q[k, j]``, Q's rows contiguous along j: the form
     for short contractions, where ``dot_nt`` would spend more on summing each output's
@@ -489,21 +494,21 @@ def _gemm(typingctx, trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, be
     return sig, codegen
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def blas_forward(work, a_off, params, w_off, z_off, rows, fan_in, fan_out):
     """``Z = A @ W`` for sample-major A (rows x fan_in) and W (fan_in x fan_out)."""
     _gemm(NOTRANS, NOTRANS, fan_out, rows, fan_in, params, w_off, fan_out, work, a_off, fan_in,
           0.0, work, z_off, fan_out)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def blas_backward(work, d_off, params, w_off, out_off, rows, fan_in, fan_out):
     """``D_prev = D @ W.T`` for sample-major D (rows x fan_out)."""
     _gemm(TRANS, NOTRANS, fan_in, rows, fan_out, params, w_off, fan_out, work, d_off, fan_out,
           0.0, work, out_off, fan_in)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def blas_weight_gradient(work, a_off, d_off, grad, w_off, rows, fan_in, fan_out, accumulate):
     """``dW (+)= A.T @ D``, summed over the rows."""
     _gemm(NOTRANS, TRANS, fan_out, fan_in, rows, work, d_off, fan_out, work, a_off, fan_in,
@@ -523,7 +528,7 @@ def reads_transposed(layout, blas):
     return reads
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def transpose_weights(params, wt, layout, reads):
     """Refresh ``wt`` (each W_l stored fan_out x fan_in) from ``params`` for the layers
     whose products read it (``reads[l]``)."""
@@ -541,7 +546,7 @@ def transpose_weights(params, wt, layout, reads):
 # ---------------------------------------------------------------- one group of chunks
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def output_activation(code, work, o, n_out):
     """Apply the output activation in place to one row of pre-activations."""
     if code == SOFTMAX:
@@ -560,7 +565,7 @@ def output_activation(code, work, o, n_out):
             work[o + i] = activate(code, work[o + i])
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, weight, d_off):
     """Turn one row of output pre-activations into activations (in place), return the
     sample's loss, and write dL/dz (times ``weight``) to ``work[d_off:d_off + n_out]``.
@@ -628,7 +633,7 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, we
     return loss_scale * value
 
 
-@njit(cache=True, error_model=NUMPY_ERRORS)
+@njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
 def sigmoid_bce(work, o, d_off, scratch, count, n_out, Y, order, lo, sample_weight,
                 loss_scale):
     """``output_loss`` for sigmoid outputs with binary cross-entropy, over a chunk's
@@ -659,7 +664,7 @@ def sigmoid_bce(work, o, d_off, scratch, count, n_out, Y, order, lo, sample_weig
     return total
 
 
-@njit(cache=True, error_model=NUMPY_ERRORS)
+@njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
 def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout, loss,
                 loss_scale, clip, work, offs, grad):
     """Forward and backward passes of a small batch, one sample at a time, every product
@@ -733,7 +738,7 @@ def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout,
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size,
                chunk, params, wt, layout, blas, loss, loss_scale, clip, work, offs, grad, out):
     """Forward and backward passes over one group's consecutive chunks of a batch.
@@ -859,7 +864,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
 # ---------------------------------------------------------------- updates
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model=NUMPY_ERRORS)
+@njit(cache=True, _nrt=False, fastmath=FASTMATH, error_model=NUMPY_ERRORS)
 def apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m,
                    state_v, out_grad):
     """Sum the groups' gradients in group order, divide by ``norm``, add the L2 term on
@@ -911,7 +916,7 @@ def apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step
             params[i] -= lr_t * state_m[i] / (np.sqrt(state_v[i]) + eps)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def squared_weights(params, layout):
     """Sum of squared weights (biases excluded), for the L2 penalty."""
     total = 0.0
@@ -922,7 +927,7 @@ def squared_weights(params, layout):
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def shuffle_order(order, state):
     """Reset ``order`` to 0..n-1 and Fisher-Yates shuffle it with a splitmix64 stream
     whose state lives in ``state[0]`` (``fastbp.reference`` draws the same stream)."""
@@ -991,6 +996,7 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
     work = np.zeros((most_groups, work_size), params.dtype)
     grads = np.zeros((most_groups, n_params), params.dtype)
     group_loss = np.zeros(most_groups)
+    first_work, first_grad = work[0], grads[0]  # views made once: each costs atomics
     saved_params = params.copy()
     saved_m = state_m.copy()
     saved_v = state_v.copy()
@@ -1009,8 +1015,8 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
             n_groups = min(n_chunks, most_groups)
             if by_sample and size < SAMPLE_PASS_ROWS:
                 group_loss[0] = sample_pass(X, Y, labels, sample_weight, order, start, size,
-                                            params, layout, loss, loss_scale, clip, work[0],
-                                            offs, grads[0])
+                                            params, layout, loss, loss_scale, clip, first_work,
+                                            offs, first_grad)
             elif n_groups > 1 and size * 3 * n_params >= parallel_min_macs:
                 parallel_groups(n_groups, n_chunks, X, Y, labels, sample_weight, order, start,
                                 size, chunk, params, wt, layout, blas, loss, loss_scale,
