@@ -4,6 +4,7 @@ Every function here either returns a clean value or raises before anything is ch
 so a rejected call always leaves the network as it was.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -48,10 +49,12 @@ def positive_int(value, name):
 
 
 def positive_float(value, name, allow_zero=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number; got {value!r}")
-    value = float(value)
-    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    # Plain floats skip the abstract-class checks: fit checks six of them on every call.
+    if type(value) is not float:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number; got {value!r}")
+        value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         kind = "non-negative" if allow_zero else "positive"
         raise ValueError(f"{name} must be a finite {kind} number; got {value!r}")
     return value
