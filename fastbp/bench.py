@@ -3,12 +3,15 @@ fastbp, with its plain-NumPy twin ``fastbp.reference`` and, when it can be impor
 PyTorch on the CPU, and report speedups and the fraction of the machine's peak reached.
 
 Every framework trains the same network from the same initial weights with plain SGD on
-the same mini-batches in row order. fastbp times are the median of ``--repeats`` fits after
-one warm-up fit. A NumPy run expected to take longer than about 15 s is timed on a leading
-slice of the rows and scaled linearly to the full row count; it is marked "(scaled)".
-PyTorch runs with as many threads as numba. The peak is the rate of ``np.dot`` of two
-2048 x 2048 matrices of the row's dtype, measured in the same run; a training run counts
-``6 * rows * epochs * sum(fan_in * fan_out)`` floating-point operations.
+the same mini-batches in row order. Each time is the median of ``--repeats`` fits after
+one warm-up fit; fits shorter than a second are repeated until about ``MIN_TIMED_S`` of
+them are timed (not under ``--quick``), so that the medians of sub-millisecond rows rest
+on hundreds of fits. A NumPy run expected to take longer than about 15 s is timed on a
+leading slice of the rows and scaled linearly to the full row count; it is marked
+"(scaled)". PyTorch runs with as many threads as numba. The peak is the rate of
+``np.dot`` of two 2048 x 2048 matrices of the row's dtype, measured in the same run; a
+training run counts ``6 * rows * epochs * sum(fan_in * fan_out)`` floating-point
+operations.
 """
 
 import argparse
@@ -35,6 +38,16 @@ IDLE_S = 0.5
 #: Rows and epochs of every grid row under ``--quick``.
 QUICK_ROWS = 300
 QUICK_EPOCHS = 1
+#: Short fits are repeated until about this many seconds of them are timed.
+MIN_TIMED_S = 1.0
+#: The most timed fits of one median.
+MAX_REPEATS = 500
+
+
+def _repeats(seconds, repeats, min_seconds):
+    """Timed fits for a median: ``repeats``, or more when one fit (``seconds``, the
+    warm-up's time) is short, up to about ``min_seconds`` of fits in all."""
+    return max(repeats, min(MAX_REPEATS, int(min_seconds / max(seconds, 1e-9))))
 
 
 def _fit_seconds(cls, row, X, Y, dtype):
@@ -45,11 +58,11 @@ def _fit_seconds(cls, row, X, Y, dtype):
     return time.perf_counter() - start
 
 
-def time_fastbp(row, X, Y, dtype, repeats):
+def time_fastbp(row, X, Y, dtype, repeats, min_seconds=MIN_TIMED_S):
     """Median fastbp fit time after one warm-up fit (which also loads or compiles the
-    kernels)."""
-    _fit_seconds(MLP, row, X, Y, dtype)
-    return float(np.median([_fit_seconds(MLP, row, X, Y, dtype) for _ in range(repeats)]))
+    kernels); short fits get more repeats (``_repeats``)."""
+    runs = _repeats(_fit_seconds(MLP, row, X, Y, dtype), repeats, min_seconds)
+    return float(np.median([_fit_seconds(MLP, row, X, Y, dtype) for _ in range(runs)]))
 
 
 def _slice_rows(row, n):
@@ -60,7 +73,8 @@ def _slice_rows(row, n):
     return min(row.n_rows, n)
 
 
-def time_reference(row, X, Y, dtype, repeats, budget=REFERENCE_BUDGET_S):
+def time_reference(row, X, Y, dtype, repeats, budget=REFERENCE_BUDGET_S,
+                   min_seconds=MIN_TIMED_S):
     """``(seconds, scaled)``: the NumPy fit time of the whole row, measured directly when
     it fits in ``budget`` (median of as many of ``repeats`` as fit), otherwise measured
     on a leading slice of the rows and scaled linearly (``scaled`` is True)."""
@@ -68,7 +82,8 @@ def time_reference(row, X, Y, dtype, repeats, budget=REFERENCE_BUDGET_S):
     probe = _slice_rows(row, PROBE_ROWS)
     t_probe = _fit_seconds(reference.MLP, row, X[:probe], Y[:probe], dtype)
     if probe == n:
-        runs = max(0, min(repeats, int(budget / max(t_probe, 1e-9))) - 1)
+        fits = min(_repeats(t_probe, repeats, min_seconds), int(budget / max(t_probe, 1e-9)))
+        runs = max(0, fits - 1)
         times = [t_probe] + [_fit_seconds(reference.MLP, row, X, Y, dtype) for _ in range(runs)]
         return float(np.median(times)), False
     estimate = t_probe * n / probe
@@ -90,7 +105,7 @@ def _torch():
     return torch
 
 
-def time_torch(torch, row, X, Y, dtype, repeats):
+def time_torch(torch, row, X, Y, dtype, repeats, min_seconds=MIN_TIMED_S):
     """Median PyTorch CPU fit time after one warm-up fit: explicit weight tensors with the
     initial weights of the fastbp network, autograd, ``torch.optim.SGD`` on the same
     mini-batches, the same losses (means over the batch)."""
@@ -130,8 +145,8 @@ def time_torch(torch, row, X, Y, dtype, repeats):
                 opt.step()
         return time.perf_counter() - start
 
-    fit()
-    return float(np.median([fit() for _ in range(repeats)]))
+    runs = _repeats(fit(), repeats, min_seconds)
+    return float(np.median([fit() for _ in range(runs)]))
 
 
 def peak_flops(dtype, repeats=3):
@@ -156,16 +171,18 @@ def _target_factor(target):
     return float(match.group(1)) if match else None
 
 
-def measure(row, dtype, repeats, torch=None, peak=None, judge=True):
+def measure(row, dtype, repeats, torch=None, peak=None, judge=True, min_seconds=MIN_TIMED_S):
     """One result dict of ``row`` in ``dtype``; ``judge`` compares the speedup with the
-    row's target (memory targets are the asv suite's ``peakmem_fit``)."""
+    row's target (memory targets are the asv suite's ``peakmem_fit``); fits shorter than
+    ``min_seconds`` are repeated (``_repeats``)."""
     X, Y = make_data(row, dtype)
     time.sleep(IDLE_S)
-    t_fast = time_fastbp(row, X, Y, dtype, repeats)
+    t_fast = time_fastbp(row, X, Y, dtype, repeats, min_seconds)
     time.sleep(IDLE_S)
-    t_ref, scaled = time_reference(row, X, Y, dtype, repeats)
+    t_ref, scaled = time_reference(row, X, Y, dtype, repeats, min_seconds=min_seconds)
     time.sleep(IDLE_S)
-    t_torch = None if torch is None else time_torch(torch, row, X, Y, dtype, repeats)
+    t_torch = None if torch is None else time_torch(torch, row, X, Y, dtype, repeats,
+                                                    min_seconds)
     speedup = t_ref / t_fast
     factor = _target_factor(row.target) if judge else None
     return {
@@ -275,7 +292,8 @@ def main(argv=None):
         peak = peaks[dtype] = peak_flops(dtype)
         print(f"{dtype}: np.dot peak {peak / 1e9:.1f} GFLOP/s", file=sys.stderr, flush=True)
         for row in rows:
-            results.append(measure(row, dtype, args.repeats, torch, peak, judge=not args.quick))
+            results.append(measure(row, dtype, args.repeats, torch, peak, judge=not args.quick,
+                                   min_seconds=0.0 if args.quick else MIN_TIMED_S))
             print(f"  {row.name} done", file=sys.stderr, flush=True)
     if args.markdown:
         print(machine_header(torch, argv, peaks) + "\n")
