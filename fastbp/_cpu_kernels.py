@@ -574,13 +574,17 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, we
     never overflow; every other pairing chains dL/da through the activation's derivative."""
     top = 0.0
     log_total = 0.0
+    total = 1.0
     if code == SOFTMAX:
+        # Each exp(z - top) waits in its delta slot until it is read back as a * total.
         top = work[o]
         for i in range(1, n_out):
             top = max(top, work[o + i])
         total = 0.0
         for i in range(n_out):
-            total += exp(work[o + i] - top)
+            e = exp(work[o + i] - top)
+            work[d_off + i] = e
+            total += e
         log_total = np.log(total)
     label = labels[row] if labels.shape[0] > 0 else -1
     target_sum = 0.0
@@ -594,12 +598,12 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, we
             value += softplus - z * y
             g = a - y  # already dL/dz
         elif code == SOFTMAX and loss == CATEGORICAL_CROSS_ENTROPY:
-            a = exp(z - top - log_total)
+            a = work[d_off + i] / total
             if y != 0.0:
                 value += y * (top + log_total - z)
             g = -y  # completed below to a * sum(y) - y
         else:
-            a = exp(z - top - log_total) if code == SOFTMAX else activate(code, z)
+            a = work[d_off + i] / total if code == SOFTMAX else activate(code, z)
             if loss == SQUARED:
                 value += (a - y) * (a - y)
                 g = 2.0 * (a - y)
