@@ -31,3 +31,12 @@ def test_grid_data_is_seeded_and_shaped(row):
         assert Y.shape == (50,) and Y.dtype.kind == "i" and Y.max() < row.sizes[-1]
     else:
         assert Y.shape == (50, 1) and set(np.unique(Y)) <= {0.0, 1.0}
+
+
+def test_short_fits_get_more_repeats_up_to_a_cap():
+    from fastbp.bench import MAX_REPEATS, _repeats
+
+    assert _repeats(2.0, 3, 1.0) == 3  # long fits: just --repeats
+    assert _repeats(0.01, 3, 1.0) == 100  # about a second of 10 ms fits
+    assert _repeats(1e-7, 3, 1.0) == MAX_REPEATS
+    assert _repeats(0.01, 3, 0.0) == 3  # --quick
