@@ -76,21 +76,21 @@ def _slice_rows(row, n):
 def time_reference(row, X, Y, dtype, repeats, budget=REFERENCE_BUDGET_S,
                    min_seconds=MIN_TIMED_S):
     """``(seconds, scaled)``: the NumPy fit time of the whole row, measured directly when
-    it fits in ``budget`` (median of as many of ``repeats`` as fit), otherwise measured
-    on a leading slice of the rows and scaled linearly (``scaled`` is True)."""
+    it fits in ``budget`` (median of ``_repeats`` fits, as many as fit in ``budget``),
+    otherwise measured on a leading slice of the rows and scaled linearly (``scaled`` is
+    True)."""
     n = row.n_rows
     probe = _slice_rows(row, PROBE_ROWS)
     t_probe = _fit_seconds(reference.MLP, row, X[:probe], Y[:probe], dtype)
-    if probe == n:
-        fits = min(_repeats(t_probe, repeats, min_seconds), int(budget / max(t_probe, 1e-9)))
-        runs = max(0, fits - 1)
-        times = [t_probe] + [_fit_seconds(reference.MLP, row, X, Y, dtype) for _ in range(runs)]
-        return float(np.median(times)), False
     estimate = t_probe * n / probe
-    if estimate <= budget:
-        runs = max(1, min(repeats, int(budget / estimate)))
-        return float(np.median([_fit_seconds(reference.MLP, row, X, Y, dtype)
-                                for _ in range(runs)])), False
+    if estimate <= budget or probe == n:
+        fits = max(1, min(_repeats(estimate, repeats, min_seconds),
+                          int(budget / max(estimate, 1e-9))))
+        # A probe of all the rows is already one timed fit.
+        times = [t_probe] if probe == n else []
+        times += [_fit_seconds(reference.MLP, row, X, Y, dtype)
+                  for _ in range(fits - len(times))]
+        return float(np.median(times)), False
     part = _slice_rows(row, int(n * budget / estimate))
     if part <= probe:
         return t_probe * n / probe, True
