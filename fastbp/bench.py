@@ -6,7 +6,9 @@ Every framework trains the same network from the same initial weights with plain
 the same mini-batches in row order. Each time is the median of ``--repeats`` fits after
 one warm-up fit; fits shorter than a second are repeated until about ``MIN_TIMED_S`` of
 them are timed (not under ``--quick``), so that the medians of sub-millisecond rows rest
-on hundreds of fits. A NumPy run expected to take longer than about 15 s is timed on a
+on hundreds of fits. The libraries take turns: each one's fits are spread over
+``ROUNDS`` rounds, so that the machine speeding up or slowing down during a row moves
+all of them alike. A NumPy run expected to take longer than about 15 s is timed on a
 leading slice of the rows and scaled linearly to the full row count; it is marked
 "(scaled)". PyTorch runs with as many threads as numba. The peak is the rate of
 ``np.dot`` of two 2048 x 2048 matrices of the row's dtype, measured in the same run; a
@@ -42,6 +44,8 @@ QUICK_EPOCHS = 1
 MIN_TIMED_S = 1.0
 #: The most timed fits of one median.
 MAX_REPEATS = 500
+#: Rounds over which the libraries take turns at their timed fits.
+ROUNDS = 3
 
 
 def _repeats(seconds, repeats, min_seconds):
@@ -58,11 +62,14 @@ def _fit_seconds(cls, row, X, Y, dtype):
     return time.perf_counter() - start
 
 
-def time_fastbp(row, X, Y, dtype, repeats, min_seconds=MIN_TIMED_S):
-    """Median fastbp fit time after one warm-up fit (which also loads or compiles the
-    kernels); short fits get more repeats (``_repeats``)."""
-    runs = _repeats(_fit_seconds(MLP, row, X, Y, dtype), repeats, min_seconds)
-    return float(np.median([_fit_seconds(MLP, row, X, Y, dtype) for _ in range(runs)]))
+def fastbp_timer(row, X, Y, dtype, repeats, min_seconds=MIN_TIMED_S):
+    """``(fit, count, scale)``: a timed fastbp fit, how many to time (``_repeats``) and
+    the factor from a fit's seconds to the row's; the warm-up fit (which also loads or
+    compiles the kernels) happens here."""
+    def fit():
+        return _fit_seconds(MLP, row, X, Y, dtype)
+
+    return fit, _repeats(fit(), repeats, min_seconds), 1.0
 
 
 def _slice_rows(row, n):
@@ -73,28 +80,40 @@ def _slice_rows(row, n):
     return min(row.n_rows, n)
 
 
-def time_reference(row, X, Y, dtype, repeats, budget=REFERENCE_BUDGET_S,
-                   min_seconds=MIN_TIMED_S):
-    """``(seconds, scaled)``: the NumPy fit time of the whole row, measured directly when
-    it fits in ``budget`` (median of ``_repeats`` fits, as many as fit in ``budget``),
-    otherwise measured on a leading slice of the rows and scaled linearly (``scaled`` is
-    True)."""
+def reference_timer(row, X, Y, dtype, repeats, budget=REFERENCE_BUDGET_S,
+                    min_seconds=MIN_TIMED_S):
+    """``(fit, count, scale)`` of the NumPy fit: of the whole row when it fits in
+    ``budget`` (as many fits as fit in ``budget``, at most ``_repeats``), otherwise one fit
+    of a leading slice of the rows, ``scale`` taking its time to the whole row's."""
     n = row.n_rows
     probe = _slice_rows(row, PROBE_ROWS)
     t_probe = _fit_seconds(reference.MLP, row, X[:probe], Y[:probe], dtype)
     estimate = t_probe * n / probe
+    part, count = n, 1
     if estimate <= budget or probe == n:
-        fits = max(1, min(_repeats(estimate, repeats, min_seconds),
-                          int(budget / max(estimate, 1e-9))))
-        # A probe of all the rows is already one timed fit.
-        times = [t_probe] if probe == n else []
-        times += [_fit_seconds(reference.MLP, row, X, Y, dtype)
-                  for _ in range(fits - len(times))]
-        return float(np.median(times)), False
-    part = _slice_rows(row, int(n * budget / estimate))
-    if part <= probe:
-        return t_probe * n / probe, True
-    return _fit_seconds(reference.MLP, row, X[:part], Y[:part], dtype) * n / part, True
+        count = max(1, min(_repeats(estimate, repeats, min_seconds),
+                           int(budget / max(estimate, 1e-9))))
+    else:
+        part = max(probe, _slice_rows(row, int(n * budget / estimate)))
+
+    def fit():
+        return _fit_seconds(reference.MLP, row, X[:part], Y[:part], dtype)
+
+    return fit, count, n / part
+
+
+def interleaved(timers, rounds=ROUNDS):
+    """Median seconds of each ``(fit, count, scale)`` timer's fits, times its scale. The
+    timers take turns, each running its share of ``count`` fits in every round."""
+    times = [[] for _ in timers]
+    for r in range(rounds):
+        for (fit, count, _), out in zip(timers, times, strict=True):
+            share = count * (r + 1) // rounds - count * r // rounds
+            if share:
+                time.sleep(IDLE_S)
+                out += [fit() for _ in range(share)]
+    return [float(np.median(t)) * scale
+            for t, (_, _, scale) in zip(times, timers, strict=True)]
 
 
 def _torch():
@@ -105,10 +124,11 @@ def _torch():
     return torch
 
 
-def time_torch(torch, row, X, Y, dtype, repeats, min_seconds=MIN_TIMED_S):
-    """Median PyTorch CPU fit time after one warm-up fit: explicit weight tensors with the
-    initial weights of the fastbp network, autograd, ``torch.optim.SGD`` on the same
-    mini-batches, the same losses (means over the batch)."""
+def torch_timer(torch, row, X, Y, dtype, repeats, min_seconds=MIN_TIMED_S):
+    """``(fit, count, scale)`` of PyTorch CPU, after one warm-up fit: explicit weight
+    tensors with the initial weights of the fastbp network, autograd,
+    ``torch.optim.SGD`` on the same mini-batches, the same losses (means over the
+    batch)."""
     import torch.nn.functional as F
 
     torch.set_num_threads(numba.get_num_threads())
@@ -145,8 +165,7 @@ def time_torch(torch, row, X, Y, dtype, repeats, min_seconds=MIN_TIMED_S):
                 opt.step()
         return time.perf_counter() - start
 
-    runs = _repeats(fit(), repeats, min_seconds)
-    return float(np.median([fit() for _ in range(runs)]))
+    return fit, _repeats(fit(), repeats, min_seconds), 1.0
 
 
 def peak_flops(dtype, repeats=3):
@@ -176,13 +195,13 @@ def measure(row, dtype, repeats, torch=None, peak=None, judge=True, min_seconds=
     row's target (memory targets are the asv suite's ``peakmem_fit``); fits shorter than
     ``min_seconds`` are repeated (``_repeats``)."""
     X, Y = make_data(row, dtype)
-    time.sleep(IDLE_S)
-    t_fast = time_fastbp(row, X, Y, dtype, repeats, min_seconds)
-    time.sleep(IDLE_S)
-    t_ref, scaled = time_reference(row, X, Y, dtype, repeats, min_seconds=min_seconds)
-    time.sleep(IDLE_S)
-    t_torch = None if torch is None else time_torch(torch, row, X, Y, dtype, repeats,
-                                                    min_seconds)
+    timers = [fastbp_timer(row, X, Y, dtype, repeats, min_seconds),
+              reference_timer(row, X, Y, dtype, repeats, min_seconds=min_seconds)]
+    if torch is not None:
+        timers.append(torch_timer(torch, row, X, Y, dtype, repeats, min_seconds))
+    t_fast, t_ref, *t_torch = interleaved(timers)
+    t_torch = t_torch[0] if t_torch else None
+    scaled = timers[1][2] != 1.0
     speedup = t_ref / t_fast
     factor = _target_factor(row.target) if judge else None
     return {

@@ -40,3 +40,22 @@ def test_short_fits_get_more_repeats_up_to_a_cap():
     assert _repeats(0.01, 3, 1.0) == 100  # about a second of 10 ms fits
     assert _repeats(1e-7, 3, 1.0) == MAX_REPEATS
     assert _repeats(0.01, 3, 0.0) == 3  # --quick
+
+
+def test_libraries_take_turns_and_every_fit_counts(monkeypatch):
+    from fastbp import bench
+
+    monkeypatch.setattr(bench, "IDLE_S", 0.0)
+    calls = []
+
+    def timer(name, seconds, count, scale):
+        def fit():
+            calls.append(name)
+            return seconds.pop(0)
+        return fit, count, scale
+
+    medians = bench.interleaved([timer("a", [1.0, 2.0, 9.0, 3.0], 4, 1.0),
+                                 timer("b", [5.0], 1, 10.0),
+                                 timer("c", [1.0, 1.0, 1.0], 3, 1.0)], rounds=3)
+    assert calls == ["a", "c", "a", "c", "a", "a", "b", "c"]
+    assert medians == [2.5, 50.0, 1.0]
