@@ -13,9 +13,9 @@ thread count, so results are bitwise reproducible.
 Matrix products are written as ``out = P @ Q.T`` over row-contiguous operands, with 2x4
 register blocks: every loaded value feeds several multiply-adds and the contraction loop
 vectorizes. The forward pass therefore reads a transposed copy of each weight matrix
-(``wt``), kept in step with ``params`` after every update. Short contractions use
-``out = P @ Q`` instead (``dot_nn``), and layers of ``blas_min`` weights or more call
-BLAS, which reads every operand as it is stored.
+(``wt``), kept in step with ``params`` after every update. Short contractions into
+wide outputs use ``out = P @ Q`` instead (``dot_nn``), and layers of ``blas_min`` weights
+or more call BLAS, which reads every operand as it is stored.
 
 Kernels that allocate nothing compile without numba's reference counting
 (``_nrt=False``): they only borrow arrays that ``run`` owns, and counting references
