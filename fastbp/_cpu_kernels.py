@@ -426,93 +426,98 @@ def column_sums(work, off, rows, width, grad, out_off, accumulate):
 
 
 @njit(cache=True, _nrt=False, fastmath=FASTMATH)
+def store4(out, o, s0, s1, s2, s3, accumulate):
+    """``out[o:o + 4] = (s0, s1, s2, s3)``, or ``+=`` when ``accumulate``."""
+    if accumulate:
+        s0 += out[o]
+        s1 += out[o + 1]
+        s2 += out[o + 2]
+        s3 += out[o + 3]
+    out[o] = s0
+    out[o + 1] = s1
+    out[o + 2] = s2
+    out[o + 3] = s3
+
+
+@njit(cache=True, _nrt=False, fastmath=FASTMATH)
 def dot_nt(P, po, ps, Q, qo, qs, out, oo, os, m, n, k_len, accumulate):
     """``out[i, j] (+)= sum_k P[i, k] * Q[j, k]`` for i < m, j < n, k < k_len, over flat
     row-major operands given as (array, offset, row stride).
 
-    2x4 register blocks: each loaded value feeds several multiply-adds and the k loop
-    vectorizes. Indices are unsigned because numba's negative-index handling of signed
-    indices stops the vectorizer (measured 1.6 against 15 GFLOP/s). Q is swept in
+    4x4 register blocks: each loaded value feeds four multiply-adds and the k loop
+    vectorizes (64 x 64 x 64 in float64 on one core: 55 GFLOP/s, against 46 with 2x4
+    blocks). Past the last full block of rows the missing rows reread the first one and
+    are not stored. Indices are unsigned because numba's negative-index handling of
+    signed indices stops the vectorizer (measured 1.6 against 15 GFLOP/s). Q is swept in
     panels that stay in L2."""
     zero = out.dtype.type(0)
     k_end = np.uint64(k_len)
     panel = max(4, (PANEL_ENTRIES // max(k_len, 1)) // 4 * 4)
     for j_lo in range(0, n, panel):
         j_hi = min(n, j_lo + panel)
-        i = 0
-        while i < m:
-            pair = i + 1 < m
+        for i in range(0, m, 4):
+            rows = min(4, m - i)
             p0 = np.uint64(po + i * ps)
-            p1 = np.uint64(po + (i + 1) * ps) if pair else p0
+            # uint64 throughout: a signed index stops the vectorizer
+            p1 = p0 + np.uint64(ps) if rows > 1 else p0
+            p2 = p1 + np.uint64(ps) if rows > 2 else p0
+            p3 = p2 + np.uint64(ps) if rows > 3 else p0
+            o = oo + i * os
             j = j_lo
-            while j < j_hi:
-                o0 = oo + i * os + j
-                o1 = o0 + os
-                if j + 3 < j_hi:
-                    q0 = np.uint64(qo + j * qs)
-                    q1 = np.uint64(qo + (j + 1) * qs)
-                    q2 = np.uint64(qo + (j + 2) * qs)
-                    q3 = np.uint64(qo + (j + 3) * qs)
-                    s00 = zero
-                    s01 = zero
-                    s02 = zero
-                    s03 = zero
-                    s10 = zero
-                    s11 = zero
-                    s12 = zero
-                    s13 = zero
-                    for k in range(k_end):
-                        x0 = P[p0 + k]
-                        x1 = P[p1 + k]
-                        y0 = Q[q0 + k]
-                        y1 = Q[q1 + k]
-                        y2 = Q[q2 + k]
-                        y3 = Q[q3 + k]
-                        s00 += x0 * y0
-                        s01 += x0 * y1
-                        s02 += x0 * y2
-                        s03 += x0 * y3
-                        s10 += x1 * y0
-                        s11 += x1 * y1
-                        s12 += x1 * y2
-                        s13 += x1 * y3
-                    if accumulate:
-                        s00 += out[o0]
-                        s01 += out[o0 + 1]
-                        s02 += out[o0 + 2]
-                        s03 += out[o0 + 3]
-                    out[o0] = s00
-                    out[o0 + 1] = s01
-                    out[o0 + 2] = s02
-                    out[o0 + 3] = s03
-                    if pair:
-                        if accumulate:
-                            s10 += out[o1]
-                            s11 += out[o1 + 1]
-                            s12 += out[o1 + 2]
-                            s13 += out[o1 + 3]
-                        out[o1] = s10
-                        out[o1 + 1] = s11
-                        out[o1 + 2] = s12
-                        out[o1 + 3] = s13
-                    j += 4
-                else:
-                    q0 = np.uint64(qo + j * qs)
-                    s0 = zero
-                    s1 = zero
-                    for k in range(k_end):
-                        y0 = Q[q0 + k]
-                        s0 += P[p0 + k] * y0
-                        s1 += P[p1 + k] * y0
-                    if accumulate:
-                        s0 += out[o0]
-                    out[o0] = s0
-                    if pair:
-                        if accumulate:
-                            s1 += out[o1]
-                        out[o1] = s1
-                    j += 1
-            i += 2
+            while j + 3 < j_hi:
+                q0 = np.uint64(qo + j * qs)
+                q1 = np.uint64(qo + (j + 1) * qs)
+                q2 = np.uint64(qo + (j + 2) * qs)
+                q3 = np.uint64(qo + (j + 3) * qs)
+                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+                s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
+                for k in range(k_end):
+                    y0 = Q[q0 + k]
+                    y1 = Q[q1 + k]
+                    y2 = Q[q2 + k]
+                    y3 = Q[q3 + k]
+                    x = P[p0 + k]
+                    s00 += x * y0
+                    s01 += x * y1
+                    s02 += x * y2
+                    s03 += x * y3
+                    x = P[p1 + k]
+                    s10 += x * y0
+                    s11 += x * y1
+                    s12 += x * y2
+                    s13 += x * y3
+                    x = P[p2 + k]
+                    s20 += x * y0
+                    s21 += x * y1
+                    s22 += x * y2
+                    s23 += x * y3
+                    x = P[p3 + k]
+                    s30 += x * y0
+                    s31 += x * y1
+                    s32 += x * y2
+                    s33 += x * y3
+                store4(out, o + j, s00, s01, s02, s03, accumulate)
+                if rows > 1:
+                    store4(out, o + os + j, s10, s11, s12, s13, accumulate)
+                if rows > 2:
+                    store4(out, o + 2 * os + j, s20, s21, s22, s23, accumulate)
+                if rows > 3:
+                    store4(out, o + 3 * os + j, s30, s31, s32, s33, accumulate)
+                j += 4
+            while j < j_hi:  # one column for the block's rows
+                q0 = np.uint64(qo + j * qs)
+                s0 = s1 = s2 = s3 = zero
+                for k in range(k_end):
+                    y0 = Q[q0 + k]
+                    s0 += P[p0 + k] * y0
+                    s1 += P[p1 + k] * y0
+                    s2 += P[p2 + k] * y0
+                    s3 += P[p3 + k] * y0
+                for r, value in enumerate((s0, s1, s2, s3)):
+                    if r < rows:
+                        at = o + r * os + j
+                        out[at] = value + out[at] if accumulate else value
+                j += 1
 
 
 @njit(cache=True, _nrt=False, fastmath=FASTMATH)
