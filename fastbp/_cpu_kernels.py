@@ -10,7 +10,7 @@ each group owns a gradient buffer, groups run in parallel, and their buffers are
 group order. Group boundaries depend on the batch and the network alone, never on the
 thread count, so results are bitwise reproducible.
 
-Matrix products are written as ``out = P @ Q.T`` over row-contiguous operands, with 2x4
+Matrix products are written as ``out = P @ Q.T`` over row-contiguous operands, with 4x4
 register blocks: every loaded value feeds several multiply-adds and the contraction loop
 vectorizes. The forward pass therefore reads a transposed copy of each weight matrix
 (``wt``), kept in step with ``params`` after every update. Short contractions into
@@ -85,7 +85,7 @@ NN_SHORTEST = ((64, 32), (32, 15), (16, 7))
 # (``error_model="numpy"``), so loops over a layer's outputs vectorize: a tanh costs about
 # 1 ns instead of 10-25 ns for a scalar libm call. Accuracy stays within 2.5 ulp of the
 # argument's precision: ``exp``, ``tanh`` and ``sigmoid`` compute a float32 in float32,
-# twice as many lanes to a vector as float64 (the big-batch row trains 10% faster).
+# twice as many lanes to a vector as float64 (big-batch float32 trains 3-7% faster).
 
 #: Compile options of every kernel: division without a raise-on-zero branch vectorizes.
 NUMPY_ERRORS = "numpy"
@@ -1095,7 +1095,7 @@ def shuffle_order(order, state):
 # ``run`` and ``parallel_groups`` call ``group_pass`` through an address passed in at run
 # time, not by name. A call by name links the callee's code into the caller, and numba
 # optimizes and compiles the linked code again in every caller: ``group_pass`` was
-# compiled four times, and the cold start took 20 s instead of 13-14 s. ``sample_pass``
+# compiled four times, and the cold start took 17-19 s instead of 12-15 s. ``sample_pass``
 # stays a call by name: it runs once per tiny batch, and LLVM, seeing its code, passes
 # its arguments more cheaply (by address it cost about 90 ns more a call).
 
