@@ -395,8 +395,8 @@ def times_derivative(work, d_off, a_off, rows, width, code):
 
 
 @njit(cache=True, _nrt=False)
-def transpose(work, src, rows, width, dst, dst_stride):
-    """``work[dst + j * dst_stride + b] = work[src + b * width + j]``: a sample-major
+def transpose(source, src, rows, width, work, dst, dst_stride):
+    """``work[dst + j * dst_stride + b] = source[src + b * width + j]``: a sample-major
     block of ``rows`` x ``width`` copied feature-major."""
     n = np.uint64(rows)
     w = np.uint64(width)
@@ -404,7 +404,7 @@ def transpose(work, src, rows, width, dst, dst_stride):
         s = np.uint64(src + j)
         t = np.uint64(dst + j * dst_stride)
         for b in range(n):
-            work[t + b] = work[s + b * w]
+            work[t + b] = source[s + b * w]
 
 
 @njit(cache=True, _nrt=False)
@@ -900,21 +900,29 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
     base = 2 * (n_layers + 1)
     first = group * n_chunks // n_groups
     training = out.shape[0] == 0
+    x_flat = X.reshape(X.size)  # a view: X is C-contiguous
     overwrite = np.bool_(False)  # a typed False: a literal one would compile products twice
     total = 0.0
     for c in range(first, (group + 1) * n_chunks // n_groups):
         lo = start + c * chunk
         count = min(chunk, start + size - lo)
 
-        # Forward: gather the chunk's rows, then z = A @ W + b layer by layer.
-        a_in = offs[0]
-        t_in = offs[n_layers + 1]
+        # Forward: the chunk's rows, read in place when they are consecutive rows of X
+        # (BLAS reads them from ``work``), else gathered; then z = A @ W + b by layer.
+        source, a_in = work, offs[0]
+        first_row = order[lo]
+        consecutive = not blas[0]
         for b in range(count):
-            row = order[lo + b]
-            for k in range(n_in):
-                work[a_in + b * n_in + k] = X[row, k]
+            consecutive = consecutive and order[lo + b] == first_row + b
+        if consecutive:
+            source, a_in = x_flat, first_row * n_in
+        else:
+            for b in range(count):
+                row = order[lo + b]
+                for k in range(n_in):
+                    work[a_in + b * n_in + k] = X[row, k]
         if training and not blas[0]:
-            transpose(work, a_in, count, n_in, t_in, chunk)
+            transpose(source, a_in, count, n_in, work, offs[n_layers + 1], chunk)
         for l in range(n_layers):
             fan_in = layout[l, L_FAN_IN]
             fan_out = layout[l, L_FAN_OUT]
@@ -922,19 +930,20 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             code = layout[l, L_ACTIVATION]
             z_out = offs[l + 1]
             t_out = offs[n_layers + 2 + l]
+            a, a_off = (source, a_in) if l == 0 else (work, offs[l])
             if blas[l]:
                 blas_forward(work, offs[l], params, layout[l, L_WEIGHT], z_out, count, fan_in,
                              fan_out)
             elif short_product(fan_out, fan_in):
-                dot_nn(work, offs[l], fan_in, params, layout[l, L_WEIGHT], fan_out, work, z_out,
+                dot_nn(a, a_off, fan_in, params, layout[l, L_WEIGHT], fan_out, work, z_out,
                        fan_out, count, fan_out, fan_in, overwrite)
             else:
-                dot_nt(work, offs[l], fan_in, wt, layout[l, L_WEIGHT], fan_in, work, z_out,
+                dot_nt(a, a_off, fan_in, wt, layout[l, L_WEIGHT], fan_in, work, z_out,
                        fan_out, count, fan_out, fan_in, overwrite)
             if l < n_layers - 1:
                 bias_activation(work, z_out, count, fan_out, params, bias, code)
                 if training and not blas[l + 1]:
-                    transpose(work, z_out, count, fan_out, t_out, chunk)
+                    transpose(work, z_out, count, fan_out, work, t_out, chunk)
             else:  # the output activation comes with the loss
                 add_bias(work, z_out, count, fan_out, params, bias)
 
@@ -960,7 +969,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
                                               a_last + b * n_out, n_out, Y, labels, row,
                                               weight, d_cur + b * n_out)
         if not blas[n_layers - 1]:
-            transpose(work, d_cur, count, n_out, dt_cur, chunk)
+            transpose(work, d_cur, count, n_out, work, dt_cur, chunk)
 
         # Backward: dW = A^T @ D and db = sum(D); then D <- (D @ W^T) * act'(A).
         accumulate = c > first
@@ -999,7 +1008,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
                        count, fan_in, fan_out, overwrite)
             times_derivative(work, d_next, offs[l], count, fan_in, layout[l - 1, L_ACTIVATION])
             if not blas[l - 1]:
-                transpose(work, d_next, count, fan_in, dt_next, chunk)
+                transpose(work, d_next, count, fan_in, work, dt_next, chunk)
     return total
 
 

@@ -270,13 +270,19 @@ def test_float32_network_stays_float32(rng):
     np.testing.assert_allclose(net.forward(X), out64, rtol=1e-5)
 
 
-def test_order_equals_training_on_permuted_rows(rng):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shuffled", ["all-rows", "last-batch"])
+def test_order_equals_training_on_permuted_rows(rng, shuffled, dtype):
+    """Chunks of consecutive rows are read from X in place, others gathered: the two
+    give the same bits. With only the last batch shuffled, a fit takes both paths."""
     name = "relu-leaky-sigmoid-bce-sum"
     X, Y, sample_weight = _data(rng, name, n=150)
     order = rng.permutation(150)
+    if shuffled == "last-batch":
+        order = np.concatenate([np.arange(120), 120 + rng.permutation(30)])
     given = [array.copy() for array in (X, Y, sample_weight, order)]
-    a, _ = _pair(name, np.float64)
-    b, _ = _pair(name, np.float64)
+    a, _ = _pair(name, dtype)
+    b, _ = _pair(name, dtype)
     kwargs = dict(epochs=3, lr=0.01, batch_size=40, optimizer="adam")
     h_a = a.fit(X, Y, order=order, sample_weight=sample_weight, **kwargs)
     for before, after in zip(given, (X, Y, sample_weight, order), strict=True):
