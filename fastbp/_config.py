@@ -20,9 +20,15 @@ def _int_env(name: str, default: int) -> int:
     return parsed
 
 
-#: Samples per chunk. Chunk boundaries fix the order in which gradients are summed, so
-#: results depend on this value but never on the thread count.
-CHUNK_ROWS = _int_env("FASTBP_CHUNK_ROWS", 64)
+#: Most samples per chunk. Chunk boundaries fix the order in which gradients are summed,
+#: so results depend on the chunk size but never on the thread count.
+CHUNK_ROWS = _int_env("FASTBP_CHUNK_ROWS", 256)
+
+#: Chunks are as long as CHUNK_ROWS allows while one chunk's work buffer fits in this many
+#: bytes (about a third of a core's L2 cache), but at least FEWEST_CHUNK_ROWS: long chunks
+#: spread each product's fixed costs (the sums that end its dot products) over more rows.
+WORK_BUFFER_BYTES = _int_env("FASTBP_WORK_BUFFER_BYTES", 320 * 1024)
+FEWEST_CHUNK_ROWS = 64
 
 #: At most this many chunk groups, each with its own gradient buffer, run in parallel.
 MAX_GROUPS = _int_env("FASTBP_MAX_GROUPS", 32)

@@ -170,14 +170,20 @@ class MLP:
     def _work_plan(self, batch_size):
         """``(chunk rows, work offsets, work size)`` for batches of ``batch_size`` rows.
 
-        Chunks fix the summation order, so they depend on the network and the batch size
-        alone. A batch is cut into chunks of equal size (at most CHUNK_ROWS rows), so
-        that threads get equal shares; networks with BLAS layers take chunks of about half
-        a batch (at most BLAS_CHUNK_ROWS): long enough for BLAS to run near its peak, and
-        at least two per batch so that two cores have work."""
-        most = _config.CHUNK_ROWS
+        Chunks fix the summation order, so they depend on the network, its dtype and the
+        batch size alone, never on the thread count. A batch is cut into chunks of equal
+        size, so that threads get equal shares, and into at least two when it has more
+        than FEWEST_CHUNK_ROWS rows, so that two cores have work. Chunks are as long as
+        their work buffer allows (see WORK_BUFFER_BYTES); networks with BLAS layers take
+        chunks of about half a batch (at most BLAS_CHUNK_ROWS), long enough for BLAS to
+        run near its peak."""
+        half = -(-batch_size // 2)
         if self._uses_blas:
-            most = max(most, min(_config.BLAS_CHUNK_ROWS, -(-batch_size // 2)))
+            most = max(_config.FEWEST_CHUNK_ROWS, min(_config.BLAS_CHUNK_ROWS, half))
+        else:
+            per_row = _layout.work_offsets(self._layout, 1)[1] * self.dtype.itemsize
+            fits = _config.WORK_BUFFER_BYTES // per_row
+            most = min(_config.CHUNK_ROWS, max(_config.FEWEST_CHUNK_ROWS, min(fits, half)))
         chunk = -(-batch_size // -(-batch_size // most))
         if chunk not in self._work_plans:
             self._work_plans[chunk] = _layout.work_offsets(self._layout, chunk)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import fastbp
+from fastbp import _config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +26,7 @@ import hashlib, json
 import numpy as np
 import numba
 import fastbp
+from fastbp import _config
 from fastbp import _config
 
 def digest(arrays):
@@ -165,3 +167,32 @@ def test_repeated_training_from_the_same_start_repeats_the_bits(rng):
         history = net.fit(X, Y, epochs=3, lr=0.05, batch_size=64, optimizer="nesterov")
         runs.append((_bits(history), _bits(_flat(net))))
     assert runs[0] == runs[1] == runs[2]
+
+
+@pytest.mark.parametrize(
+    "sizes, dtype, batch, chunk",
+    [
+        ((16, 16, 1), np.float32, 1_000_000, 256),  # long chunks: CHUNK_ROWS
+        ((16, 16, 1), np.float64, 1_000_000, 256),
+        ((32, 64, 64, 1), np.float32, 256, 128),  # two chunks per batch
+        ((32, 64, 64, 1), np.float64, 256, 64),  # the work buffer's limit
+        ((32, 64, 64, 1), np.float32, 128, 64),
+        ((32, 64, 64, 1), np.float64, 100, 50),  # equal chunks
+        ((200, 200, 200, 1), np.float64, 1000, 63),  # never below FEWEST_CHUNK_ROWS
+        ((2, 2, 1), np.float64, 2, 2),
+    ],
+)
+def test_chunks_depend_on_network_dtype_and_batch(sizes, dtype, batch, chunk):
+    """The chunk size fixes the summation order, so only these choose it."""
+    net = fastbp.MLP(list(sizes), ["relu"] * (len(sizes) - 2) + ["sigmoid"], "bce",
+                     dtype=dtype)
+    rows, _, work_size = net._work_plan(batch)
+    assert rows == chunk
+    if rows > _config.FEWEST_CHUNK_ROWS:
+        assert work_size * np.dtype(dtype).itemsize <= _config.WORK_BUFFER_BYTES
+
+
+def test_chunk_rows_setting_caps_chunks(monkeypatch):
+    monkeypatch.setattr(_config, "CHUNK_ROWS", 8)
+    net = fastbp.MLP([16, 16, 1], ["tanh", "sigmoid"], "bce")
+    assert net._work_plan(1000)[0] == 8
