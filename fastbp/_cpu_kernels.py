@@ -340,6 +340,12 @@ def add_bias(work, off, rows, width, params, bias):
         return
     n = np.uint64(width)
     bo = np.uint64(bias)
+    if width == 1:  # one column: a flat loop, which vectorizes over the rows
+        value = params[bo]
+        o = np.uint64(off)
+        for b in range(np.uint64(rows)):
+            work[o + b] += value
+        return
     for b in range(rows):
         o = np.uint64(off + b * width)
         for j in range(n):
@@ -348,27 +354,27 @@ def add_bias(work, off, rows, width, params, bias):
 
 @njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
 def bias_activation(work, off, rows, width, params, bias, code):
-    """``Z += b`` and ``A = act(Z)`` in place, over ``rows`` sample-major rows."""
+    """``Z += b`` and ``A = act(Z)`` in place, over ``rows`` sample-major rows: the
+    activation in one flat loop over the block, which vectorizes whatever the width."""
     add_bias(work, off, rows, width, params, bias)
-    n = np.uint64(width)
+    n = np.uint64(rows * width)
+    o = np.uint64(off)
     zero = work.dtype.type(0)
     slope = work.dtype.type(LEAKY_SLOPE)
-    for b in range(rows):
-        o = np.uint64(off + b * width)
-        if code == SIGMOID:
-            for j in range(n):
-                work[o + j] = sigmoid(work[o + j])
-        elif code == TANH:
-            for j in range(n):
-                work[o + j] = tanh(work[o + j])
-        elif code == RELU:
-            for j in range(n):
-                z = work[o + j]
-                work[o + j] = z if z > 0 else zero * z
-        elif code == LEAKY_RELU:
-            for j in range(n):
-                z = work[o + j]
-                work[o + j] = z if z > 0 else slope * z
+    if code == SIGMOID:
+        for t in range(n):
+            work[o + t] = sigmoid(work[o + t])
+    elif code == TANH:
+        for t in range(n):
+            work[o + t] = tanh(work[o + t])
+    elif code == RELU:
+        for t in range(n):
+            z = work[o + t]
+            work[o + t] = z if z > 0 else zero * z
+    elif code == LEAKY_RELU:
+        for t in range(n):
+            z = work[o + t]
+            work[o + t] = z if z > 0 else slope * z
 
 
 @njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
@@ -405,6 +411,21 @@ def transpose(source, src, rows, width, work, dst, dst_stride):
         t = np.uint64(dst + j * dst_stride)
         for b in range(n):
             work[t + b] = source[s + b * w]
+
+
+@njit(cache=True, _nrt=False, fastmath=FASTMATH)
+def row_sums(work, off, stride, rows, width, grad, out_off, accumulate):
+    """``grad[out_off + j] (+)= sum over b < rows of work[off + j * stride + b]``: the
+    bias gradient from a feature-major (transposed) block, each sum one vectorized
+    reduction (``column_sums`` adds whole rows, one dependent add per row)."""
+    n = np.uint64(rows)
+    o = np.uint64(out_off)
+    for j in range(np.uint64(width)):
+        row = np.uint64(off + j * stride)
+        total = grad.dtype.type(0)
+        for b in range(n):
+            total += work[row + b]
+        grad[o + j] = total + grad[o + j] if accumulate else total
 
 
 @njit(cache=True, _nrt=False)
@@ -991,7 +1012,9 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             else:
                 dot_nt(work, offs[n_layers + 1 + l], chunk, work, dt_cur, chunk, grad, w_off,
                        fan_out, fan_in, fan_out, count, accumulate)
-            if bias >= 0:
+            if bias >= 0 and not wide and 4 * fan_out <= count:  # narrow: few, long sums
+                row_sums(work, dt_cur, chunk, count, fan_out, grad, bias, accumulate)
+            elif bias >= 0:
                 column_sums(work, d_cur, count, fan_out, grad, bias, accumulate)
             if l == 0:
                 break
