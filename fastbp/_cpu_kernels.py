@@ -191,7 +191,7 @@ def log1p_unit(x):
 
 
 @njit(cache=True, error_model=NUMPY_ERRORS)
-def sigmoid_softplus(z):
+def sigmoid_softplus64(z):
     """``(sigmoid(z), log(1 + exp(z)))``, both from one ``exp(-|z|)``, which never
     overflows: the activation and the binary cross-entropy of a sigmoid output."""
     z = float(z)
@@ -277,6 +277,39 @@ def sigmoid32(z):
     return s if z >= F32_ZERO else e * s
 
 
+F32_HALF, F32_SQRT2 = np.float32(0.5), np.float32(SQRT2)
+# log(x) = t - t**2 / 2 + t**3 P(t), t = x - 1, for x in [sqrt(1/2), sqrt(2)] (Cephes' logf).
+F32_LOG_P = tuple(np.float32(c) for c in (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1,
+                                          -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1,
+                                          2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1))
+
+
+@njit(cache=True, error_model=NUMPY_ERRORS)
+def log1p_unit32(x):
+    """log(1 + x) of a float32 x in [0, 1], as ``log1p_unit``, with no division but the
+    rounding correction."""
+    u = F32_ONE + x
+    halve = u > F32_SQRT2
+    f = u * F32_HALF if halve else u
+    k = F32_ONE if halve else F32_ZERO
+    t = f - F32_ONE
+    z = t * t
+    c = F32_LOG_P
+    p = (((((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5]) * t + c[6]) * t
+         + c[7]) * t + c[8]
+    log_u = t + (p * t * z + k * F32_LN2_LO - F32_HALF * z) + k * F32_LN2_HI
+    rounded = u - F32_ONE
+    return x if rounded == F32_ZERO else log_u * (x / rounded)
+
+
+@njit(cache=True, error_model=NUMPY_ERRORS)
+def sigmoid_softplus32(z):
+    """``sigmoid_softplus64`` of a float32, in float32: the sigmoid is ``sigmoid32``'s."""
+    e = exp32(-abs(z))
+    s = F32_ONE / (F32_ONE + e)
+    return (s if z >= F32_ZERO else e * s), (z if z > F32_ZERO else F32_ZERO) + log1p_unit32(e)
+
+
 def _by_precision(float64_version, float32_version):
     """A function for compiled code that runs ``float32_version`` on a float32 and
     ``float64_version`` on anything else, chosen while the caller compiles."""
@@ -296,6 +329,7 @@ def _by_precision(float64_version, float32_version):
 exp = _by_precision(exp64, exp32)
 tanh = _by_precision(tanh64, tanh32)
 sigmoid = _by_precision(sigmoid64, sigmoid32)
+sigmoid_softplus = _by_precision(sigmoid_softplus64, sigmoid_softplus32)
 
 
 @njit(cache=True, error_model=NUMPY_ERRORS)

@@ -1,4 +1,4 @@
-"""The kernels' branch-free exp, tanh and sigmoid: within their stated ulps of a
+"""The kernels' branch-free exp, tanh, sigmoid and softplus: within their stated ulps of a
 long-double reference in float64 and in float32, the edge values right, and compiled code
 calling ``exp``/``tanh``/``sigmoid`` getting the version of its argument's precision."""
 
@@ -70,3 +70,25 @@ def test_compiled_calls_get_the_version_of_their_precision(name, f64, f32):
         np.testing.assert_array_equal(_values(either, x), _values(version, x))
     with pytest.raises(TypeError, match="compiled code"):
         either(1.0)
+
+
+@njit
+def _sigmoid_softplus_pairs(f, x, sigmoid, softplus):
+    for i in range(x.shape[0]):
+        sigmoid[i], softplus[i] = f(x[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_sigmoid_softplus_within_three_ulps(dtype):
+    """The binary cross-entropy's softplus, log(1 + exp(z)), within 3 ulp (2.6 measured
+    in both precisions), and its sigmoid the same bits as ``sigmoid``'s."""
+    x = GRID.astype(dtype)
+    version = K.sigmoid_softplus64 if dtype == np.float64 else K.sigmoid_softplus32
+    sigmoid, softplus = np.empty_like(x), np.empty_like(x)
+    _sigmoid_softplus_pairs(version, x, sigmoid, softplus)
+    want = np.log1p(np.exp(x.astype(np.longdouble)))
+    normal = want >= np.finfo(dtype).tiny
+    ulp = np.spacing(want[normal].astype(dtype)).astype(np.longdouble)
+    assert float(np.max(np.abs(softplus[normal] - want[normal]) / ulp)) <= 3.0
+    plain = _values(K.sigmoid64 if dtype == np.float64 else K.sigmoid32, x)
+    np.testing.assert_array_equal(sigmoid, plain)
