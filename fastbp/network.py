@@ -177,6 +177,11 @@ class MLP:
         their work buffer allows (see WORK_BUFFER_BYTES); networks with BLAS layers take
         chunks of about half a batch (at most BLAS_CHUNK_ROWS), long enough for BLAS to
         run near its peak."""
+        settings = (batch_size, _config.CHUNK_ROWS, _config.WORK_BUFFER_BYTES,
+                    _config.BLAS_CHUNK_ROWS)
+        plan = self._work_plans.get(settings)
+        if plan is not None:
+            return plan
         half = -(-batch_size // 2)
         if self._uses_blas:
             most = max(_config.FEWEST_CHUNK_ROWS, min(_config.BLAS_CHUNK_ROWS, half))
@@ -185,9 +190,8 @@ class MLP:
             fits = _config.WORK_BUFFER_BYTES // per_row
             most = min(_config.CHUNK_ROWS, max(_config.FEWEST_CHUNK_ROWS, min(fits, half)))
         chunk = -(-batch_size // -(-batch_size // most))
-        if chunk not in self._work_plans:
-            self._work_plans[chunk] = _layout.work_offsets(self._layout, chunk)
-        return (chunk, *self._work_plans[chunk])
+        plan = self._work_plans[settings] = (chunk, *_layout.work_offsets(self._layout, chunk))
+        return plan
 
     def _gradient(self, X, Y, labels, sample_weight, l2):
         """Loss and flat gradient of the whole data set as one batch."""
