@@ -864,74 +864,95 @@ def sigmoid_bce(work, o, d_off, scratch, count, n_out, Y, order, lo, sample_weig
 @njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
 def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout, loss,
                 loss_scale, clip, work, offs, grad):
-    """Forward and backward passes of a small batch, one sample at a time, every product
-    a loop in this function: for batches of a few rows the calls of ``group_pass``
-    between compiled functions cost more than the arithmetic. Returns the summed
-    (weighted) loss and leaves the gradient sum in ``grad``; the batch's samples are
-    added in order, as one chunk would. Indices are unsigned, which keeps numba's
-    negative-index handling out of the short loops."""
+    """Forward and backward passes of a small batch, every product a loop in this
+    function: for batches of a few rows the calls of ``group_pass`` between compiled
+    functions cost more than the arithmetic. Layer by layer, each loop runs over the
+    batch's samples, so that their independent chains (the output's exp and divisions
+    above all) overlap. Returns the summed (weighted) loss and leaves the gradient sum in
+    ``grad``, the samples added in order as one chunk would. Indices are unsigned, which
+    keeps numba's negative-index handling out of the short loops."""
     n_layers = layout.shape[0]
+    n_in = np.uint64(layout[0, L_FAN_IN])
     n_out = layout[n_layers - 1, L_FAN_OUT]
     out_code = layout[n_layers - 1, L_ACTIVATION]
     base = 2 * (n_layers + 1)
-    one_row, no_bias = np.int64(1), np.int64(-1)  # typed: literals would compile twice
+    rows = np.uint64(size)
+    no_bias = np.int64(-1)  # typed: a literal would compile bias_activation twice
     for i in range(np.uint64(grad.shape[0])):
         grad[i] = 0
-    total = 0.0
-    for b in range(size):
+    a0 = np.uint64(offs[0])
+    for b in range(rows):
         row = order[start + b]
-        a0 = np.uint64(offs[0])
-        for k in range(np.uint64(layout[0, L_FAN_IN])):
-            work[a0 + k] = X[row, k]
-        for l in range(n_layers):
-            fan_in = np.uint64(layout[l, L_FAN_IN])
-            fan_out = np.uint64(layout[l, L_FAN_OUT])
-            w, a, z = np.uint64(layout[l, L_WEIGHT]), np.uint64(offs[l]), np.uint64(offs[l + 1])
-            bias = layout[l, L_BIAS]
+        for k in range(n_in):
+            work[a0 + b * n_in + k] = X[row, k]
+    for l in range(n_layers):
+        fan_in = np.uint64(layout[l, L_FAN_IN])
+        fan_out = np.uint64(layout[l, L_FAN_OUT])
+        w, a, z = np.uint64(layout[l, L_WEIGHT]), np.uint64(offs[l]), np.uint64(offs[l + 1])
+        bias = layout[l, L_BIAS]
+        for b in range(rows):
+            ab, zb = a + b * fan_in, z + b * fan_out
             if bias >= 0:
                 for j in range(fan_out):
-                    work[z + j] = params[np.uint64(bias) + j]
+                    work[zb + j] = params[np.uint64(bias) + j]
             else:
                 for j in range(fan_out):
-                    work[z + j] = 0
+                    work[zb + j] = 0
             for k in range(fan_in):
-                x = work[a + k]
+                x = work[ab + k]
                 row_w = w + k * fan_out
                 for j in range(fan_out):
-                    work[z + j] += x * params[row_w + j]
-            if l < n_layers - 1:
-                bias_activation(work, offs[l + 1], one_row, layout[l, L_FAN_OUT], params,
-                                no_bias, layout[l, L_ACTIVATION])
-        weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
-        total += weight * output_loss(out_code, loss, loss_scale, clip, work, offs[n_layers],
-                                      n_out, Y, labels, row, weight, offs[base])
-        cur = 0
-        for l in range(n_layers - 1, -1, -1):
-            fan_in = np.uint64(layout[l, L_FAN_IN])
-            fan_out = np.uint64(layout[l, L_FAN_OUT])
-            w, a = np.uint64(layout[l, L_WEIGHT]), np.uint64(offs[l])
-            d = np.uint64(offs[base + cur])
+                    work[zb + j] += x * params[row_w + j]
+        if l < n_layers - 1:
+            bias_activation(work, offs[l + 1], size, layout[l, L_FAN_OUT], params, no_bias,
+                            layout[l, L_ACTIVATION])
+
+    a_last = offs[n_layers]
+    if out_code == SIGMOID and loss == BINARY_CROSS_ENTROPY:
+        total = sigmoid_bce(work, a_last, offs[base], offs[base + 1], size, n_out, Y, order,
+                            start, sample_weight, loss_scale)
+    else:
+        total = 0.0
+        for b in range(size):
+            row = order[start + b]
+            weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
+            total += weight * output_loss(out_code, loss, loss_scale, clip, work,
+                                          a_last + b * n_out, n_out, Y, labels, row, weight,
+                                          offs[base] + b * n_out)
+
+    cur = 0
+    for l in range(n_layers - 1, -1, -1):
+        fan_in = np.uint64(layout[l, L_FAN_IN])
+        fan_out = np.uint64(layout[l, L_FAN_OUT])
+        w, a = np.uint64(layout[l, L_WEIGHT]), np.uint64(offs[l])
+        d = np.uint64(offs[base + cur])
+        for b in range(rows):
+            ab, db = a + b * fan_in, d + b * fan_out
             for k in range(fan_in):
-                x = work[a + k]
+                x = work[ab + k]
                 row_w = w + k * fan_out
                 for j in range(fan_out):
-                    grad[row_w + j] += x * work[d + j]
-            if layout[l, L_BIAS] >= 0:
-                bo = np.uint64(layout[l, L_BIAS])
+                    grad[row_w + j] += x * work[db + j]
+        if layout[l, L_BIAS] >= 0:
+            bo = np.uint64(layout[l, L_BIAS])
+            for b in range(rows):
+                db = d + b * fan_out
                 for j in range(fan_out):
-                    grad[bo + j] += work[d + j]
-            if l == 0:
-                break
-            cur = 1 - cur
-            d_prev = np.uint64(offs[base + cur])
+                    grad[bo + j] += work[db + j]
+        if l == 0:
+            break
+        cur = 1 - cur
+        d_prev = np.uint64(offs[base + cur])
+        for b in range(rows):
+            db, pb = d + b * fan_out, d_prev + b * fan_in
             for k in range(fan_in):
                 row_w = w + k * fan_out
                 back = work.dtype.type(0)
                 for j in range(fan_out):
-                    back += params[row_w + j] * work[d + j]
-                work[d_prev + k] = back
-            times_derivative(work, offs[base + cur], offs[l], one_row, layout[l, L_FAN_IN],
-                             layout[l - 1, L_ACTIVATION])
+                    back += params[row_w + j] * work[db + j]
+                work[pb + k] = back
+        times_derivative(work, offs[base + cur], offs[l], size, layout[l, L_FAN_IN],
+                         layout[l - 1, L_ACTIVATION])
     return total
 
 
