@@ -42,6 +42,16 @@ def test_short_fits_get_more_repeats_up_to_a_cap():
     assert _repeats(0.01, 3, 0.0) == 3  # --quick
 
 
+def test_repeats_are_counted_from_a_fit_after_the_warm_up():
+    """The first fit also loads or compiles the kernels: its time must not set the count."""
+    from fastbp.bench import _warmed_timer
+
+    times = iter([2.0, 0.01, 0.01])
+    fit, count, scale = _warmed_timer(lambda: next(times), 3, 1.0)
+    assert (count, scale) == (100, 1.0)
+    assert fit() == 0.01
+
+
 def test_libraries_take_turns_and_every_fit_counts(monkeypatch):
     from fastbp import bench
 
