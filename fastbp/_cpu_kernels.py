@@ -172,11 +172,9 @@ SQRT2 = 1.4142135623730951
 
 
 @njit(cache=True, error_model=NUMPY_ERRORS)
-def log1p_unit(x):
-    """log(1 + x) for x in [0, 1] within 2 ulp, branch-free: log of u = 1 + x, corrected
-    by x / (u - 1) for the rounding of u (Goldberg's trick)."""
-    x = float(x)
-    u = 1.0 + x
+def log_unit(u):
+    """log(u) for a float64 u in [1, 2], branch-free: log(f) + k ln 2 with f = u or u / 2
+    in [sqrt(1/2), sqrt(2)]."""
     halve = u > SQRT2
     f = u * 0.5 if halve else u
     k = 1.0 if halve else 0.0
@@ -185,19 +183,22 @@ def log1p_unit(x):
     p = ((((LOG_P[0] * t + LOG_P[1]) * t + LOG_P[2]) * t + LOG_P[3]) * t + LOG_P[4]) * t \
         + LOG_P[5]
     q = ((((t + LOG_Q[0]) * t + LOG_Q[1]) * t + LOG_Q[2]) * t + LOG_Q[3]) * t + LOG_Q[4]
-    log_u = t + (t * (z * p / q) + k * LOG_LN2_LO - 0.5 * z) + k * LOG_LN2_HI
-    rounded = u - 1.0
-    return x if rounded == 0.0 else log_u * (x / rounded)
+    return t + (t * (z * p / q) + k * LOG_LN2_LO - 0.5 * z) + k * LOG_LN2_HI
 
 
 @njit(cache=True, error_model=NUMPY_ERRORS)
 def sigmoid_softplus64(z):
     """``(sigmoid(z), log(1 + exp(z)))``, both from one ``exp(-|z|)``, which never
-    overflows: the activation and the binary cross-entropy of a sigmoid output."""
+    overflows: the activation and the binary cross-entropy of a sigmoid output.
+
+    log(1 + e) is log(u) for u = 1 + e, plus (e - (u - 1)) / u for the rounding of u
+    (fdlibm's log1p correction), where 1 / u is the sigmoid's own division."""
     z = float(z)
     e = exp64(-abs(z))
-    s = 1.0 / (1.0 + e)
-    return (s if z >= 0 else e * s), (z if z > 0 else 0.0) + log1p_unit(e)
+    u = 1.0 + e
+    s = 1.0 / u
+    softplus = log_unit(u) + (e - (u - 1.0)) * s
+    return (s if z >= 0 else e * s), (z if z > 0 else 0.0) + softplus
 
 
 @njit(cache=True, error_model=NUMPY_ERRORS)
@@ -285,10 +286,8 @@ F32_LOG_P = tuple(np.float32(c) for c in (7.0376836292e-2, -1.1514610310e-1, 1.1
 
 
 @njit(cache=True, error_model=NUMPY_ERRORS)
-def log1p_unit32(x):
-    """log(1 + x) of a float32 x in [0, 1], as ``log1p_unit``, with no division but the
-    rounding correction."""
-    u = F32_ONE + x
+def log_unit32(u):
+    """log(u) of a float32 u in [1, 2], as ``log_unit``, with no division."""
     halve = u > F32_SQRT2
     f = u * F32_HALF if halve else u
     k = F32_ONE if halve else F32_ZERO
@@ -297,17 +296,17 @@ def log1p_unit32(x):
     c = F32_LOG_P
     p = (((((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5]) * t + c[6]) * t
          + c[7]) * t + c[8]
-    log_u = t + (p * t * z + k * F32_LN2_LO - F32_HALF * z) + k * F32_LN2_HI
-    rounded = u - F32_ONE
-    return x if rounded == F32_ZERO else log_u * (x / rounded)
+    return t + (p * t * z + k * F32_LN2_LO - F32_HALF * z) + k * F32_LN2_HI
 
 
 @njit(cache=True, error_model=NUMPY_ERRORS)
 def sigmoid_softplus32(z):
     """``sigmoid_softplus64`` of a float32, in float32: the sigmoid is ``sigmoid32``'s."""
     e = exp32(-abs(z))
-    s = F32_ONE / (F32_ONE + e)
-    return (s if z >= F32_ZERO else e * s), (z if z > F32_ZERO else F32_ZERO) + log1p_unit32(e)
+    u = F32_ONE + e
+    s = F32_ONE / u
+    softplus = log_unit32(u) + (e - (u - F32_ONE)) * s
+    return (s if z >= F32_ZERO else e * s), (z if z > F32_ZERO else F32_ZERO) + softplus
 
 
 def _by_precision(float64_version, float32_version):

@@ -79,9 +79,9 @@ def _sigmoid_softplus_pairs(f, x, sigmoid, softplus):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_sigmoid_softplus_within_three_ulps(dtype):
-    """The binary cross-entropy's softplus, log(1 + exp(z)), within 3 ulp (2.6 measured
-    in both precisions), and its sigmoid the same bits as ``sigmoid``'s."""
+def test_sigmoid_softplus_within_two_and_a_half_ulps(dtype):
+    """The binary cross-entropy's softplus, log(1 + exp(z)), within 2.5 ulp (2.1 measured
+    in float64, 1.7 in float32), and its sigmoid the same bits as ``sigmoid``'s."""
     x = GRID.astype(dtype)
     version = K.sigmoid_softplus64 if dtype == np.float64 else K.sigmoid_softplus32
     sigmoid, softplus = np.empty_like(x), np.empty_like(x)
@@ -89,6 +89,6 @@ def test_sigmoid_softplus_within_three_ulps(dtype):
     want = np.log1p(np.exp(x.astype(np.longdouble)))
     normal = want >= np.finfo(dtype).tiny
     ulp = np.spacing(want[normal].astype(dtype)).astype(np.longdouble)
-    assert float(np.max(np.abs(softplus[normal] - want[normal]) / ulp)) <= 3.0
+    assert float(np.max(np.abs(softplus[normal] - want[normal]) / ulp)) <= 2.5
     plain = _values(K.sigmoid64 if dtype == np.float64 else K.sigmoid32, x)
     np.testing.assert_array_equal(sigmoid, plain)
