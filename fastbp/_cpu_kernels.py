@@ -860,6 +860,24 @@ def sigmoid_bce(work, o, d_off, scratch, count, n_out, Y, order, lo, sample_weig
     return total
 
 
+@njit(cache=True, _nrt=False, inline="always")  # as a call: notebook 1.02-1.04x the time
+def block_loss(code, loss, loss_scale, clip, work, o, d_off, scratch, count, n_out, Y, labels,
+               order, lo, sample_weight):
+    """The summed (weighted) loss of a block of ``count`` output rows, which become
+    activations in place, their dL/dz going to ``d_off``: ``sigmoid_bce`` for its pair,
+    ``output_loss`` row by row for the rest."""
+    if code == SIGMOID and loss == BINARY_CROSS_ENTROPY:
+        return sigmoid_bce(work, o, d_off, scratch, count, n_out, Y, order, lo, sample_weight,
+                           loss_scale)
+    total = 0.0
+    for b in range(count):
+        row = order[lo + b]
+        weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
+        total += weight * output_loss(code, loss, loss_scale, clip, work, o + b * n_out, n_out,
+                                      Y, labels, row, weight, d_off + b * n_out)
+    return total
+
+
 @njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
 def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout, loss,
                 loss_scale, clip, work, offs, grad):
@@ -906,18 +924,8 @@ def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout,
             bias_activation(work, offs[l + 1], size, layout[l, L_FAN_OUT], params, no_bias,
                             layout[l, L_ACTIVATION])
 
-    a_last = offs[n_layers]
-    if out_code == SIGMOID and loss == BINARY_CROSS_ENTROPY:
-        total = sigmoid_bce(work, a_last, offs[base], offs[base + 1], size, n_out, Y, order,
-                            start, sample_weight, loss_scale)
-    else:
-        total = 0.0
-        for b in range(size):
-            row = order[start + b]
-            weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
-            total += weight * output_loss(out_code, loss, loss_scale, clip, work,
-                                          a_last + b * n_out, n_out, Y, labels, row, weight,
-                                          offs[base] + b * n_out)
+    total = block_loss(out_code, loss, loss_scale, clip, work, offs[n_layers], offs[base],
+                       offs[base + 1], size, n_out, Y, labels, order, start, sample_weight)
 
     cur = 0
     for l in range(n_layers - 1, -1, -1):
@@ -1033,16 +1041,8 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
         # Loss and output delta dL/dz, sample-major and transposed.
         d_cur = offs[base]
         dt_cur = offs[base + 2]
-        if out_code == SIGMOID and loss == BINARY_CROSS_ENTROPY:
-            total += sigmoid_bce(work, a_last, d_cur, offs[base + 1], count, n_out, Y, order, lo,
-                                 sample_weight, loss_scale)
-        else:
-            for b in range(count):
-                row = order[lo + b]
-                weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
-                total += weight * output_loss(out_code, loss, loss_scale, clip, work,
-                                              a_last + b * n_out, n_out, Y, labels, row,
-                                              weight, d_cur + b * n_out)
+        total += block_loss(out_code, loss, loss_scale, clip, work, a_last, d_cur,
+                            offs[base + 1], count, n_out, Y, labels, order, lo, sample_weight)
         if not blas[n_layers - 1]:
             transpose(work, d_cur, count, n_out, work, dt_cur, chunk)
 
