@@ -4,7 +4,7 @@ PyTorch on the CPU, and report speedups and the fraction of the machine's peak r
 
 Every framework trains the same network from the same initial weights with plain SGD on
 the same mini-batches in row order. Each time is the median of ``--repeats`` fits after
-one warm-up fit; fits shorter than a second are repeated until about ``MIN_TIMED_S`` of
+warm-up fits; fits shorter than a second are repeated until about ``MIN_TIMED_S`` of
 them are timed (not under ``--quick``), so that the medians of sub-millisecond rows rest
 on hundreds of fits. The libraries take turns: each one's fits are spread over
 ``ROUNDS`` rounds, so that the machine speeding up or slowing down during a row moves
@@ -133,7 +133,7 @@ def _torch():
 
 
 def torch_timer(torch, row, X, Y, dtype, repeats, min_seconds=MIN_TIMED_S):
-    """``(fit, count, scale)`` of PyTorch CPU, after one warm-up fit: explicit weight
+    """``(fit, count, scale)`` of PyTorch CPU, after its warm-up fits: explicit weight
     tensors with the initial weights of the fastbp network, autograd,
     ``torch.optim.SGD`` on the same mini-batches, the same losses (means over the
     batch)."""

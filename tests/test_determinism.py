@@ -27,7 +27,6 @@ import numpy as np
 import numba
 import fastbp
 from fastbp import _config
-from fastbp import _config
 
 def digest(arrays):
     h = hashlib.sha256()
