@@ -433,6 +433,32 @@ def times_derivative(work, d_off, a_off, rows, width, code):
             work[d + i] = work[d + i] if work[a + i] > 0 else slope * work[d + i]
 
 
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Ask the CPU to start loading the cache line of ``array[index]`` (``llvm.prefetch``
+    into L1): a hint, with no effect on results."""
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+    return types.void(array, types.int64), codegen
+
+
+@njit(cache=True, _nrt=False)
+def prefetch_rows(x_flat, order, lo, hi, width):
+    """Prefetch every cache line of the rows ``order[lo:hi]`` of a row-major matrix
+    seen flat. Gathering shuffled rows without it waits on each row's loads in turn."""
+    for b in range(lo, hi):
+        r = order[b] * width
+        for k in range(0, width, 8):
+            prefetch(x_flat, r + k)
+        prefetch(x_flat, r + width - 1)
+
+
 @njit(cache=True, _nrt=False)
 def transpose(source, src, rows, width, work, dst, dst_stride):
     """``work[dst + j * dst_stride + b] = source[src + b * width + j]``: a sample-major
@@ -1000,6 +1026,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
         if consecutive:
             source, a_in = x_flat, first_row * n_in
         else:
+            prefetch_rows(x_flat, order, lo, lo + count, n_in)
             for b in range(count):
                 row = order[lo + b]
                 for k in range(n_in):
