@@ -450,8 +450,9 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
                               "going to be clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
-        targets = self._engine_targets(y_train, net.dtype)
-        sample_idx = np.arange(n_samples, dtype=int)
+        # Checked once here, not by every epoch's call.
+        data = net._data(X_train, self._engine_targets(y_train, net.dtype), sw_train)
+        sample_idx = np.arange(n_samples, dtype=np.int64)
         optimizer = self._engine_optimizer()
         try:
             self.n_iter_ = 0
@@ -459,12 +460,11 @@ class _BaseMLP(BaseEstimator):
                 if self.shuffle:
                     sample_idx = _shuffled(sample_idx, random_state)
                 try:
-                    history = net.fit(
-                        X_train, targets, epochs=1, lr=self._learning_rate,
-                        batch_size=batch_size, optimizer=optimizer, momentum=self.momentum,
-                        beta1=self.beta_1, beta2=self.beta_2, epsilon=self.epsilon,
-                        l2=self.alpha, sample_weight=sw_train,
-                        order=sample_idx if self.shuffle else None)
+                    hyper = np.array([self._learning_rate, self.momentum, self.beta_1,
+                                      self.beta_2, self.epsilon, self.alpha], dtype=float)
+                    history = net._train(*data, epochs=1, batch_size=batch_size,
+                                         shuffle=False, optimizer=optimizer, hyper=hyper,
+                                         order=sample_idx if self.shuffle else None)
                 except FloatingPointError as error:
                     raise ValueError(
                         "Solver produced non-finite parameter weights. The input data may "
