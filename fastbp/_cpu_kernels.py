@@ -999,7 +999,8 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
     forward pass and copies the output activations there.
 
     ``work`` holds, for one chunk, every layer's activations sample-major and transposed
-    (the transposes feed dW = A^T @ D) and two delta buffers with their transposes;
+    (the transposes feed dW = A^T @ D; a layer of one output takes its dW, a row, as
+    d^T @ A without them) and two delta buffers with their transposes;
     ``offs`` says where (``fastbp._layout.work_offsets``). Buffers are addressed by flat
     offsets: building 2-D views costs about 70 ns each, more than a tiny layer's work."""
     n_layers = layout.shape[0]
@@ -1031,7 +1032,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
                 row = order[lo + b]
                 for k in range(n_in):
                     work[a_in + b * n_in + k] = X[row, k]
-        if training and not blas[0]:
+        if training and not blas[0] and layout[0, L_FAN_OUT] > 1:
             transpose(source, a_in, count, n_in, work, offs[n_layers + 1], chunk)
         for l in range(n_layers):
             fan_in = layout[l, L_FAN_IN]
@@ -1052,7 +1053,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
                        fan_out, count, fan_out, fan_in, overwrite)
             if l < n_layers - 1:
                 bias_activation(work, z_out, count, fan_out, params, bias, code)
-                if training and not blas[l + 1]:
+                if training and not blas[l + 1] and layout[l + 1, L_FAN_OUT] > 1:
                     transpose(work, z_out, count, fan_out, work, t_out, chunk)
             else:  # the output activation comes with the loss
                 add_bias(work, z_out, count, fan_out, params, bias)
@@ -1087,6 +1088,10 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             if wide:
                 blas_weight_gradient(work, offs[l], d_cur, grad, w_off, count, fan_in, fan_out,
                                      accumulate)
+            elif fan_out == 1:  # dW is the row d^T A: A as stored, no transpose
+                a, a_off = (source, a_in) if l == 0 else (work, offs[l])
+                dot_nn(work, d_cur, count, a, a_off, fan_in, grad, w_off, fan_in, 1, fan_in,
+                       count, accumulate)
             elif short_product(fan_out, count):
                 dot_nn(work, offs[n_layers + 1 + l], chunk, work, d_cur, fan_out, grad, w_off,
                        fan_out, fan_in, fan_out, count, accumulate)
