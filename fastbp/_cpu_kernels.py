@@ -1066,15 +1066,12 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
                     out[order[lo + b], i] = work[a_last + b * n_out + i]
             continue
 
-        # Loss and output delta dL/dz, sample-major and transposed.
-        d_cur = offs[base]
-        dt_cur = offs[base + 2]
-        total += block_loss(out_code, loss, loss_scale, clip, work, a_last, d_cur,
+        # Loss and output delta dL/dz, sample-major.
+        total += block_loss(out_code, loss, loss_scale, clip, work, a_last, offs[base],
                             offs[base + 1], count, n_out, Y, labels, order, lo, sample_weight)
-        if not blas[n_layers - 1]:
-            transpose(work, d_cur, count, n_out, work, dt_cur, chunk)
 
-        # Backward: dW = A^T @ D and db = sum(D); then D <- (D @ W^T) * act'(A).
+        # Backward: dW = A^T @ D and db = sum(D); then D <- (D @ W^T) * act'(A). D is
+        # transposed only where dot_nt or row_sums reads it.
         accumulate = c > first
         cur = 0
         for l in range(n_layers - 1, -1, -1):
@@ -1085,6 +1082,9 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             d_cur = offs[base + cur]
             dt_cur = offs[base + 2 + cur]
             wide = blas[l]
+            by_rows = not wide and bias >= 0 and 4 * fan_out <= count  # narrow: long sums
+            if by_rows or not (wide or fan_out == 1 or short_product(fan_out, count)):
+                transpose(work, d_cur, count, fan_out, work, dt_cur, chunk)
             if wide:
                 blas_weight_gradient(work, offs[l], d_cur, grad, w_off, count, fan_in, fan_out,
                                      accumulate)
@@ -1098,7 +1098,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             else:
                 dot_nt(work, offs[n_layers + 1 + l], chunk, work, dt_cur, chunk, grad, w_off,
                        fan_out, fan_in, fan_out, count, accumulate)
-            if bias >= 0 and not wide and 4 * fan_out <= count:  # narrow: few, long sums
+            if by_rows:
                 row_sums(work, dt_cur, chunk, count, fan_out, grad, bias, accumulate)
             elif bias >= 0:
                 column_sums(work, d_cur, count, fan_out, grad, bias, accumulate)
@@ -1106,7 +1106,6 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
                 break
             cur = 1 - cur
             d_next = offs[base + cur]
-            dt_next = offs[base + 2 + cur]
             if wide:
                 blas_backward(work, d_cur, params, w_off, d_next, count, fan_in, fan_out)
             elif short_product(fan_in, fan_out):
@@ -1116,8 +1115,6 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
                 dot_nt(work, d_cur, fan_out, params, w_off, fan_out, work, d_next, fan_in,
                        count, fan_in, fan_out, overwrite)
             times_derivative(work, d_next, offs[l], count, fan_in, layout[l - 1, L_ACTIVATION])
-            if not blas[l - 1]:
-                transpose(work, d_next, count, fan_in, work, dt_next, chunk)
     return total
 
 
