@@ -1334,13 +1334,13 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work_
     saved_m = state_m.copy()
     saved_v = state_v.copy()
     saved_step = step[0]
-    total_norm = 1.0
-    if not reduce_sum:
-        total_norm = sample_weight.sum() if sample_weight.shape[0] > 0 else float(n)
     for epoch in range(epochs):
         if shuffle:
             shuffle_order(order, shuffle_state)
         epoch_loss = 0.0
+        # The epoch's weight, summed batch by batch in visiting order, so that a fit in
+        # ``order`` and a fit on the rows permuted alike report the same bits.
+        epoch_norm = 0.0
         ok = True
         for start in range(0, n, batch_size):
             size = min(batch_size, n - start)
@@ -1388,12 +1388,13 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work_
                 ok = False
                 break
             epoch_loss += batch_loss if reduce_sum else batch_loss * norm
+            epoch_norm += norm
             step[0] += 1
             apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step[0],
                            state_m, state_v, out_grad)
             transpose_weights(params, wt, layout, reads_wt)
         if ok:
-            history[epoch] = epoch_loss / total_norm
+            history[epoch] = epoch_loss if reduce_sum else epoch_loss / epoch_norm
             for i in range(n_params):
                 ok = ok and np.isfinite(params[i])
         if not ok:

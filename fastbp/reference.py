@@ -222,13 +222,12 @@ class MLP:
             self.reset_optimizer()
             self._optimizer = optimizer
             self._state = [[np.zeros_like(p) for p in params] for _ in range(2)]
-        total = 1.0 if self.reduction == "sum" else (n if weights is None else weights.sum())
         history = np.zeros(epochs)
         order = np.arange(n)
         for epoch in range(epochs):
             if shuffle:
                 order, self._shuffle_state = shuffled_order(n, self._shuffle_state)
-            epoch_loss = 0.0
+            epoch_loss = epoch_weight = 0.0
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
                 w = None if weights is None else weights[idx]
@@ -237,8 +236,9 @@ class MLP:
                 loss, dWs, dbs = self._batch(X[idx], Y[idx], w, l2)
                 norm = 1.0 if self.reduction == "sum" else (len(idx) if w is None else w.sum())
                 epoch_loss += loss * norm
+                epoch_weight += norm
                 self._step += 1
                 self._step_params(params, dWs + (dbs or []), optimizer, lr, momentum, beta1,
                                   beta2, epsilon)
-            history[epoch] = epoch_loss / total
+            history[epoch] = epoch_loss if self.reduction == "sum" else epoch_loss / epoch_weight
         return history

@@ -30,6 +30,9 @@ ARCHITECTURES = {
         True,
         "mean",
     ),
+    # Layers of one unit take their weight gradient as a row, d^T A, the first one from
+    # X as stored or as gathered.
+    "one-unit-layers": ([5, 1, 4, 1], ["tanh", "relu", "sigmoid"], "bce", True, "mean"),
 }
 TRAINED = list(ARCHITECTURES)
 # Wide enough that matrix products sweep several panels and leave odd tails; evaluated,
@@ -272,10 +275,10 @@ def test_float32_network_stays_float32(rng):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("shuffled", ["all-rows", "last-batch"])
-def test_order_equals_training_on_permuted_rows(rng, shuffled, dtype):
+@pytest.mark.parametrize("name", ["relu-leaky-sigmoid-bce-sum", "one-unit-layers"])
+def test_order_equals_training_on_permuted_rows(rng, name, shuffled, dtype):
     """Chunks of consecutive rows are read from X in place, others gathered: the two
     give the same bits. With only the last batch shuffled, a fit takes both paths."""
-    name = "relu-leaky-sigmoid-bce-sum"
     X, Y, sample_weight = _data(rng, name, n=150)
     order = rng.permutation(150)
     if shuffled == "last-batch":
