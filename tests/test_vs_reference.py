@@ -307,3 +307,21 @@ def test_strided_and_fortran_data_equal_contiguous_data(rng, dtype):
         history = net.fit(*data, epochs=3, lr=0.1, batch_size=16, shuffle=True)
         results.append((history.tobytes(), _flat(net).tobytes(), net.forward(data[0]).tobytes()))
     assert results[0] == results[1] == results[2]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_small_shuffled_batches_of_large_data_match_reference(rng, dtype):
+    """Over 1 MiB of X, batches of a few rows prefetch the next batch's samples (rows of
+    X and Y, weights): a hint that must leave every result as it is."""
+    kwargs = dict(bias=True, dtype=dtype, seed=5)
+    fast = fastbp.MLP([70, 6, 2], ["tanh", "sigmoid"], "bce", **kwargs)
+    slow = fastbp.reference.MLP([70, 6, 2], ["tanh", "sigmoid"], "bce", **kwargs)
+    X = rng.normal(size=(4000, 70)).astype(dtype)
+    assert X.nbytes >= 1 << 20
+    Y = rng.uniform(0, 1, (4000, 2))
+    weights = rng.uniform(0.2, 2, 4000)
+    fit = dict(epochs=1, lr=0.01, batch_size=5, shuffle=True, sample_weight=weights)
+    np.testing.assert_allclose(
+        fast.fit(X, Y, **fit), slow.fit(X, Y, **fit), rtol=_tolerance(dtype)
+    )
+    _assert_same_network(fast, slow, dtype)
