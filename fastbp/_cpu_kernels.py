@@ -1111,8 +1111,9 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
                                      accumulate)
             elif fan_out == 1:  # dW is the row d^T A: A as stored, no transpose
                 a, a_off = (source, a_in) if l == 0 else (work, offs[l])
-                dot_nn(work, d_cur, count, a, a_off, fan_in, grad, w_off, fan_in, 1, fan_in,
-                       count, accumulate)
+                # m = fan_out, not a literal 1, which would compile dot_nn a second time
+                dot_nn(work, d_cur, count, a, a_off, fan_in, grad, w_off, fan_in, fan_out,
+                       fan_in, count, accumulate)
             elif short_product(fan_out, count):
                 dot_nn(work, offs[n_layers + 1 + l], chunk, work, d_cur, fan_out, grad, w_off,
                        fan_out, fan_in, fan_out, count, accumulate)

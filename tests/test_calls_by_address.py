@@ -32,3 +32,40 @@ def test_read_only_data_trains_as_writable_data(rng):
     for net, data in zip(nets, (X, frozen), strict=True):
         net.fit(data, y, epochs=2, lr=0.1, batch_size=32)
     np.testing.assert_array_equal(nets[0]._params, nets[1]._params)
+
+
+COMPILE_COUNT_CHILD = """
+import json
+import numpy as np
+from fastbp import MLP
+from fastbp import _cpu_kernels as K
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((300, 8))
+net = MLP([8, 16, 4], ["tanh", "softmax"], "cce", seed=0)
+net.fit(X, np.arange(300) % 4, epochs=1, lr=0.1, batch_size=4, shuffle=True)
+net.fit(X, np.arange(300) % 4, epochs=1, lr=0.1, batch_size=100, optimizer="adam")
+net.forward(X)
+net = MLP([8, 5, 1], ["relu", "sigmoid"], "bce", seed=0)
+net.fit(X, rng.uniform(0, 1, (300, 1)), epochs=1, lr=0.1, batch_size=128, shuffle=True, l2=0.1)
+net.gradients(X, rng.uniform(0, 1, (300, 1)))
+print(json.dumps({name: len(getattr(K, name).overloads) for name in dir(K)
+                  if hasattr(getattr(K, name), "overloads")}))
+"""
+
+
+def test_every_kernel_compiles_once_per_dtype(tmp_path):
+    """Each compiled signature costs seconds of the cold start on two cores: a call with
+    a literal argument where others pass a variable compiles a function twice. From an
+    empty cache, a float64 run through every path compiles each kernel at most once."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", COMPILE_COUNT_CHILD], env=env,
+                          capture_output=True, text=True, timeout=600, check=True)
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert counts["group_pass"] == counts["dot_nn"] == counts["sample_pass"] == 1
+    assert {name: n for name, n in counts.items() if n > 1} == {}
