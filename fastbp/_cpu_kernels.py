@@ -673,6 +673,18 @@ def dot_nn(P, po, ps, Q, qo, qs, out, oo, os, m, n, k_len, accumulate):
         i += 2
 
 
+@njit(cache=True, _nrt=False)
+def outer(work, d_off, params, w_off, out_off, rows, width):
+    """``out[b, j] = d[b] * w[j]`` over ``rows`` x ``width``, sample-major."""
+    n = np.uint64(width)
+    w = np.uint64(w_off)
+    for b in range(rows):
+        value = work[d_off + b]
+        o = np.uint64(out_off + b * width)
+        for j in range(n):
+            work[o + j] = value * params[w + j]
+
+
 @njit(cache=True)
 def short_product(n, k_len):
     """Whether an ``n`` wide product over ``k_len`` terms is ``dot_nn``'s (see above)."""
@@ -1130,6 +1142,8 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             d_next = offs[base + cur]
             if wide:
                 blas_backward(work, d_cur, params, w_off, d_next, count, fan_in, fan_out)
+            elif fan_out == 1:  # D_next = d w^T: one product per entry, stored once
+                outer(work, d_cur, params, w_off, d_next, count, fan_in)
             elif short_product(fan_in, fan_out):
                 dot_nn(work, d_cur, fan_out, wt, w_off, fan_in, work, d_next, fan_in, count,
                        fan_in, fan_out, overwrite)
