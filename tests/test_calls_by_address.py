@@ -1,6 +1,7 @@
 """``group_pass`` is called through an address (see ``fastbp._cpu_kernels``): the address
 given for other argument types raises before any code runs, and leaves the network as it
-was; read-only and writable data find code of their own types."""
+was; read-only and writable data find code of their own types. And every kernel compiles
+once per dtype, which the cold start depends on."""
 
 import numpy as np
 import pytest
