@@ -455,11 +455,13 @@ def prefetch(typingctx, array, index):
 
 @njit(cache=True, _nrt=False)
 def prefetch_rows(x_flat, order, lo, hi, width):
-    """Prefetch every cache line of the rows ``order[lo:hi]`` of a row-major matrix
-    seen flat. Gathering shuffled rows without it waits on each row's loads in turn."""
+    """Prefetch every (64-byte) cache line of the rows ``order[lo:hi]`` of a row-major
+    matrix seen flat. Gathering shuffled rows without it waits on each row's loads in
+    turn."""
+    per_line = 64 // x_flat.itemsize
     for b in range(lo, hi):
         r = order[b] * width
-        for k in range(0, width, 8):
+        for k in range(0, width, per_line):
             prefetch(x_flat, r + k)
         prefetch(x_flat, r + width - 1)
 

@@ -460,11 +460,11 @@ class _BaseMLP(BaseEstimator):
                 if self.shuffle:
                     sample_idx = _shuffled(sample_idx, random_state)
                 try:
-                    hyper = np.array([self._learning_rate, self.momentum, self.beta_1,
-                                      self.beta_2, self.epsilon, self.alpha], dtype=float)
-                    history = net._train(*data, epochs=1, batch_size=batch_size,
-                                         shuffle=False, optimizer=optimizer, hyper=hyper,
-                                         order=sample_idx if self.shuffle else None)
+                    history = net._train(
+                        *data, epochs=1, lr=self._learning_rate, batch_size=batch_size,
+                        shuffle=False, order=sample_idx if self.shuffle else None,
+                        optimizer=optimizer, momentum=self.momentum, beta1=self.beta_1,
+                        beta2=self.beta_2, epsilon=self.epsilon, l2=self.alpha)
                 except FloatingPointError as error:
                     raise ValueError(
                         "Solver produced non-finite parameter weights. The input data may "

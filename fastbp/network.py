@@ -258,17 +258,18 @@ class MLP:
             order = check.permutation(order, X.shape[0])
             if shuffle:
                 raise ValueError("order and shuffle=True exclude each other")
-        hyper = np.array([lr, momentum, beta1, beta2, epsilon, l2])
-        return self._train(X, Y, labels, sample_weight, epochs=epochs, batch_size=batch_size,
-                           shuffle=shuffle, order=order, optimizer=optimizer, hyper=hyper)
+        return self._train(X, Y, labels, sample_weight, epochs=epochs, lr=lr,
+                           batch_size=batch_size, shuffle=shuffle, order=order,
+                           optimizer=optimizer, momentum=momentum, beta1=beta1, beta2=beta2,
+                           epsilon=epsilon, l2=l2)
 
-    def _train(self, X, Y, labels, sample_weight, *, epochs, batch_size, shuffle, order,
-               optimizer, hyper):
-        """``fit`` on arguments already checked (``_data``, ``check.permutation``), with
-        ``hyper`` the kernels' array of (lr, momentum, beta1, beta2, epsilon, l2). The
-        estimators check their data once and call this every epoch: checking 75,000 rows
-        again cost 1 ms an epoch."""
+    def _train(self, X, Y, labels, sample_weight, *, epochs, lr, batch_size, shuffle, order,
+               optimizer, momentum, beta1, beta2, epsilon, l2):
+        """``fit`` on arguments already checked (``_data``, ``check.permutation`` and
+        ``fit``'s checks of the rest). The estimators check their data once and call this
+        every epoch: checking 75,000 rows again cost 1 ms an epoch."""
         self._check_finite_params()
+        hyper = np.array([lr, momentum, beta1, beta2, epsilon, l2], dtype=float)
         n = X.shape[0]
         batch_size = n if batch_size is None else min(batch_size, n)
 
