@@ -1248,9 +1248,11 @@ def shuffle_order(order, state):
 # ``run`` and ``parallel_groups`` call ``group_pass`` through an address passed in at run
 # time, not by name. A call by name links the callee's code into the caller, and numba
 # optimizes and compiles the linked code again in every caller: ``group_pass`` was
-# compiled four times, and the cold start took 17-19 s instead of 12-15 s. ``sample_pass``
-# stays a call by name: it runs once per tiny batch, and LLVM, seeing its code, passes
-# its arguments more cheaply (by address it cost about 90 ns more a call).
+# compiled four times, and the cold start took 17-19 s instead of 12-15 s. ``run`` calls
+# ``parallel_groups`` by address too, and compiles it only for runs whose batches are
+# large enough to use it: small networks start 1-2 s sooner. ``sample_pass`` stays a
+# call by name: it runs once per tiny batch, and LLVM, seeing its code, passes its
+# arguments more cheaply (by address it cost about 90 ns more a call).
 
 
 def signature_code(argtypes):
@@ -1258,17 +1260,20 @@ def signature_code(argtypes):
     return zlib.crc32(repr(tuple(argtypes)).encode())
 
 
-def _caller_of(dispatcher, call=True):
+def _caller_of(dispatcher, call=True, returns=None):
     """An intrinsic ``(at, args)``: calls ``dispatcher``'s compiled code at ``at[0]`` with
     the tuple ``args``. ``at[1]`` must be ``signature_code`` of the types of ``args``;
     anything else raises instead of calling code compiled for other types. With
-    ``call=False`` it only checks."""
+    ``call=False`` it only checks. Given the numba type the callee ``returns``, the
+    caller compiles without it, and the callee compiles only when its address is taken."""
 
     @intrinsic
     def intrinsic_call(typingctx, at, args):
         argtypes = tuple(args.types)
-        dispatcher.compile(argtypes)
-        restype = dispatcher.overloads[argtypes].signature.return_type if call else types.none
+        if returns is None:
+            dispatcher.compile(argtypes)
+        restype = (types.none if not call else returns if returns is not None
+                   else dispatcher.overloads[argtypes].signature.return_type)
         expected = signature_code(argtypes)
 
         def codegen(context, builder, signature, llargs):
@@ -1332,13 +1337,19 @@ def parallel_groups(n_groups, n_chunks, X, Y, labels, sample_weight, order, star
              out))
 
 
+call_parallel_groups = _caller_of(parallel_groups, returns=types.none)
+
+
 @njit(cache=True)
 def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, loss,
                  loss_scale, clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state,
                  optimizer, hyper, step, state_m, state_v, chunk, max_groups,
-                 parallel_min_macs, blas_min, history, out_grad, out, group_pass_at):
-    """``run``'s compiled body; ``group_pass_at`` is ``(address, signature_code)`` of
-    ``group_pass`` compiled for the types it is called with.
+                 parallel_min_macs, blas_min, history, out_grad, out, group_pass_at,
+                 parallel_groups_at):
+    """``run``'s compiled body; ``group_pass_at`` and ``parallel_groups_at`` are
+    ``(address, signature_code)`` of ``group_pass`` and ``parallel_groups`` compiled for
+    the types they are called with (``parallel_groups_at`` is ``NOT_COMPILED`` when no
+    batch of the run is large enough for it).
 
     The one compiled entry point: training, or one gradient, or a forward pass.
 
@@ -1395,9 +1406,11 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work_
                                             params, layout, loss, loss_scale, clip, first_work,
                                             offs, first_grad)
             elif n_groups > 1 and size * 3 * n_params >= parallel_min_macs:
-                parallel_groups(n_groups, n_chunks, X, Y, labels, sample_weight, order, start,
-                                size, chunk, params, wt, layout, blas, loss, loss_scale,
-                                clip, work, offs, grads, out, group_loss, group_pass_at)
+                call_parallel_groups(
+                    parallel_groups_at,
+                    (n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk,
+                     params, wt, layout, blas, loss, loss_scale, clip, work, offs, grads, out,
+                     group_loss, group_pass_at))
             else:
                 for g in range(n_groups):
                     group_loss[g] = call_group_pass(
@@ -1461,9 +1474,14 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work_
     return -1
 
 
-#: ``group_pass_at`` of ``compiled_run`` by the fingerprints of the arguments that set
-#: ``group_pass``'s types.
+#: ``group_pass_at`` and ``parallel_groups_at`` of ``compiled_run`` by the fingerprints of
+#: the arguments that set their types.
 _group_pass_at = {}
+_parallel_groups_at = {}
+
+#: The ``parallel_groups_at`` of runs that never spread a batch over threads: calling it
+#: raises.
+NOT_COMPILED = (0, 0)
 
 
 def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, loss, loss_scale,
@@ -1471,18 +1489,34 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
         state_m, state_v, chunk, max_groups, parallel_min_macs, blas_min, history, out_grad,
         out):
     """The one entry point: training, or one gradient, or a forward pass (see
-    ``compiled_run``). Finds ``group_pass`` compiled for these argument types first."""
+    ``compiled_run``). Finds ``group_pass``, and ``parallel_groups`` where a batch may use
+    it, compiled for these argument types first."""
     typed = (X, Y, labels, sample_weight, order, params, layout, offs, loss, loss_scale, clip,
              chunk, out)
     key = tuple(compute_fingerprint(value) for value in typed)
     group_pass_at = _group_pass_at.get(key)
     if group_pass_at is None:
         group_pass_at = _group_pass_at[key] = _address(group_pass, _group_pass_types(*typed))
+    parallel_groups_at = NOT_COMPILED
+    if _may_run_in_parallel(X.shape[0], batch_size, chunk, max_groups, params.shape[0],
+                            parallel_min_macs):
+        parallel_groups_at = _parallel_groups_at.get(key)
+        if parallel_groups_at is None:
+            parallel_groups_at = _parallel_groups_at[key] = _address(
+                parallel_groups, _parallel_groups_types(*typed))
     return compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work_size,
                         loss, loss_scale, clip, reduce_sum, epochs, batch_size, shuffle,
                         shuffle_state, optimizer, hyper, step, state_m, state_v, chunk,
                         max_groups, parallel_min_macs, blas_min, history, out_grad, out,
-                        group_pass_at)
+                        group_pass_at, parallel_groups_at)
+
+
+def _may_run_in_parallel(n, batch_size, chunk, max_groups, n_params, parallel_min_macs):
+    """Whether ``compiled_run`` may spread a batch over threads: its largest batch has
+    more than one chunk group and enough multiply-adds (the test it applies per batch)."""
+    largest = min(batch_size, n)
+    groups = min(-(-largest // chunk), max_groups)
+    return groups > 1 and largest * 3 * n_params >= parallel_min_macs
 
 
 def _group_pass_types(X, Y, labels, sample_weight, order, params, layout, offs, loss,
@@ -1496,3 +1530,15 @@ def _group_pass_types(X, Y, labels, sample_weight, order, params, layout, offs, 
     return (index, index, index, X, Y, labels, sample_weight, order, index, index, chunk,
             params, vector, layout, types.Array(types.boolean, 1, "C"), loss, loss_scale, clip,
             vector, offs, vector, out)
+
+
+def _parallel_groups_types(*typed):
+    """The numba types of the arguments ``compiled_run`` passes ``parallel_groups``:
+    ``group_pass``'s without the group, with the whole work and gradient buffers, and
+    then the groups' losses and ``group_pass_at``."""
+    (_, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk, params,
+     wt, layout, blas, loss, loss_scale, clip, _, offs, _, out) = _group_pass_types(*typed)
+    buffers = types.Array(params.dtype, 2, "C")
+    return (n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk,
+            params, wt, layout, blas, loss, loss_scale, clip, buffers, offs, buffers, out,
+            types.Array(types.float64, 1, "C"), types.UniTuple(types.int64, 2))

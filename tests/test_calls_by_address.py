@@ -1,7 +1,8 @@
-"""``group_pass`` is called through an address (see ``fastbp._cpu_kernels``): the address
-given for other argument types raises before any code runs, and leaves the network as it
-was; read-only and writable data find code of their own types. And every kernel compiles
-once per dtype, which the cold start depends on."""
+"""``group_pass`` and ``parallel_groups`` are called through addresses (see
+``fastbp._cpu_kernels``): the address given for other argument types raises before any
+code runs, and leaves the network as it was; read-only and writable data find code of
+their own types. And every kernel compiles once per dtype, and ``parallel_groups`` only
+for runs that may use it, which the cold start depends on."""
 
 import numpy as np
 import pytest
@@ -46,12 +47,14 @@ X = rng.standard_normal((300, 8))
 net = MLP([8, 16, 4], ["tanh", "softmax"], "cce", seed=0)
 net.fit(X, np.arange(300) % 4, epochs=1, lr=0.1, batch_size=4, shuffle=True)
 net.fit(X, np.arange(300) % 4, epochs=1, lr=0.1, batch_size=100, optimizer="adam")
+serial_only = len(K.parallel_groups.overloads)  # no batch so far was large enough for it
 net.forward(X)
 net = MLP([8, 5, 1], ["relu", "sigmoid"], "bce", seed=0)
 net.fit(X, rng.uniform(0, 1, (300, 1)), epochs=1, lr=0.1, batch_size=128, shuffle=True, l2=0.1)
 net.gradients(X, rng.uniform(0, 1, (300, 1)))
-print(json.dumps({name: len(getattr(K, name).overloads) for name in dir(K)
-                  if hasattr(getattr(K, name), "overloads")}))
+counts = {name: len(getattr(K, name).overloads) for name in dir(K)
+          if hasattr(getattr(K, name), "overloads")}
+print(json.dumps(dict(counts, serial_only=serial_only)))
 """
 
 
@@ -69,4 +72,23 @@ def test_every_kernel_compiles_once_per_dtype(tmp_path):
                           capture_output=True, text=True, timeout=600, check=True)
     counts = json.loads(done.stdout.strip().splitlines()[-1])
     assert counts["group_pass"] == counts["dot_nn"] == counts["sample_pass"] == 1
+    assert counts.pop("serial_only") == 0 and counts["parallel_groups"] == 1
     assert {name: n for name, n in counts.items() if n > 1} == {}
+
+
+def test_runs_either_side_of_the_parallel_threshold_find_the_code_they_need(rng,
+                                                                             monkeypatch):
+    """``run`` compiles ``parallel_groups`` only for runs that may use it, by the same
+    test as ``compiled_run`` applies to each batch: at the threshold the batch runs in
+    parallel, one multiply-add below it serially, and both train to the same bits
+    instead of calling code never compiled."""
+    from fastbp import _config
+
+    X = rng.standard_normal((256, 8))
+    y = np.arange(256) % 4
+    nets = [MLP([8, 16, 4], ["tanh", "softmax"], "cce", seed=0) for _ in range(2)]
+    macs = 256 * 3 * nets[0].n_params  # one 256-row batch of two 128-row chunks
+    for net, threshold in zip(nets, (macs, macs + 1), strict=True):
+        monkeypatch.setattr(_config, "PARALLEL_MIN_MACS", threshold)
+        net.fit(X, y, epochs=2, lr=0.1)
+    np.testing.assert_array_equal(nets[0]._params, nets[1]._params)
