@@ -4,9 +4,14 @@ The class validates and allocates; the loops live in the kernel modules. Paramet
 one flat array (see ``fastbp._layout``); ``weights`` and ``biases`` are views into it.
 """
 
+from __future__ import annotations
+
 import contextlib
+import os
+from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _config, _layout
 from . import _validation as check
@@ -48,8 +53,10 @@ class MLP:
     device : {"cpu", "cuda"}
     """
 
-    def __init__(self, layer_sizes, activations, loss, *, bias=True, reduction="mean",
-                 dtype=np.float64, seed=None, device="cpu"):
+    def __init__(self, layer_sizes: Sequence[int], activations: str | Sequence[str],
+                 loss: str, *, bias: bool = True, reduction: str = "mean",
+                 dtype: DTypeLike = np.float64, seed: int | None = None,
+                 device: str = "cpu"):
         self.layer_sizes = check.layer_sizes(layer_sizes)
         self.activations = check.activations(activations, len(self.layer_sizes) - 1)
         self.loss_name = check.choice(loss, "loss", check.LOSSES)
@@ -80,20 +87,22 @@ class MLP:
     # ---------------------------------------------------------------- parameters
 
     @property
-    def weights(self):
+    def weights(self) -> list[NDArray]:
         """List of weight matrices shaped ``(fan_in, fan_out)``, views into the network."""
         return _layout.weight_views(self._params, self._layout)
 
     @property
-    def biases(self):
+    def biases(self) -> list[NDArray] | None:
         """List of bias vectors shaped ``(fan_out,)``, or None when ``bias=False``."""
         return _layout.bias_views(self._params, self._layout)
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
+        """Number of weights and biases."""
         return self._params.shape[0]
 
-    def set_params(self, weights, biases=None):
+    def set_params(self, weights: Sequence[ArrayLike],
+                   biases: Sequence[ArrayLike] | None = None) -> MLP:
         """Copy user weights (and biases, if given; otherwise they stay as they are) in,
         after checking every shape and value; resets the optimizer state."""
         new_w, new_b = check.parameters(weights, biases, self.layer_sizes, self.bias, self.dtype)
@@ -107,13 +116,13 @@ class MLP:
         self.reset_optimizer()
         return self
 
-    def get_params(self):
+    def get_params(self) -> tuple[list[NDArray], list[NDArray] | None]:
         """Copies of ``(weights, biases)``."""
         biases = self.biases
         return ([w.copy() for w in self.weights],
                 None if biases is None else [b.copy() for b in biases])
 
-    def reset_optimizer(self):
+    def reset_optimizer(self) -> None:
         """Forget momentum and Adam moments; the next ``fit`` starts them from zero."""
         self._optimizer = None
         self._state_m = np.zeros(0, self.dtype)
@@ -127,7 +136,7 @@ class MLP:
 
     # ---------------------------------------------------------------- evaluation
 
-    def forward(self, X):
+    def forward(self, X: ArrayLike) -> NDArray:
         """Output activations, shape ``(n_samples, n_out)``."""
         X = check.features(X, self.layer_sizes[0], self.dtype)
         self._check_finite_params()
@@ -202,13 +211,16 @@ class MLP:
                   history=history, out_grad=grad)
         return float(history[0]), grad
 
-    def loss(self, X, Y, *, sample_weight=None, l2=0.0):
+    def loss(self, X: ArrayLike, Y: ArrayLike, *, sample_weight: ArrayLike | None = None,
+             l2: float = 0.0) -> float:
         """Loss of the whole data set, reduced over samples as ``reduction`` says; ``l2``
         adds ``0.5 * l2 * sum(W**2)`` divided like the data term."""
         l2 = check.positive_float(l2, "l2", allow_zero=True)
         return self._gradient(*self._data(X, Y, sample_weight), l2)[0]
 
-    def gradients(self, X, Y, *, sample_weight=None, l2=0.0):
+    def gradients(self, X: ArrayLike, Y: ArrayLike, *,
+                  sample_weight: ArrayLike | None = None, l2: float = 0.0
+                  ) -> tuple[float, list[NDArray], list[NDArray] | None]:
         """``(loss, dWs, dbs)`` of the whole data set as one batch; parameters unchanged.
         ``dbs`` is None for a network without biases."""
         l2 = check.positive_float(l2, "l2", allow_zero=True)
@@ -222,9 +234,11 @@ class MLP:
         by_memory = max(2, _config.GRADIENT_BUFFER_ENTRIES // self.n_params)
         return min(_config.MAX_GROUPS, by_memory)
 
-    def fit(self, X, Y, *, epochs, lr, batch_size=None, shuffle=False, optimizer="sgd",
-            momentum=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8, l2=0.0, sample_weight=None,
-            order=None):
+    def fit(self, X: ArrayLike, Y: ArrayLike, *, epochs: int, lr: float,
+            batch_size: int | None = None, shuffle: bool = False, optimizer: str = "sgd",
+            momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.999,
+            epsilon: float = 1e-8, l2: float = 0.0, sample_weight: ArrayLike | None = None,
+            order: ArrayLike | None = None) -> NDArray[np.float64]:
         """Train in place; returns the loss of every epoch (the mean, or with
         ``reduction="sum"`` the sum, over the epoch's samples, each measured before the
         update of its batch).
@@ -294,7 +308,7 @@ class MLP:
             raise error
         return history
 
-    def save(self, path):
+    def save(self, path: str | os.PathLike) -> None:
         """Write the network to ``path`` in fastbp's ``.npz`` model format
         (``fastbp.persistence``); ``fastbp.load(path)`` reads it back exactly."""
         from .persistence import save

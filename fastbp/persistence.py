@@ -25,11 +25,14 @@ meta.NAME         any        optional numbers or strings stored by the caller
 A reader refuses files without these entries, of another format, or of a newer version.
 """
 
+from __future__ import annotations
+
 import os
 import tempfile
 import zipfile
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from .network import MLP
 
@@ -38,7 +41,8 @@ FORMAT_VERSION = 1
 _META = "meta."
 
 
-def save(net, path, *, metadata=None):
+def save(net: MLP, path: str | os.PathLike, *,
+         metadata: dict[str, ArrayLike] | None = None) -> None:
     """Write ``net`` to ``path`` (no ``.npz`` is appended) in format version 1.
 
     ``metadata`` maps names to numeric or string arrays stored beside the network (a
@@ -111,7 +115,7 @@ def _field(arrays, name, path, kind):
     return value
 
 
-def load(path, *, device="cpu"):
+def load(path: str | os.PathLike, *, device: str = "cpu") -> MLP:
     """Read a network written by ``MLP.save`` (or ``save``) and return a ``fastbp.MLP``
     with the same architecture, activations, loss, bias, reduction, dtype and parameters,
     placed on ``device``; its optimizer state starts fresh.
@@ -152,7 +156,7 @@ def load(path, *, device="cpu"):
     return net
 
 
-def read_metadata(path):
+def read_metadata(path: str | os.PathLike) -> dict[str, NDArray]:
     """The ``metadata`` stored with ``save``, as a dict of arrays (empty if none)."""
     arrays = _open(path)
     return {name[len(_META):]: value for name, value in arrays.items()
