@@ -15,60 +15,29 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 
 from . import MLP
+from ._grid import GRID, Row, make_data
 
-
-@dataclass
-class Row:
-    name: str
-    sizes: list
-    activations: list
-    loss: str
-    samples: int
-    batch: int | None
-    epochs: int
-
-
-ROWS = [
-    Row("notebook", [2, 2, 1], ["relu", "sigmoid"], "bce", 2, None, 1000),
-    Row("online", [8, 16, 4], ["tanh", "softmax"], "cce", 1_000, 1, 10),
-    Row("narrow", [32, 64, 64, 1], ["relu", "relu", "sigmoid"], "bce", 200_000, 128, 1),
-    Row("mnist-like", [784, 128, 10], ["relu", "softmax"], "cce", 60_000, 128, 1),
-    Row("wide", [1024, 1024, 1024, 10], ["relu", "relu", "softmax"], "cce", 20_000, 256, 1),
-    Row("big batch", [16, 16, 1], ["tanh", "sigmoid"], "bce", 1_000_000, None, 20),
-    Row("large-batch", [784, 1024, 1024, 10], ["relu", "relu", "softmax"], "cce", 1_000_000,
-        4096, 1),
-]
-LR = 0.01
+#: The CPU grid (``fastbp._grid``) and a large-batch row for the GPU.
+ROWS = [*GRID, Row("large-batch", (784, 1024, 1024, 10), ("relu", "relu", "softmax"), "cce",
+                   1_000_000, 4096, 1, ">= 20x the 2-core CPU engine (on an H100)")]
 
 
 def quick(row):
     """A tiny version of ``row``: a smoke test of every code path, not a measurement."""
-    sizes = [min(s, 24) for s in row.sizes]
-    samples = min(row.samples, 64)
-    batch = None if row.batch is None else min(row.batch, 16)
-    return Row(row.name, sizes, row.activations, row.loss, samples, batch, min(row.epochs, 2))
+    return replace(row, sizes=tuple(min(s, 24) for s in row.sizes), n_rows=min(row.n_rows, 64),
+                   batch_size=None if row.batch_size is None else min(row.batch_size, 16),
+                   epochs=min(row.epochs, 2))
 
 
 def describe(row):
     sizes = "-".join(map(str, row.sizes))
-    batch = "full" if row.batch is None else row.batch
-    return f"{row.name} {sizes}, {row.samples:,} rows, batch {batch}, {row.epochs} ep"
-
-
-def make_data(row, seed=0):
-    """Features (float32, normal) and targets: class labels for cce, 0/1 for bce."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((row.samples, row.sizes[0]), dtype=np.float32)
-    if row.loss == "cce":
-        Y = rng.integers(0, row.sizes[-1], row.samples)
-    else:
-        Y = rng.integers(0, 2, (row.samples, row.sizes[-1])).astype(np.float32)
-    return X, Y
+    batch = "full" if row.batch_size is None else row.batch_size
+    return f"{row.name} {sizes}, {row.n_rows:,} rows, batch {batch}, {row.epochs} ep"
 
 
 def median_time(run, repeats):
@@ -82,35 +51,32 @@ def median_time(run, repeats):
 
 def fastbp_run(row, X, Y, dtype, device):
     """One whole training run of a fresh network; returns its loss history."""
-    net = MLP(row.sizes, row.activations, row.loss, seed=0, dtype=dtype, device=device)
-    return net.fit(X, Y, epochs=row.epochs, lr=LR, batch_size=row.batch)
+    net = MLP(list(row.sizes), list(row.activations), row.loss, seed=0, dtype=dtype,
+              device=device)
+    return net.fit(X, Y, epochs=row.epochs, lr=row.lr, batch_size=row.batch_size)
 
 
 def time_fastbp(row, X, Y, dtype, device, repeats):
-    Xd = X.astype(dtype)
-    warm = min(row.samples, 64)
-    fastbp_run(row, Xd[:warm], Y[:warm], dtype, device)  # compiles (or loads) the kernels
-    return median_time(lambda: fastbp_run(row, Xd, Y, dtype, device), repeats), ""
+    warm = min(row.n_rows, 64)
+    fastbp_run(row, X[:warm], Y[:warm], dtype, device)  # compiles (or loads) the kernels
+    return median_time(lambda: fastbp_run(row, X, Y, dtype, device), repeats), ""
 
 
 def time_cpu(row, X, Y, dtype, repeats, limit):
     """CPU engine time, measured in full or, past ``limit`` seconds, scaled from a slice."""
-    Xd = X.astype(dtype)
-    fastbp_run(row, Xd[:64], Y[:64], dtype, "cpu")
-    probe = min(row.samples, max(64, row.samples // 200))
+    fastbp_run(row, X[:64], Y[:64], dtype, "cpu")
+    probe = min(row.n_rows, max(64, row.n_rows // 200))
     start = time.perf_counter()
-    fastbp_run(row, Xd[:probe], Y[:probe], dtype, "cpu")
-    estimate = (time.perf_counter() - start) * row.samples / probe
+    fastbp_run(row, X[:probe], Y[:probe], dtype, "cpu")
+    estimate = (time.perf_counter() - start) * row.n_rows / probe
     if estimate * repeats <= limit:
-        return median_time(lambda: fastbp_run(row, Xd, Y, dtype, "cpu"), repeats), ""
-    # Scale a run on a slice: time grows with samples x epochs at a fixed batch size.
-    part = max(probe, int(row.samples * min(1.0, limit / max(estimate, 1e-9) / 4)))
-    sliced = Row(row.name, row.sizes, row.activations, row.loss, part, row.batch, row.epochs)
-    if row.batch is None:
-        # A full batch stays a full batch of the slice: same work per sample.
-        sliced.batch = None
-    elapsed = median_time(lambda: fastbp_run(sliced, Xd[:part], Y[:part], dtype, "cpu"), 1)
-    return elapsed * row.samples / part, "~"
+        return median_time(lambda: fastbp_run(row, X, Y, dtype, "cpu"), repeats), ""
+    # Scale a run on a slice: time grows with samples x epochs at a fixed batch size (a
+    # full batch stays a full batch of the slice: the same work per sample).
+    part = max(probe, int(row.n_rows * min(1.0, limit / max(estimate, 1e-9) / 4)))
+    sliced = replace(row, n_rows=part)
+    elapsed = median_time(lambda: fastbp_run(sliced, X[:part], Y[:part], dtype, "cpu"), 1)
+    return elapsed * row.n_rows / part, "~"
 
 
 def torch_model(row, dtype, torch):
@@ -134,21 +100,19 @@ def time_torch(row, X, Y, dtype, repeats):
     if not torch.cuda.is_available():
         return None, "n/a (no CUDA)"
     tdtype = torch.float32 if dtype == np.float32 else torch.float64
-    batch = row.batch or row.samples
-    Xd = X.astype(dtype)
-    Yd = Y if row.loss == "cce" else Y.astype(dtype)
+    batch = row.batch_size or row.n_rows
 
     def run():
         model = torch_model(row, tdtype, torch)
-        optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+        optimizer = torch.optim.SGD(model.parameters(), lr=row.lr)
         if row.loss == "cce":
             loss_fn = torch.nn.CrossEntropyLoss()
         else:
             loss_fn = torch.nn.BCEWithLogitsLoss()
-        features = torch.from_numpy(Xd).to("cuda")
-        targets = torch.from_numpy(Yd).to("cuda")
+        features = torch.from_numpy(X).to("cuda")
+        targets = torch.from_numpy(Y).to("cuda")
         for _ in range(row.epochs):
-            for start in range(0, row.samples, batch):
+            for start in range(0, row.n_rows, batch):
                 optimizer.zero_grad(set_to_none=True)
                 output = model(features[start:start + batch])
                 loss_fn(output, targets[start:start + batch]).backward()
@@ -197,7 +161,7 @@ def guarded(errors, label, measure):
 
 def measure_row(row, dtype, args, repeats, errors):
     """One line of the table: the three times and their ratios."""
-    X, Y = make_data(row)
+    X, Y = make_data(row, dtype)
     label = f"{row.name} {np.dtype(dtype).name}"
     gpu, _ = guarded(errors, label + " fastbp cuda",
                      lambda: time_fastbp(row, X, Y, dtype, "cuda", repeats))

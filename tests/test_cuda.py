@@ -325,3 +325,21 @@ def test_two_runs_give_the_same_bits(width):
         np.testing.assert_array_equal(history, runs[0][0])
         np.testing.assert_array_equal(params, runs[0][1])
         np.testing.assert_array_equal(out, runs[0][2])
+
+
+@needs_device
+def test_gpu_benchmark_runs_its_rows_in_quick_sizes(capsys):
+    """``python -m fastbp.bench_gpu --quick`` on a grid row and the large-batch row: every
+    measured cell comes back without an error (a GPU session spends its minutes on the
+    real sizes, not on a broken script)."""
+    import numba
+
+    from fastbp import bench_gpu
+
+    threads = str(numba.get_num_threads())  # the run leaves the thread count as it was
+    status = bench_gpu.main(["--quick", "--no-torch", "--dtype", "float32", "--rows",
+                             "notebook,large-batch", "--cpu-threads", threads])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert "notebook 2-2-1, 2 rows" in printed and "large-batch 24-24-24-10" in printed
+    assert "error" not in printed
