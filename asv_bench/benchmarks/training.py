@@ -53,6 +53,10 @@ class TrainingBenchmark:
         self.X, self.Y = make_data(row, dtype)
         self.net = self._net(MLP, dtype)
         self._fit(self.net)  # compiles or loads the kernels of this dtype
+        # Forward and gradient passes over all the rows may spread over threads where the
+        # fit's batches did not: the engine compiles its parallel region on first use.
+        self.net.forward(self.X)
+        self.net.gradients(self.X, self.Y)
 
     def teardown(self, name, dtype, threads):
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
