@@ -40,6 +40,11 @@ GRADIENT_BUFFER_ENTRIES = _int_env("FASTBP_GRADIENT_BUFFER_ENTRIES", 1 << 24)
 #: below it, starting the thread pool costs more than it saves.
 PARALLEL_MIN_MACS = _int_env("FASTBP_PARALLEL_MIN_MACS", 1 << 17)
 
+#: Networks of at least this many parameters update them on several threads, block by
+#: block (the same bits as on one): below it, starting the threads costs more than the
+#: update.
+PARALLEL_UPDATE_MIN_PARAMS = _int_env("FASTBP_PARALLEL_UPDATE_MIN_PARAMS", 1 << 16)
+
 #: Layers with at least this many weights multiply through BLAS (held to one thread
 #: while fastbp trains; chunk groups still run in parallel). Read when a network is
 #: created.

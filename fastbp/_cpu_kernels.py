@@ -36,6 +36,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np import linalg as numba_linalg
 
+from . import _config
+
 numba_linalg.ensure_blas()  # BLAS comes from scipy; fail at import if it is missing
 
 # Activation codes.
@@ -1159,56 +1161,79 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
 # ---------------------------------------------------------------- updates
 
 
-@njit(cache=True, _nrt=False, fastmath=FASTMATH, error_model=NUMPY_ERRORS)
+#: Entries of ``params`` one call of ``apply_gradient`` covers: each buffer's slice stays
+#: in cache between the update's passes (sum of groups, scale, L2, step), and blocks are
+#: fixed, so a parallel update gives the bits of a serial one.
+UPDATE_BLOCK = 16384
+
+
+@njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
 def apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m,
-                   state_v, out_grad):
-    """Sum the groups' gradients in group order, divide by ``norm``, add the L2 term on
-    weights (not biases) and apply the optimizer step, or, when ``out_grad`` is
-    non-empty, store the gradient there and leave the parameters alone.
+                   state_v, out_grad, lo, hi):
+    """For entries ``lo:hi``: sum the groups' gradients in group order, divide by
+    ``norm``, add the L2 term on weights (not biases) and apply the optimizer step, or,
+    when ``out_grad`` is non-empty, store the gradient there and leave the parameters
+    alone.
 
     The sum lands in ``grads[0]``; every branch sits outside the element loops, which
-    keeps them vectorized."""
+    keeps them vectorized. No fastmath: the loops are elementwise and vectorize without
+    it, and with it numba rounded Adam's step differently in freshly compiled and in
+    cached code."""
     lr = hyper[H_LR]
     mu = hyper[H_MOMENTUM]
     beta1 = hyper[H_BETA1]
     beta2 = hyper[H_BETA2]
     eps = hyper[H_EPSILON]
     g = grads[0]
-    n = np.uint64(params.shape[0])
+    lo, hi = np.uint64(lo), np.uint64(hi)
     for s in range(1, n_groups):
         other = grads[s]
-        for i in range(n):
+        for i in range(lo, hi):
             g[i] += other[i]
     if norm != 1.0:  # single-sample mean and summed batches skip a pass
         scale = 1.0 / norm
-        for i in range(n):
+        for i in range(lo, hi):
             g[i] *= scale
     if hyper[H_L2] > 0.0:
         decay = hyper[H_L2] / norm
         for l in range(layout.shape[0]):
-            lo = np.uint64(layout[l, L_WEIGHT])
-            for i in range(lo, lo + np.uint64(layout[l, L_FAN_IN] * layout[l, L_FAN_OUT])):
+            w_lo = np.uint64(layout[l, L_WEIGHT])
+            w_hi = w_lo + np.uint64(layout[l, L_FAN_IN] * layout[l, L_FAN_OUT])
+            for i in range(max(lo, w_lo), min(hi, w_hi)):
                 g[i] += decay * params[i]
     if out_grad.shape[0] > 0:
-        for i in range(n):
+        for i in range(lo, hi):
             out_grad[i] = g[i]
     elif optimizer == SGD:
-        for i in range(n):
+        for i in range(lo, hi):
             params[i] -= lr * g[i]
     elif optimizer == MOMENTUM:
-        for i in range(n):
+        for i in range(lo, hi):
             state_m[i] = mu * state_m[i] - lr * g[i]
             params[i] += state_m[i]
     elif optimizer == NESTEROV:
-        for i in range(n):
+        for i in range(lo, hi):
             state_m[i] = mu * state_m[i] - lr * g[i]
             params[i] += mu * state_m[i] - lr * g[i]
     else:
         lr_t = lr * np.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
-        for i in range(n):
+        for i in range(lo, hi):
             state_m[i] = beta1 * state_m[i] + (1.0 - beta1) * g[i]
             state_v[i] = beta2 * state_v[i] + (1.0 - beta2) * g[i] * g[i]
             params[i] -= lr_t * state_m[i] / (np.sqrt(state_v[i]) + eps)
+
+
+@njit(parallel=PRANGE_ONLY, cache=True)
+def parallel_update(grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m,
+                    state_v, out_grad):
+    """``apply_gradient`` over every block of ``params``, spread over threads. Only
+    networks of many parameters use it: the update then streams every gradient buffer,
+    and on one thread it took 14% of a 1024-wide network's epoch."""
+    n = params.shape[0]
+    for b in prange((n + UPDATE_BLOCK - 1) // UPDATE_BLOCK):
+        lo = np.int64(b) * UPDATE_BLOCK
+        apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m,
+                       state_v, out_grad, lo, min(lo + UPDATE_BLOCK, n))
 
 
 @njit(cache=True, _nrt=False)
@@ -1338,6 +1363,23 @@ def parallel_groups(n_groups, n_chunks, X, Y, labels, sample_weight, order, star
 
 
 call_parallel_groups = _caller_of(parallel_groups, returns=types.none)
+call_parallel_update = _caller_of(parallel_update, returns=types.none)
+
+
+@njit(cache=True, _nrt=False)
+def update(grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m, state_v,
+           out_grad, parallel_update_at):
+    """``apply_gradient`` over all of ``params``, block by block: on this thread, or
+    spread over threads by ``parallel_update`` when ``parallel_update_at`` is compiled."""
+    if parallel_update_at[0] != 0:
+        call_parallel_update(parallel_update_at, (grads, n_groups, params, layout, norm,
+                                                  optimizer, hyper, step, state_m, state_v,
+                                                  out_grad))
+        return
+    n = params.shape[0]
+    for lo in range(0, n, UPDATE_BLOCK):
+        apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m,
+                       state_v, out_grad, lo, min(lo + UPDATE_BLOCK, n))
 
 
 @njit(cache=True)
@@ -1345,11 +1387,12 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work_
                  loss_scale, clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state,
                  optimizer, hyper, step, state_m, state_v, chunk, max_groups,
                  parallel_min_macs, blas_min, history, out_grad, out, group_pass_at,
-                 parallel_groups_at):
-    """``run``'s compiled body; ``group_pass_at`` and ``parallel_groups_at`` are
-    ``(address, signature_code)`` of ``group_pass`` and ``parallel_groups`` compiled for
-    the types they are called with (``parallel_groups_at`` is ``NOT_COMPILED`` when no
-    batch of the run is large enough for it).
+                 parallel_groups_at, parallel_update_at):
+    """``run``'s compiled body; ``group_pass_at``, ``parallel_groups_at`` and
+    ``parallel_update_at`` are ``(address, signature_code)`` of ``group_pass``,
+    ``parallel_groups`` and ``parallel_update`` compiled for the types they are called
+    with (the last two are ``NOT_COMPILED`` for runs that never use them: batches too
+    small for threads, networks too small for a parallel update).
 
     The one compiled entry point: training, or one gradient, or a forward pass.
 
@@ -1438,8 +1481,8 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work_
             if out_grad.shape[0] > 0:
                 history[0] = batch_loss
                 # The step count is not read when the gradient is only stored.
-                apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step[0],
-                               state_m, state_v, out_grad)
+                update(grads, n_groups, params, layout, norm, optimizer, hyper, step[0],
+                       state_m, state_v, out_grad, parallel_update_at)
                 return -1
             if not np.isfinite(batch_loss):
                 ok = False
@@ -1447,8 +1490,8 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work_
             epoch_loss += batch_loss if reduce_sum else batch_loss * norm
             epoch_norm += norm
             step[0] += 1
-            apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step[0],
-                           state_m, state_v, out_grad)
+            update(grads, n_groups, params, layout, norm, optimizer, hyper, step[0], state_m,
+                   state_v, out_grad, parallel_update_at)
             transpose_weights(params, wt, layout, reads_wt)
         if ok:
             history[epoch] = epoch_loss if reduce_sum else epoch_loss / epoch_norm
@@ -1474,13 +1517,14 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work_
     return -1
 
 
-#: ``group_pass_at`` and ``parallel_groups_at`` of ``compiled_run`` by the fingerprints of
-#: the arguments that set their types.
+#: ``group_pass_at``, ``parallel_groups_at`` and ``parallel_update_at`` of
+#: ``compiled_run`` by the fingerprints of the arguments that set their types.
 _group_pass_at = {}
 _parallel_groups_at = {}
+_parallel_update_at = {}
 
-#: The ``parallel_groups_at`` of runs that never spread a batch over threads: calling it
-#: raises.
+#: The ``parallel_groups_at`` of runs that never spread a batch over threads, and the
+#: ``parallel_update_at`` of runs that update on one thread: calling it raises.
 NOT_COMPILED = (0, 0)
 
 
@@ -1489,8 +1533,9 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
         state_m, state_v, chunk, max_groups, parallel_min_macs, blas_min, history, out_grad,
         out):
     """The one entry point: training, or one gradient, or a forward pass (see
-    ``compiled_run``). Finds ``group_pass``, and ``parallel_groups`` where a batch may use
-    it, compiled for these argument types first."""
+    ``compiled_run``). Finds ``group_pass``, and ``parallel_groups`` and
+    ``parallel_update`` where the run may use them, compiled for these argument types
+    first."""
     typed = (X, Y, labels, sample_weight, order, params, layout, offs, loss, loss_scale, clip,
              chunk, out)
     key = tuple(compute_fingerprint(value) for value in typed)
@@ -1504,11 +1549,19 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
         if parallel_groups_at is None:
             parallel_groups_at = _parallel_groups_at[key] = _address(
                 parallel_groups, _parallel_groups_types(*typed))
+    parallel_update_at = NOT_COMPILED
+    if out.shape[0] == 0 and params.shape[0] >= _config.PARALLEL_UPDATE_MIN_PARAMS:
+        updated = (params, layout, optimizer, hyper, state_m, state_v, out_grad)
+        update_key = tuple(compute_fingerprint(value) for value in updated)
+        parallel_update_at = _parallel_update_at.get(update_key)
+        if parallel_update_at is None:
+            parallel_update_at = _parallel_update_at[update_key] = _address(
+                parallel_update, _parallel_update_types(*updated))
     return compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work_size,
                         loss, loss_scale, clip, reduce_sum, epochs, batch_size, shuffle,
                         shuffle_state, optimizer, hyper, step, state_m, state_v, chunk,
                         max_groups, parallel_min_macs, blas_min, history, out_grad, out,
-                        group_pass_at, parallel_groups_at)
+                        group_pass_at, parallel_groups_at, parallel_update_at)
 
 
 def _may_run_in_parallel(n, batch_size, chunk, max_groups, n_params, parallel_min_macs):
@@ -1542,3 +1595,12 @@ def _parallel_groups_types(*typed):
     return (n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk,
             params, wt, layout, blas, loss, loss_scale, clip, buffers, offs, buffers, out,
             types.Array(types.float64, 1, "C"), types.UniTuple(types.int64, 2))
+
+
+def _parallel_update_types(params, layout, optimizer, hyper, state_m, state_v, out_grad):
+    """The numba types of the arguments ``compiled_run`` passes ``parallel_update``."""
+    params, layout, optimizer, hyper, state_m, state_v, out_grad = (
+        typeof(value) for value in (params, layout, optimizer, hyper, state_m, state_v,
+                                    out_grad))
+    return (types.Array(params.dtype, 2, "C"), types.int64, params, layout, types.float64,
+            optimizer, hyper, types.int64, state_m, state_v, out_grad)

@@ -1,8 +1,8 @@
 """``group_pass`` and ``parallel_groups`` are called through addresses (see
 ``fastbp._cpu_kernels``): the address given for other argument types raises before any
 code runs, and leaves the network as it was; read-only and writable data find code of
-their own types. And every kernel compiles once per dtype, and ``parallel_groups`` only
-for runs that may use it, which the cold start depends on."""
+their own types. And every kernel compiles once per dtype, and ``parallel_groups`` and
+``parallel_update`` only for runs that may use them, which the cold start depends on."""
 
 import numpy as np
 import pytest
@@ -39,7 +39,7 @@ def test_read_only_data_trains_as_writable_data(rng):
 COMPILE_COUNT_CHILD = """
 import json
 import numpy as np
-from fastbp import MLP
+from fastbp import MLP, _config
 from fastbp import _cpu_kernels as K
 
 rng = np.random.default_rng(0)
@@ -47,8 +47,10 @@ X = rng.standard_normal((300, 8))
 net = MLP([8, 16, 4], ["tanh", "softmax"], "cce", seed=0)
 net.fit(X, np.arange(300) % 4, epochs=1, lr=0.1, batch_size=4, shuffle=True)
 net.fit(X, np.arange(300) % 4, epochs=1, lr=0.1, batch_size=100, optimizer="adam")
-serial_only = len(K.parallel_groups.overloads)  # no batch so far was large enough for it
+# No batch so far was large enough for threads, no network for a parallel update.
+serial_only = len(K.parallel_groups.overloads) + len(K.parallel_update.overloads)
 net.forward(X)
+_config.PARALLEL_UPDATE_MIN_PARAMS = 1  # from here on every update is parallel
 net = MLP([8, 5, 1], ["relu", "sigmoid"], "bce", seed=0)
 net.fit(X, rng.uniform(0, 1, (300, 1)), epochs=1, lr=0.1, batch_size=128, shuffle=True, l2=0.1)
 net.gradients(X, rng.uniform(0, 1, (300, 1)))
@@ -72,7 +74,8 @@ def test_every_kernel_compiles_once_per_dtype(tmp_path):
                           capture_output=True, text=True, timeout=600, check=True)
     counts = json.loads(done.stdout.strip().splitlines()[-1])
     assert counts["group_pass"] == counts["dot_nn"] == counts["sample_pass"] == 1
-    assert counts.pop("serial_only") == 0 and counts["parallel_groups"] == 1
+    assert counts.pop("serial_only") == 0
+    assert counts["parallel_groups"] == counts["parallel_update"] == 1
     assert {name: n for name, n in counts.items() if n > 1} == {}
 
 

@@ -3,7 +3,8 @@
 Thread counts are fixed when numba is imported, so each one runs in a fresh Python
 process. Those processes set ``FASTBP_PARALLEL_MIN_MACS=1`` and ``FASTBP_CHUNK_ROWS=8`` so
 that every batch of 200 rows is split into 25 chunks, in 25 chunk groups (or 3, with
-``FASTBP_MAX_GROUPS=3``) spread over the threads.
+``FASTBP_MAX_GROUPS=3``) spread over the threads, and
+``FASTBP_PARALLEL_UPDATE_MIN_PARAMS=1`` so that the update is spread over threads too.
 """
 
 import hashlib
@@ -59,15 +60,19 @@ print(json.dumps(result))
 """
 
 
-def _run_child(threads, parallel_min_macs, max_groups):
+def _run_child(threads, parallel_min_macs, max_groups, cache_dir=None):
     env = dict(os.environ)
     env.update(
         NUMBA_NUM_THREADS=str(threads),
         FASTBP_CHUNK_ROWS="8",
         FASTBP_PARALLEL_MIN_MACS=str(parallel_min_macs),
+        # The update goes parallel with the groups, or stays serial with them.
+        FASTBP_PARALLEL_UPDATE_MIN_PARAMS=str(parallel_min_macs),
         FASTBP_MAX_GROUPS=str(max_groups),
         PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
     )
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = str(cache_dir)
     done = subprocess.run(
         [sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True
     )
@@ -98,6 +103,17 @@ def test_same_bits_with_one_and_two_threads(max_groups, groups):
         assert not serial["threaded"]
         for dtype in ("float64", "float32"):
             assert serial[dtype] == two[dtype], dtype
+
+
+@pytest.mark.slow
+def test_same_bits_from_a_fresh_compile_and_from_the_cache(tmp_path):
+    """numba optimizes freshly compiled code and code it loads from its cache apart, so
+    any arithmetic left to the optimizer's choice (reassociation, fused multiply-adds)
+    can round differently in the two: Adam's step once did, in a few entries."""
+    fresh = _run_child(threads=2, parallel_min_macs=1, max_groups=32, cache_dir=tmp_path)
+    cached = _run_child(threads=2, parallel_min_macs=1, max_groups=32, cache_dir=tmp_path)
+    for dtype in ("float64", "float32"):
+        assert fresh[dtype] == cached[dtype], dtype
 
 
 # ---------------------------------------------------------------- in one process
