@@ -1366,22 +1366,6 @@ call_parallel_groups = _caller_of(parallel_groups, returns=types.none)
 call_parallel_update = _caller_of(parallel_update, returns=types.none)
 
 
-@njit(cache=True, _nrt=False)
-def update(grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m, state_v,
-           out_grad, parallel_update_at):
-    """``apply_gradient`` over all of ``params``, block by block: on this thread, or
-    spread over threads by ``parallel_update`` when ``parallel_update_at`` is compiled."""
-    if parallel_update_at[0] != 0:
-        call_parallel_update(parallel_update_at, (grads, n_groups, params, layout, norm,
-                                                  optimizer, hyper, step, state_m, state_v,
-                                                  out_grad))
-        return
-    n = params.shape[0]
-    for lo in range(0, n, UPDATE_BLOCK):
-        apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m,
-                       state_v, out_grad, lo, min(lo + UPDATE_BLOCK, n))
-
-
 @njit(cache=True)
 def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, loss,
                  loss_scale, clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state,
@@ -1478,20 +1462,29 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work_
             batch_loss = loss_sum / norm
             if hyper[H_L2] > 0.0:
                 batch_loss += 0.5 * hyper[H_L2] * squared_weights(params, layout) / norm
-            if out_grad.shape[0] > 0:
+            storing = out_grad.shape[0] > 0  # the step count is then not read
+            if storing:
                 history[0] = batch_loss
-                # The step count is not read when the gradient is only stored.
-                update(grads, n_groups, params, layout, norm, optimizer, hyper, step[0],
-                       state_m, state_v, out_grad, parallel_update_at)
-                return -1
-            if not np.isfinite(batch_loss):
+            elif not np.isfinite(batch_loss):
                 ok = False
                 break
-            epoch_loss += batch_loss if reduce_sum else batch_loss * norm
-            epoch_norm += norm
-            step[0] += 1
-            update(grads, n_groups, params, layout, norm, optimizer, hyper, step[0], state_m,
-                   state_v, out_grad, parallel_update_at)
+            else:
+                epoch_loss += batch_loss if reduce_sum else batch_loss * norm
+                epoch_norm += norm
+                step[0] += 1
+            # The update, block by block, here or on every thread. Written out here: a
+            # function of its own around it cost a second of the cold start.
+            if parallel_update_at[0] != 0:
+                call_parallel_update(parallel_update_at,
+                                     (grads, n_groups, params, layout, norm, optimizer, hyper,
+                                      step[0], state_m, state_v, out_grad))
+            else:
+                for lo in range(0, n_params, UPDATE_BLOCK):
+                    apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper,
+                                   step[0], state_m, state_v, out_grad, lo,
+                                   min(lo + UPDATE_BLOCK, n_params))
+            if storing:
+                return -1
             transpose_weights(params, wt, layout, reads_wt)
         if ok:
             history[epoch] = epoch_loss if reduce_sum else epoch_loss / epoch_norm
