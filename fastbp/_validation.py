@@ -6,6 +6,7 @@ so a rejected call always leaves the network as it was.
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -87,6 +88,25 @@ def activations(names, n_layers):
         if name == "softmax" and i != n_layers - 1:
             raise ValueError(f"activations[{i}]: softmax is allowed on the output layer only")
     return tuple(names)
+
+
+#: Output activations that can leave [0, 1], with their ranges.
+UNBOUNDED_OUTPUTS = {"identity": "all reals", "tanh": "(-1, 1)", "relu": "[0, inf)",
+                     "leaky_relu": "all reals"}
+
+
+def bce_outputs(loss, output_activation):
+    """Warn when binary cross-entropy meets an output activation that can leave [0, 1]:
+    outputs there are clipped to [eps, 1 - eps] and the loss and its gradient are taken
+    at the clipped value, so training can stall at a constant loss or take huge
+    steps."""
+    if loss == "bce" and output_activation in UNBOUNDED_OUTPUTS:
+        warnings.warn(
+            f"loss='bce' needs outputs in [0, 1], but the output activation "
+            f"{output_activation!r} ranges over {UNBOUNDED_OUTPUTS[output_activation]}: "
+            "outputs outside [0, 1] are clipped to [eps, 1 - eps], where the loss and its "
+            "gradient are those of the clipped value. "
+            "Use 'sigmoid' (or 'softmax') on the output layer.", UserWarning, stacklevel=3)
 
 
 def dtype(value):

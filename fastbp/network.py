@@ -60,6 +60,7 @@ class MLP:
         self.layer_sizes = check.layer_sizes(layer_sizes)
         self.activations = check.activations(activations, len(self.layer_sizes) - 1)
         self.loss_name = check.choice(loss, "loss", check.LOSSES)
+        check.bce_outputs(self.loss_name, self.activations[-1])
         self.bias = check.flag(bias, "bias")
         self.reduction = check.choice(reduction, "reduction", check.REDUCTIONS)
         self.dtype = check.dtype(dtype)

@@ -480,3 +480,23 @@ def test_fit_refuses_non_boolean_shuffle(data):
     with pytest.raises(TypeError, match="shuffle"):
         net.fit(X, Y, epochs=1, lr=0.1, shuffle="yes")
     assert _state(net) == before
+
+
+@pytest.mark.parametrize("cls", [fastbp.MLP, reference.MLP], ids=["fastbp", "reference"])
+@pytest.mark.parametrize("output", ["identity", "tanh", "relu", "leaky_relu"])
+def test_bce_on_outputs_that_can_leave_the_unit_interval_warns(cls, output):
+    """Such outputs are clipped before the loss, and a tanh output on 0/1 targets trains
+    to a constant loss: the user hears of it where the network is made."""
+    with pytest.warns(UserWarning, match=f"loss='bce' needs outputs in \\[0, 1\\].*'{output}'"):
+        cls([3, 4, 1], ["relu", output], "bce")
+
+
+@pytest.mark.parametrize("output, loss", [("sigmoid", "bce"), ("softmax", "bce"),
+                                          ("tanh", "mse"), ("identity", "half_mse")])
+def test_outputs_that_suit_the_loss_make_no_warning(output, loss):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastbp.MLP([3, 4, 2], ["relu", output], loss)
+        reference.MLP([3, 4, 2], ["relu", output], loss)

@@ -39,6 +39,9 @@ if "numba.cuda" not in sys.modules and not _gpu_present():
         sys.modules["numba.core.config"].reload_config()
 from numba import cuda  # noqa: E402
 
+# Every activation meets every loss here, bce on unbounded outputs included.
+pytestmark = pytest.mark.filterwarnings("ignore:loss='bce' needs outputs:UserWarning")
+
 IN_PROCESS = cuda.is_available()
 if IN_PROCESS:
     from fastbp import _cuda_kernels as CK
