@@ -13,9 +13,6 @@ import fastbp
 import fastbp.reference
 from fastbp import _config
 
-# Every activation meets every loss here, bce on unbounded outputs included.
-pytestmark = pytest.mark.filterwarnings("ignore:loss='bce' needs outputs:UserWarning")
-
 ARCHITECTURES = {
     "tanh-softmax-cce": ([4, 8, 3], ["tanh", "softmax"], "cce", True, "mean"),
     "relu-leaky-sigmoid-bce-sum": (
