@@ -182,8 +182,9 @@ class MLP:
 
         Chunks fix the summation order, so they depend on the network, its dtype and the
         batch size alone, never on the thread count. A batch is cut into chunks of equal
-        size, so that threads get equal shares, and into at least two when it has more
-        than FEWEST_CHUNK_ROWS rows, so that two cores have work. Chunks are as long as
+        size, so that threads get equal shares, and into an even number of them (at least
+        two) when it has more than FEWEST_CHUNK_ROWS rows, so that two cores get equal
+        work: three chunks leave one core idle a third of the time. Chunks are as long as
         their work buffer allows (see WORK_BUFFER_BYTES); networks with BLAS layers take
         chunks of about half a batch (at most BLAS_CHUNK_ROWS), long enough for BLAS to
         run near its peak."""
@@ -199,7 +200,10 @@ class MLP:
             per_row = _layout.work_offsets(self._layout, 1)[1] * self.dtype.itemsize
             fits = _config.WORK_BUFFER_BYTES // per_row
             most = min(_config.CHUNK_ROWS, max(_config.FEWEST_CHUNK_ROWS, min(fits, half)))
-        chunk = -(-batch_size // -(-batch_size // most))
+        n_chunks = -(-batch_size // most)
+        if n_chunks > 1:
+            n_chunks += n_chunks % 2
+        chunk = -(-batch_size // n_chunks)
         plan = self._work_plans[settings] = (chunk, *_layout.work_offsets(self._layout, chunk))
         return plan
 

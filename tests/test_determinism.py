@@ -190,7 +190,9 @@ def test_repeated_training_from_the_same_start_repeats_the_bits(rng):
         ((16, 16, 1), np.float32, 1_000_000, 256),  # long chunks: CHUNK_ROWS
         ((16, 16, 1), np.float64, 1_000_000, 256),
         ((32, 64, 64, 1), np.float32, 256, 128),  # two chunks per batch
-        ((32, 64, 64, 1), np.float64, 256, 64),  # the work buffer's limit
+        ((32, 64, 64, 1), np.float64, 1000, 125),  # the work buffer's limit (141 rows)
+        ((20, 50, 50, 2), np.float64, 512, 128),  # an even count: 4, not 3 of 171
+        ((32, 64, 64, 1), np.float64, 200, 100),
         ((32, 64, 64, 1), np.float32, 128, 64),
         ((32, 64, 64, 1), np.float64, 100, 50),  # equal chunks
         ((200, 200, 200, 1), np.float64, 1000, 63),  # never below FEWEST_CHUNK_ROWS
