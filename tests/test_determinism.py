@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import _config
+from fastbp import _config, _cpu_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ import hashlib, json
 import numpy as np
 import numba
 import fastbp
-from fastbp import _config
+from fastbp import _config, _cpu_kernels
 
 def digest(arrays):
     h = hashlib.sha256()
@@ -213,3 +213,28 @@ def test_chunk_rows_setting_caps_chunks(monkeypatch):
     monkeypatch.setattr(_config, "CHUNK_ROWS", 8)
     net = fastbp.MLP([16, 16, 1], ["tanh", "sigmoid"], "bce")
     assert net._work_plan(1000)[0] == 8
+
+
+@pytest.mark.parametrize("batch_size", [8, 50, None], ids=["by-sample", "chunks", "full"])
+@pytest.mark.parametrize("blas", [False, True], ids=["loops", "blas"])
+def test_runs_never_read_what_an_earlier_run_left_in_the_work_buffers(
+        rng, monkeypatch, batch_size, blas):
+    """The engine keeps its work and gradient buffers from run to run, unzeroed: filled
+    with NaN in between, training, forward passes and gradients give the same bits."""
+    if blas:
+        monkeypatch.setattr(_config, "BLAS_MIN_ENTRIES", 1)
+    X, Y, sample_weight = _problem(rng)
+
+    def results():
+        net = _net()
+        history = net.fit(X, Y, epochs=3, lr=0.02, batch_size=batch_size, shuffle=True,
+                          optimizer="adam", sample_weight=sample_weight, l2=1e-3)
+        _, dWs, dbs = net.gradients(X, Y, sample_weight=sample_weight)
+        return [_bits(a) for a in [history, _flat(net), net.forward(X), *dWs, *dbs]]
+
+    clean = results()
+    assert _cpu_kernels._scratch_buffers
+    for work, grads in _cpu_kernels._scratch_buffers.values():
+        work.fill(np.nan)
+        grads.fill(np.nan)
+    assert results() == clean
