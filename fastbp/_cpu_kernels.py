@@ -1385,7 +1385,8 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work,
     never read.
 
     Trains in place for ``epochs`` epochs of mini-batches, visiting the rows of ``X`` in
-    ``order`` (redrawn each epoch when ``shuffle``), and fills ``history`` with each
+    ``order`` (redrawn each epoch when ``shuffle``; or, ``epochs`` times as long, one
+    permutation per epoch back to back), and fills ``history`` with each
     epoch's loss. Returns -1, or the epoch whose loss or parameters became non-finite,
     after restoring the parameters and optimizer state of the last finite epoch.
     With a non-empty ``out_grad`` nothing is trained: the gradient of the first batch goes
@@ -1414,23 +1415,26 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work,
     saved_m = state_m.copy()
     saved_v = state_v.copy()
     saved_step = step[0]
+    stacked = order.shape[0] > n  # one permutation per epoch, back to back
     for epoch in range(epochs):
         if shuffle:
             shuffle_order(order, shuffle_state)
+        base = epoch * n if stacked else 0  # where this epoch's visiting order starts
         epoch_loss = 0.0
         # The epoch's weight, summed batch by batch in visiting order, so that a fit in
         # ``order`` and a fit on the rows permuted alike report the same bits.
         epoch_norm = 0.0
         ok = True
-        for start in range(0, n, batch_size):
-            size = min(batch_size, n - start)
+        for batch_start in range(0, n, batch_size):
+            size = min(batch_size, n - batch_start)
+            start = base + batch_start  # the batch's first entry of ``order``
             n_chunks = (size + chunk - 1) // chunk
             n_groups = min(n_chunks, most_groups)
             if by_sample and size < SAMPLE_PASS_ROWS:
-                ahead = start + batch_size  # the next batch's samples load meanwhile
+                ahead = batch_start + batch_size  # the next batch's samples load meanwhile
                 if far_data and ahead < n:
                     prefetch_samples(x_flat, X.shape[1], Y, labels, sample_weight, order,
-                                     ahead, min(ahead + batch_size, n))
+                                     base + ahead, base + min(ahead + batch_size, n))
                 group_loss[0] = sample_pass(X, Y, labels, sample_weight, order, start, size,
                                             params, layout, loss, loss_scale, clip, first_work,
                                             offs, first_grad)

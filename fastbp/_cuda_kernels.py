@@ -1036,7 +1036,8 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
                   for fan_in, fan_out in layout[:, :2]]
         work = max(max(tiles), n_update, n_loss)
     states = []
-    launches = [(e, e + 1) for e in range(epochs)] if shuffle else [(0, epochs)]
+    stacked = order.shape[0] > n  # one permutation per epoch, back to back
+    launches = [(e, e + 1) for e in range(epochs)] if shuffle or stacked else [(0, epochs)]
     d_order = cuda.device_array(n, np.int64, stream=stream)
     d_norms = cuda.device_array(n_batches, np.float64, stream=stream)
     kernel = grid = None
@@ -1046,8 +1047,9 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
             if shuffle:
                 states.append(shuffle_state.copy())
                 K.shuffle_order(order, shuffle_state)
-            d_order.copy_to_device(np.ascontiguousarray(order, np.int64), stream=stream)
-            norms = _batch_norms(order, sample_weight, batch, n, n_batches, reduce_sum)
+            epoch_order = order[lo * n:hi * n] if stacked else order
+            d_order.copy_to_device(np.ascontiguousarray(epoch_order, np.int64), stream=stream)
+            norms = _batch_norms(epoch_order, sample_weight, batch, n, n_batches, reduce_sum)
             d_norms.copy_to_device(norms, stream=stream)
             args = (d_X, d_Y, d_labels, d_sw, d_order, d_norms, d_params, d_m, d_v, d_saved,
                     d_saved_m, d_saved_v, d_layout, d_aoff, d_acts, d_delta, d_part,

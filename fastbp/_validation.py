@@ -233,12 +233,15 @@ def parameters(weights, biases, sizes, has_bias, dtype):
     return checked_w, checked_b
 
 
-def permutation(order, n):
-    """``order`` as an int64 array holding each of 0..n-1 exactly once."""
+def permutations(order, n, epochs):
+    """``order``, a permutation of 0..n-1 or one per epoch (shape ``(epochs, n)``), as a
+    flat int64 array: the engine reads an epoch's permutation from ``epoch * n`` on."""
     array = as_array(order, "order")
-    if array.dtype.kind not in "iu" or array.shape != (n,):
-        raise ValueError(f"order must be a permutation of 0..{n - 1} (integers, shape ({n},))")
+    if array.dtype.kind not in "iu" or array.shape not in ((n,), (epochs, n)):
+        raise ValueError(f"order must be a permutation of 0..{n - 1}, or one per epoch "
+                         f"(integers, shape ({n},) or ({epochs}, {n}))")
     array = np.ascontiguousarray(array, dtype=np.int64)
-    if not np.array_equal(np.sort(array), np.arange(n)):
-        raise ValueError(f"order must be a permutation of 0..{n - 1}")
-    return array
+    if not (np.sort(array.reshape(-1, n), axis=1) == np.arange(n)).all():
+        raise ValueError(f"order must be a permutation of 0..{n - 1}"
+                         + (" in every row" if array.ndim == 2 else ""))
+    return array.reshape(-1)

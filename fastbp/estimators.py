@@ -454,44 +454,34 @@ class _BaseMLP(BaseEstimator):
         data = net._data(X_train, self._engine_targets(y_train, net.dtype), sw_train)
         sample_idx = np.arange(n_samples, dtype=np.int64)
         optimizer = self._engine_optimizer()
+        invscaling = self.solver == "sgd" and self.learning_rate == "invscaling"
         try:
             self.n_iter_ = 0
-            for _ in range(self.max_iter):
-                if self.shuffle:
+            stop = False
+            while not stop and self.n_iter_ < self.max_iter:
+                epochs = self._epochs_per_call(
+                    n_samples, one=incremental or early_stopping or invscaling)
+                orders = []
+                for _ in range(epochs if self.shuffle else 0):
                     sample_idx = _shuffled(sample_idx, random_state)
+                    orders.append(sample_idx)
                 try:
                     history = net._train(
-                        *data, epochs=1, lr=self._learning_rate, batch_size=batch_size,
-                        shuffle=False, order=sample_idx if self.shuffle else None,
+                        *data, epochs=epochs, lr=self._learning_rate, batch_size=batch_size,
+                        shuffle=False, order=np.concatenate(orders) if orders else None,
                         optimizer=optimizer, momentum=self.momentum, beta1=self.beta_1,
                         beta2=self.beta_2, epsilon=self.epsilon, l2=self.alpha)
                 except FloatingPointError as error:
+                    for loss in error.history:  # the epochs that ended finite
+                        self._end_epoch(net, loss, n_samples, validation)
                     raise ValueError(
                         "Solver produced non-finite parameter weights. The input data may "
                         "contain large values and need to be preprocessed.") from error
-                self.n_iter_ += 1
-                self.loss_ = float(history[0])
-                self.t_ += n_samples
-                self.loss_curve_.append(self.loss_)
-                if self.verbose:
-                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
-                self._update_no_improvement_count(net, validation)
-                if self.solver == "sgd" and self.learning_rate == "invscaling":
-                    self._learning_rate = (float(self.learning_rate_init)
-                                           / (self.t_ + 1) ** self.power_t)
-                if self._no_improvement_count > self.n_iter_no_change:
-                    if early_stopping:
-                        msg = ("Validation score did not improve more than tol=%f for %d "
-                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
-                    else:
-                        msg = ("Training loss did not improve more than tol=%f for %d "
-                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
-                    if self._trigger_stopping(msg):
+                for loss in history:
+                    stop = self._end_epoch(net, loss, n_samples, validation) or incremental
+                    if stop:
                         break
-                    self._no_improvement_count = 0
-                if incremental:
-                    break
-                if self.n_iter_ == self.max_iter:
+                if self.n_iter_ == self.max_iter and not stop:
                     warnings.warn(
                         "Stochastic Optimizer: Maximum iterations (%d) reached and the "
                         "optimization hasn't converged yet." % self.max_iter,
@@ -502,6 +492,43 @@ class _BaseMLP(BaseEstimator):
         if early_stopping:
             self.coefs_ = self._best_coefs
             self.intercepts_ = self._best_intercepts
+
+    def _epochs_per_call(self, n_samples, one):
+        """How many epochs the next call of the engine trains: as many as can pass before
+        the stopping rule may fire (it needs ``n_iter_no_change + 1`` epochs without
+        improvement, so it can fire at the last of them at the earliest), at most
+        ``max_iter`` in all, and 2**21 visited rows, each epoch's order drawn ahead. One
+        when every epoch changes something the next one uses (``one``): a validation
+        score, an ``invscaling`` step size, a ``partial_fit``."""
+        if one:
+            return 1
+        return max(1, min(self.n_iter_no_change + 1 - self._no_improvement_count,
+                          self.max_iter - self.n_iter_, (1 << 21) // n_samples))
+
+    def _end_epoch(self, net, loss, n_samples, validation):
+        """scikit-learn's bookkeeping after an epoch of mean loss ``loss``; True when its
+        stopping rule ends training."""
+        self.n_iter_ += 1
+        self.loss_ = float(loss)
+        self.t_ += n_samples
+        self.loss_curve_.append(self.loss_)
+        if self.verbose:
+            print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+        self._update_no_improvement_count(net, validation)
+        if self.solver == "sgd" and self.learning_rate == "invscaling":
+            self._learning_rate = (float(self.learning_rate_init)
+                                   / (self.t_ + 1) ** self.power_t)
+        if self._no_improvement_count > self.n_iter_no_change:
+            if validation is not None:
+                msg = ("Validation score did not improve more than tol=%f for %d "
+                       "consecutive epochs." % (self.tol, self.n_iter_no_change))
+            else:
+                msg = ("Training loss did not improve more than tol=%f for %d "
+                       "consecutive epochs." % (self.tol, self.n_iter_no_change))
+            if self._trigger_stopping(msg):
+                return True
+            self._no_improvement_count = 0
+        return False
 
     def _trigger_stopping(self, msg):
         """scikit-learn's rule: stop, except that the adaptive schedule of ``sgd``

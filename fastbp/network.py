@@ -248,13 +248,14 @@ class MLP:
         ``reduction="sum"`` the sum, over the epoch's samples, each measured before the
         update of its batch).
 
-        Mini-batches run in row order, or in ``order`` (a permutation of the rows, for
-        callers that draw their own), or in a permutation drawn from ``seed`` each epoch
-        when ``shuffle``; the last partial batch is included; ``batch_size=None`` is the
-        full batch. ``optimizer`` is ``sgd``, ``momentum``, ``nesterov`` or ``adam`` (the
-        bias-corrected step of scikit-learn's Adam); its state carries over to the next
-        ``fit`` while the optimizer stays the same. ``l2`` adds ``0.5 * l2 * sum(W**2)``
-        to each batch loss, divided like the data term.
+        Mini-batches run in row order, or in ``order`` (a permutation of the rows, or one
+        per epoch as an ``(epochs, n)`` array, for callers that draw their own), or in a
+        permutation drawn from ``seed`` each epoch when ``shuffle``; the last partial
+        batch is included; ``batch_size=None`` is the full batch. ``optimizer`` is
+        ``sgd``, ``momentum``, ``nesterov`` or ``adam`` (the bias-corrected step of
+        scikit-learn's Adam); its state carries over to the next ``fit`` while the
+        optimizer stays the same. ``l2`` adds ``0.5 * l2 * sum(W**2)`` to each batch loss,
+        divided like the data term.
 
         If the loss or the parameters become non-finite, training stops, the parameters
         of the last finite epoch are restored and FloatingPointError names the epoch.
@@ -274,7 +275,7 @@ class MLP:
             raise ValueError("momentum, beta1 and beta2 must be below 1")
         X, Y, labels, sample_weight = self._data(X, Y, sample_weight)
         if order is not None:
-            order = check.permutation(order, X.shape[0])
+            order = check.permutations(order, X.shape[0], epochs)
             if shuffle:
                 raise ValueError("order and shuffle=True exclude each other")
         return self._train(X, Y, labels, sample_weight, epochs=epochs, lr=lr,
@@ -284,9 +285,9 @@ class MLP:
 
     def _train(self, X, Y, labels, sample_weight, *, epochs, lr, batch_size, shuffle, order,
                optimizer, momentum, beta1, beta2, epsilon, l2):
-        """``fit`` on arguments already checked (``_data``, ``check.permutation`` and
-        ``fit``'s checks of the rest). The estimators check their data once and call this
-        every epoch: checking 75,000 rows again cost 1 ms an epoch."""
+        """``fit`` on arguments already checked (``_data``, ``check.permutations`` and
+        ``fit``'s checks of the rest; ``order`` flat). The estimators check their data once
+        and then call this: checking 75,000 rows again cost 1 ms an epoch."""
         self._check_finite_params()
         hyper = np.array([lr, momentum, beta1, beta2, epsilon, l2], dtype=float)
         n = X.shape[0]

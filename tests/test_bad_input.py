@@ -142,6 +142,13 @@ BAD_FIT = [
     ("order-floats", dict(order=np.arange(N, dtype=float)), ValueError, "order"),
     ("order-2d", dict(order=np.arange(N).reshape(2, -1)), ValueError, "order"),
     ("order-with-shuffle", dict(order=np.arange(N), shuffle=True), ValueError, "order"),
+    ("order-per-epoch-count", dict(order=np.tile(np.arange(N), (2, 1))), ValueError, "order"),
+    (
+        "order-per-epoch-row",
+        dict(epochs=2, order=np.stack([np.arange(N), np.r_[0, np.arange(N - 1)]])),
+        ValueError,
+        "order",
+    ),
 ]
 
 

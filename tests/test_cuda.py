@@ -188,6 +188,16 @@ def test_many_chunks_in_a_batch():
 
 
 @needs_device
+@pytest.mark.parametrize("width", ["narrow", "wide"])
+def test_an_order_per_epoch(width):
+    cpu, gpu = pair([3, NARROW if width == "narrow" else WIDE, 2], ["relu", "sigmoid"], "bce")
+    X, Y = data(25, 3, 2, "bce")
+    rng = np.random.default_rng(4)
+    orders = np.stack([rng.permutation(25) for _ in range(3)])
+    assert_same_training(cpu, gpu, X, Y, epochs=3, lr=0.1, batch_size=10, order=orders)
+
+
+@needs_device
 def test_wide_batch_split_into_row_slices():
     """A batch the wide schedule splits into several row slices for its weight gradients."""
     cpu, gpu = pair([3, WIDE, 2], ["relu", "sigmoid"], "bce", reduction="sum")

@@ -127,6 +127,45 @@ def test_stopping_rules_and_warnings_match(digits):
         assert_same_model(ours, theirs, rtol=1e-6)
 
 
+@pytest.mark.parametrize("params", [
+    dict(tol=1e-2, n_iter_no_change=2, max_iter=200),  # stops on the training loss
+    dict(solver="sgd", learning_rate="adaptive", tol=1e-2, n_iter_no_change=1, max_iter=40),
+    dict(max_iter=25, shuffle=False, batch_size=64),
+    dict(max_iter=30, tol=0.0, alpha=1e-2, solver="sgd", momentum=0.5),
+], ids=["tol", "adaptive", "in-order", "max-iter"])
+def test_epochs_trained_per_engine_call_change_no_bit(digits, monkeypatch, params):
+    """Without a validation set the estimators train several epochs per call of the
+    engine, as many as the stopping rule allows; one epoch per call gives the same bits,
+    the same stopping epoch, warnings and random stream."""
+    X, y = digits
+    X, y = X[:500], y[:500]
+    sample_weight = np.linspace(0.5, 1.5, X.shape[0])
+    calls = []
+
+    def fit():
+        stream = np.random.RandomState(2)
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            model = MLPClassifier(hidden_layer_sizes=(16,), random_state=stream,
+                                  learning_rate_init=0.02, **params)
+            model.fit(X, y, sample_weight=sample_weight)
+        return model, [w.category for w in warned], stream.randint(1 << 30)
+
+    counted = MLPClassifier._epochs_per_call
+    monkeypatch.setattr(MLPClassifier, "_epochs_per_call",
+                        lambda self, *a, **k: calls.append(counted(self, *a, **k)) or calls[-1])
+    blocks, blocks_warned, blocks_next = fit()
+    assert max(calls) > 1
+    monkeypatch.setattr(MLPClassifier, "_epochs_per_call", lambda self, *a, **k: 1)
+    single, single_warned, single_next = fit()
+    assert blocks.n_iter_ == single.n_iter_ and blocks.t_ == single.t_
+    assert blocks_warned == single_warned and blocks_next == single_next
+    assert blocks.loss_curve_ == single.loss_curve_
+    for a, b in zip(blocks.coefs_ + blocks.intercepts_, single.coefs_ + single.intercepts_,
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_warm_start_and_partial_fit_match(digits):
     X, y = digits
     X, y = X[:500], y[:500]

@@ -295,6 +295,22 @@ def test_order_equals_training_on_permuted_rows(rng, name, shuffled, dtype):
     np.testing.assert_array_equal(_flat(a), _flat(b))
 
 
+@pytest.mark.parametrize("batch_size", [8, 40], ids=["by-sample", "chunks"])
+def test_an_order_per_epoch_equals_one_fit_per_order(rng, batch_size):
+    """``order`` of shape (epochs, n): each epoch visits its own row, with the bits of
+    one fit per epoch in that order."""
+    X, Y, sample_weight = _data(rng, "relu-leaky-sigmoid-bce-sum", n=150)
+    orders = np.stack([rng.permutation(150) for _ in range(3)])
+    a, _ = _pair("relu-leaky-sigmoid-bce-sum", np.float64)
+    b, _ = _pair("relu-leaky-sigmoid-bce-sum", np.float64)
+    kwargs = dict(lr=0.01, batch_size=batch_size, optimizer="adam",
+                  sample_weight=sample_weight)
+    history = a.fit(X, Y, epochs=3, order=orders, **kwargs)
+    one_by_one = [b.fit(X, Y, epochs=1, order=order, **kwargs)[0] for order in orders]
+    np.testing.assert_array_equal(history, one_by_one)
+    np.testing.assert_array_equal(_flat(a), _flat(b))
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_strided_and_fortran_data_equal_contiguous_data(rng, dtype):
     wide = rng.normal(size=(60, 8))
