@@ -1,8 +1,10 @@
 """``python -m fastbp.bench_sklearn``: fit time of ``fastbp.MLPClassifier`` against
 scikit-learn's ``MLPClassifier``, both with scikit-learn's default hyperparameters.
 
-Two problems: the digits shipped with scikit-learn (1,797 images of 8x8 pixels) and a
-generated binary problem (``make_classification``, 100,000 rows by default). Both
+Four problems: two small tables shipped with scikit-learn, standardized as its user guide
+advises for MLPs (iris, 150 rows, and breast_cancer, 569), where a fit is mostly fixed
+costs per epoch; the digits (1,797 images of 8x8 pixels); and a generated binary problem
+(``make_classification``, 100,000 rows by default). Both
 estimators get the same ``random_state``, so they train the same network along the same
 trajectory and reach the same accuracy; the script prints the median fit time of each,
 their ratio and both test accuracies.
@@ -13,6 +15,8 @@ import time
 import warnings
 
 import numpy as np
+
+from .bench import _seconds
 
 
 def _fit(make, X, y):
@@ -47,8 +51,8 @@ def compare(name, X, y, repeats, max_iter=200, stream=print):
     for label, values in times.items():
         row[label] = float(np.median(values))
     row["ratio"] = row["sklearn"] / row["fastbp"]
-    stream(f"  {name:28s} {row['rows']:7d} {row['fastbp_epochs']:6d} {row['fastbp']:9.2f} s "
-           f"{row['sklearn']:9.2f} s {row['ratio']:7.1f}x   "
+    stream(f"  {name:28s} {row['rows']:7d} {row['fastbp_epochs']:6d} "
+           f"{_seconds(row['fastbp']):>11s} {_seconds(row['sklearn']):>10s} {row['ratio']:7.1f}x   "
            f"{row['fastbp_accuracy']:.4f} / {row['sklearn_accuracy']:.4f}")
     return row
 
@@ -64,7 +68,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import numba
-    from sklearn.datasets import load_digits, make_classification
+    from sklearn.datasets import load_breast_cancer, load_digits, load_iris, make_classification
 
     from .estimators import MLPClassifier
 
@@ -80,8 +84,13 @@ def main(argv=None):
           f"max_iter {args.max_iter}, tol 1e-4; median of {args.repeats} fits\n")
     print("  problem                         rows epochs    fastbp    sklearn   ratio"
           "   accuracy fastbp / sklearn")
+    rows = []
+    for name, load in (("iris", load_iris), ("breast_cancer", load_breast_cancer)):
+        X, y = load(return_X_y=True)
+        X = (X - X.mean(axis=0)) / X.std(axis=0)
+        rows.append(compare(f"{name} (standardized)", X, y, args.repeats, args.max_iter))
     X, y = load_digits(return_X_y=True)
-    rows = [compare("digits", X, y, args.repeats, args.max_iter)]
+    rows.append(compare("digits", X, y, args.repeats, args.max_iter))
     X, y = make_classification(n_samples=args.rows, random_state=0)
     rows.append(compare(f"make_classification {args.rows}", X, y, args.repeats, args.max_iter))
     return rows
