@@ -43,6 +43,7 @@ from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 from .network import MLP
 
@@ -603,8 +604,12 @@ class _BaseMLP(BaseEstimator):
         options = {"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol}
         if tuple(int(p) for p in scipy.__version__.split(".")[:2]) < (1, 15):
             options["iprint"] = 1 if self.verbose else -1
-        result = scipy.optimize.minimize(loss_and_gradient, packed, method="L-BFGS-B",
-                                         jac=True, options=options)
+        # L-BFGS-B's vector operations call BLAS: with BLAS's own threads waiting for
+        # work beside the engine's, the engine's threads waited for a core, and an iris
+        # fit took 544 ms instead of 12 (scikit-learn's: 18 ms).
+        with threadpool_limits(limits=1, user_api="blas"):
+            result = scipy.optimize.minimize(loss_and_gradient, packed, method="L-BFGS-B",
+                                             jac=True, options=options)
         self.n_iter_ = min(result.nit, self.max_iter)
         if result.status != 0:
             message = (f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
