@@ -36,7 +36,7 @@ import scipy.optimize
 from scipy.special import xlogy
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import accuracy_score, r2_score
+from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d
@@ -818,10 +818,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return y.astype(dtype)
 
     def _score_output(self, prob, y, sample_weight):
+        """``accuracy_score`` of the labels of ``prob`` against the binarized targets
+        ``y``, compared in the binarized form (the class of the largest output, or each
+        output above 0.5): the same value without its input checks, which took 0.7 ms of
+        an early-stopping epoch."""
         if not np.isfinite(prob).all():
             return np.nan
-        return float(accuracy_score(self._label_binarizer.inverse_transform(y),
-                                    self._labels(prob), sample_weight=sample_weight))
+        if self._label_binarizer.y_type_ == "multiclass":
+            correct = prob.argmax(axis=1) == y.argmax(axis=1)
+        else:  # binary (one output) or multi-label: LabelBinarizer's threshold
+            correct = ((prob > 0.5) == (y > 0.5)).all(axis=1)
+        return float(np.average(correct, weights=sample_weight))
 
     def _labels(self, prob):
         if self.n_outputs_ == 1:

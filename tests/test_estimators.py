@@ -166,6 +166,26 @@ def test_epochs_trained_per_engine_call_change_no_bit(digits, monkeypatch, param
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "multilabel"])
+def test_validation_score_is_scikit_learns_accuracy(kind):
+    """Early stopping scores each epoch in the binarized form; the value is
+    ``accuracy_score``'s on the labels, ties and sample weights included."""
+    from sklearn.metrics import accuracy_score
+
+    rng = np.random.default_rng(7)
+    n = 60
+    X = rng.normal(size=(n, 3))
+    y = {"binary": rng.integers(0, 2, n), "multiclass": rng.integers(0, 4, n),
+         "multilabel": rng.integers(0, 2, (n, 3))}[kind]
+    model = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1).fit(X, y)
+    binarized = model._label_binarizer.transform(y).astype(float)
+    prob = rng.uniform(size=binarized.shape)
+    prob[:5] = 0.5  # ties: all outputs equal, and at the threshold
+    for weights in (None, rng.uniform(0.1, 2.0, n)):
+        expected = accuracy_score(y, model._labels(prob), sample_weight=weights)
+        assert model._score_output(prob, binarized, weights) == expected
+
+
 def test_warm_start_and_partial_fit_match(digits):
     X, y = digits
     X, y = X[:500], y[:500]
