@@ -10,7 +10,8 @@ trajectory and reach the same accuracy; the script prints the median fit time of
 their ratio and both test accuracies. Each fit starts after a pause, as in
 ``fastbp.bench``: scikit-learn's BLAS threads keep waiting for work after its fits, and
 beside them the engine's threads wait for a core (digits took 270 ms instead of 196).
-``--solver`` times sgd or lbfgs instead of adam.
+``--solver`` times sgd or lbfgs instead of adam, ``--early-stopping`` stops on a
+held-out score.
 """
 
 import argparse
@@ -34,7 +35,8 @@ def _fit(make, X, y):
     return time.perf_counter() - start, estimator
 
 
-def compare(name, X, y, repeats, max_iter=200, stream=print, solver="adam"):
+def compare(name, X, y, repeats, max_iter=200, stream=print, solver="adam",
+            early_stopping=False):
     """Time both estimators on a 75/25 split of ``X``, ``y``; returns a result dict.
 
     Fits alternate between the two libraries, so load from other processes on a shared
@@ -50,7 +52,8 @@ def compare(name, X, y, repeats, max_iter=200, stream=print, solver="adam"):
     for _ in range(repeats):
         for label, cls in (("fastbp", MLPClassifier), ("sklearn", SklearnMLP)):
             seconds, fitted = _fit(
-                lambda cls=cls: cls(random_state=0, max_iter=max_iter, solver=solver),
+                lambda cls=cls: cls(random_state=0, max_iter=max_iter, solver=solver,
+                                    early_stopping=early_stopping),
                 X_train, y_train)
             times[label].append(seconds)
             row[label + "_accuracy"] = float(fitted.score(X_test, y_test))
@@ -74,7 +77,10 @@ def main(argv=None):
                         help="epoch limit (scikit-learn's default 200)")
     parser.add_argument("--solver", choices=("adam", "sgd", "lbfgs"), default="adam",
                         help="both estimators' solver (scikit-learn's default adam)")
+    parser.add_argument("--early-stopping", action="store_true",
+                        help="hold out 10%% of the training rows and stop on their score")
     args = parser.parse_args(argv)
+    options = {"solver": args.solver, "early_stopping": args.early_stopping}
 
     import numba
     from sklearn.datasets import load_breast_cancer, load_digits, load_iris, make_classification
@@ -89,8 +95,9 @@ def main(argv=None):
         MLPClassifier(max_iter=1).fit(np.eye(400, 4), np.arange(400) % 2)
     print(f"Engine ready in {time.perf_counter() - start:.1f} s (compiled once, then cached)")
     print(f"CPU threads: fastbp (numba) {numba.get_num_threads()}")
+    stopping = ", early stopping" if args.early_stopping else ""
     print(f"MLPClassifier, scikit-learn's defaults: (100,) relu, {args.solver}, batch 200, "
-          f"max_iter {args.max_iter}, tol 1e-4; median of {args.repeats} fits\n")
+          f"max_iter {args.max_iter}, tol 1e-4{stopping}; median of {args.repeats} fits\n")
     print("  problem                         rows epochs    fastbp    sklearn   ratio"
           "   accuracy fastbp / sklearn")
     rows = []
@@ -98,12 +105,12 @@ def main(argv=None):
         X, y = load(return_X_y=True)
         X = (X - X.mean(axis=0)) / X.std(axis=0)
         rows.append(compare(f"{name} (standardized)", X, y, args.repeats, args.max_iter,
-                            solver=args.solver))
+                            **options))
     X, y = load_digits(return_X_y=True)
-    rows.append(compare("digits", X, y, args.repeats, args.max_iter, solver=args.solver))
+    rows.append(compare("digits", X, y, args.repeats, args.max_iter, **options))
     X, y = make_classification(n_samples=args.rows, random_state=0)
     rows.append(compare(f"make_classification {args.rows}", X, y, args.repeats,
-                        args.max_iter, solver=args.solver))
+                        args.max_iter, **options))
     return rows
 
 

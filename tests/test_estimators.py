@@ -186,6 +186,18 @@ def test_validation_score_is_scikit_learns_accuracy(kind):
         assert model._score_output(prob, binarized, weights) == expected
 
 
+def test_binary_early_stopping_holds_out_scikit_learns_rows(digits):
+    """A binary problem stratifies its validation split on the one target column: the
+    same rows held out, the same scores, the same stopping epoch."""
+    X, y = digits
+    X, y = X[:700], (y[:700] > 4).astype(int)
+    params = dict(hidden_layer_sizes=(16,), random_state=3, early_stopping=True,
+                  n_iter_no_change=3, tol=1e-3, max_iter=100, learning_rate_init=0.01)
+    ours, theirs = fit_both("classifier", X, y, **params)
+    assert ours.validation_scores_ == theirs.validation_scores_
+    assert_same_model(ours, theirs, rtol=1e-6)
+
+
 def test_warm_start_and_partial_fit_match(digits):
     X, y = digits
     X, y = X[:500], y[:500]
