@@ -1556,8 +1556,8 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
         if parallel_update_at is None:
             parallel_update_at = _parallel_update_at[update_key] = _address(
                 parallel_update, _parallel_update_types(*updated))
-    groups = min(-(-min(batch_size, X.shape[0]) // chunk), max_groups)
-    work, grads = _scratch(params.dtype, groups, work_size, params.shape[0])
+    work, grads = _scratch(params.dtype, _most_groups(X.shape[0], batch_size, chunk, max_groups),
+                           work_size, params.shape[0])
     return compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work, grads,
                         loss, loss_scale, clip, reduce_sum, epochs, batch_size, shuffle,
                         shuffle_state, optimizer, hyper, step, state_m, state_v, chunk,
@@ -1591,12 +1591,16 @@ def _scratch(dtype, groups, work_size, n_params):
     return buffers
 
 
+def _most_groups(n, batch_size, chunk, max_groups):
+    """Chunk groups of the largest batch of a run over ``n`` rows."""
+    return min(-(-min(batch_size, n) // chunk), max_groups)
+
+
 def _may_run_in_parallel(n, batch_size, chunk, max_groups, n_params, parallel_min_macs):
     """Whether ``compiled_run`` may spread a batch over threads: its largest batch has
     more than one chunk group and enough multiply-adds (the test it applies per batch)."""
-    largest = min(batch_size, n)
-    groups = min(-(-largest // chunk), max_groups)
-    return groups > 1 and largest * 3 * n_params >= parallel_min_macs
+    return (_most_groups(n, batch_size, chunk, max_groups) > 1
+            and min(batch_size, n) * 3 * n_params >= parallel_min_macs)
 
 
 def _group_pass_types(X, Y, labels, sample_weight, order, params, layout, offs, loss,
