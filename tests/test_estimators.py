@@ -198,6 +198,32 @@ def test_binary_early_stopping_holds_out_scikit_learns_rows(digits):
     assert_same_model(ours, theirs, rtol=1e-6)
 
 
+@pytest.mark.parametrize("outputs", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_validation_score_is_scikit_learns_r2(outputs, dtype):
+    """The regressor's early-stopping score is ``r2_score``'s value, bit for bit, with
+    and without weights, constant targets included."""
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(8)
+    n = 40
+    y = rng.normal(size=(n, outputs)).astype(dtype)
+    prob = (y + rng.normal(scale=0.3, size=y.shape)).astype(dtype)
+    cases = [(y, prob)]
+    if outputs > 1:
+        constant = y.copy()
+        constant[:, 1] = 2.0
+        met = prob.copy()
+        met[:, 1] = 2.0
+        cases += [(constant, prob), (constant, met)]  # zero denominator, missed and met
+    for truth, predicted in cases:
+        for weights in (None, rng.uniform(0.1, 2.0, n)):
+            expected = r2_score(truth.ravel() if outputs == 1 else truth,
+                                predicted.ravel() if outputs == 1 else predicted,
+                                sample_weight=weights)
+            assert MLPRegressor()._score_output(predicted, truth, weights) == expected
+
+
 def test_warm_start_and_partial_fit_match(digits):
     X, y = digits
     X, y = X[:500], y[:500]
