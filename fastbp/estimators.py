@@ -43,9 +43,8 @@ from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import threadpool_limits
 
-from .network import MLP
+from .network import MLP, _one_blas_thread
 
 try:
     from sklearn.utils.validation import validate_data as _validate_data
@@ -457,13 +456,12 @@ class _BaseMLP(BaseEstimator):
         data = net._data(X_train, self._engine_targets(y_train, net.dtype), sw_train)
         sample_idx = np.arange(n_samples, dtype=np.int64)
         optimizer = self._engine_optimizer()
-        invscaling = self.solver == "sgd" and self.learning_rate == "invscaling"
         try:
             self.n_iter_ = 0
             stop = False
             while not stop and self.n_iter_ < self.max_iter:
                 epochs = self._epochs_per_call(
-                    n_samples, one=incremental or early_stopping or invscaling)
+                    n_samples, one=incremental or early_stopping or self._invscaling())
                 orders = []
                 for _ in range(epochs if self.shuffle else 0):
                     sample_idx = _shuffled(sample_idx, random_state)
@@ -496,6 +494,10 @@ class _BaseMLP(BaseEstimator):
             self.coefs_ = self._best_coefs
             self.intercepts_ = self._best_intercepts
 
+    def _invscaling(self):
+        """Whether the step size changes after every epoch (sgd's ``invscaling``)."""
+        return self.solver == "sgd" and self.learning_rate == "invscaling"
+
     def _epochs_per_call(self, n_samples, one):
         """How many epochs the next call of the engine trains: as many as can pass before
         the stopping rule may fire (it needs ``n_iter_no_change + 1`` epochs without
@@ -518,7 +520,7 @@ class _BaseMLP(BaseEstimator):
         if self.verbose:
             print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
         self._update_no_improvement_count(net, validation)
-        if self.solver == "sgd" and self.learning_rate == "invscaling":
+        if self._invscaling():
             self._learning_rate = (float(self.learning_rate_init)
                                    / (self.t_ + 1) ** self.power_t)
         if self._no_improvement_count > self.n_iter_no_change:
@@ -609,7 +611,7 @@ class _BaseMLP(BaseEstimator):
         # L-BFGS-B's vector operations call BLAS: with BLAS's own threads waiting for
         # work beside the engine's, the engine's threads waited for a core, and an iris
         # fit took 544 ms instead of 12 (scikit-learn's: 18 ms).
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _one_blas_thread():
             result = scipy.optimize.minimize(loss_and_gradient, packed, method="L-BFGS-B",
                                              jac=True, options=options)
         self.n_iter_ = min(result.nit, self.max_iter)

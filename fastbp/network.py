@@ -21,7 +21,8 @@ from ._init import initial_weights
 
 def _one_blas_thread():
     """Hold BLAS to one thread while the kernels run: its own threading changes the bits
-    with the thread count, and the kernels spread their chunk groups over threads."""
+    with the thread count, the kernels spread their chunk groups over threads, and BLAS
+    threads left waiting for work beside them make them wait for a core."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
