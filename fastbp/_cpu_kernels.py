@@ -750,9 +750,10 @@ def _gemm(typingctx, trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, be
 
 
 @njit(cache=True, _nrt=False)
-def blas_forward(work, a_off, params, w_off, z_off, rows, fan_in, fan_out):
-    """``Z = A @ W`` for sample-major A (rows x fan_in) and W (fan_in x fan_out)."""
-    _gemm(NOTRANS, NOTRANS, fan_out, rows, fan_in, params, w_off, fan_out, work, a_off, fan_in,
+def blas_forward(a, a_off, params, w_off, work, z_off, rows, fan_in, fan_out):
+    """``Z = A @ W`` for sample-major A (rows x fan_in, in ``a``: the work buffer, or X
+    itself) and W (fan_in x fan_out)."""
+    _gemm(NOTRANS, NOTRANS, fan_out, rows, fan_in, params, w_off, fan_out, a, a_off, fan_in,
           0.0, work, z_off, fan_out)
 
 
@@ -764,9 +765,10 @@ def blas_backward(work, d_off, params, w_off, out_off, rows, fan_in, fan_out):
 
 
 @njit(cache=True, _nrt=False)
-def blas_weight_gradient(work, a_off, d_off, grad, w_off, rows, fan_in, fan_out, accumulate):
-    """``dW (+)= A.T @ D``, summed over the rows."""
-    _gemm(NOTRANS, TRANS, fan_out, fan_in, rows, work, d_off, fan_out, work, a_off, fan_in,
+def blas_weight_gradient(a, a_off, work, d_off, grad, w_off, rows, fan_in, fan_out,
+                         accumulate):
+    """``dW (+)= A.T @ D``, summed over the rows (A in ``a``, as for ``blas_forward``)."""
+    _gemm(NOTRANS, TRANS, fan_out, fan_in, rows, work, d_off, fan_out, a, a_off, fan_in,
           1.0 if accumulate else 0.0, grad, w_off, fan_out)
 
 
@@ -1054,11 +1056,11 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
         lo = start + c * chunk
         count = min(chunk, start + size - lo)
 
-        # Forward: the chunk's rows, read in place when they are consecutive rows of X
-        # (BLAS reads them from ``work``), else gathered; then z = A @ W + b by layer.
+        # Forward: the chunk's rows, read in place when they are consecutive rows of X,
+        # else gathered; then z = A @ W + b by layer.
         source, a_in = work, offs[0]
         first_row = order[lo]
-        consecutive = not blas[0]
+        consecutive = True
         for b in range(count):
             consecutive = consecutive and order[lo + b] == first_row + b
         if consecutive:
@@ -1080,7 +1082,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             t_out = offs[n_layers + 2 + l]
             a, a_off = (source, a_in) if l == 0 else (work, offs[l])
             if blas[l]:
-                blas_forward(work, offs[l], params, layout[l, L_WEIGHT], z_out, count, fan_in,
+                blas_forward(a, a_off, params, layout[l, L_WEIGHT], work, z_out, count, fan_in,
                              fan_out)
             elif short_product(fan_out, fan_in):
                 dot_nn(a, a_off, fan_in, params, layout[l, L_WEIGHT], fan_out, work, z_out,
@@ -1122,11 +1124,11 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             by_rows = not wide and bias >= 0 and 4 * fan_out <= count  # narrow: long sums
             if by_rows or not (wide or fan_out == 1 or short_product(fan_out, count)):
                 transpose(work, d_cur, count, fan_out, work, dt_cur, chunk)
+            a, a_off = (source, a_in) if l == 0 else (work, offs[l])
             if wide:
-                blas_weight_gradient(work, offs[l], d_cur, grad, w_off, count, fan_in, fan_out,
+                blas_weight_gradient(a, a_off, work, d_cur, grad, w_off, count, fan_in, fan_out,
                                      accumulate)
             elif fan_out == 1:  # dW is the row d^T A: A as stored, no transpose
-                a, a_off = (source, a_in) if l == 0 else (work, offs[l])
                 # m = fan_out, not a literal 1, which would compile dot_nn a second time
                 dot_nn(work, d_cur, count, a, a_off, fan_in, grad, w_off, fan_in, fan_out,
                        fan_in, count, accumulate)

@@ -85,6 +85,26 @@ def test_blas_forward_and_gradients_match_the_loops(rng, blas_layers, monkeypatc
             _assert_close(a, b, dtype, f"gradients {kwargs}")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_blas_reads_consecutive_rows_in_place_with_the_bits_of_gathered_ones(rng, blas_layers,
+                                                                             dtype):
+    """A BLAS first layer multiplies chunks of consecutive rows straight from X, and
+    gathers shuffled ones: the two give the same bits (only the last batch shuffled, so
+    one fit takes both paths)."""
+    name = "relu-leaky-sigmoid-bce-sum"
+    blas_layers(ARCHITECTURES[name][0])
+    X, Y, sample_weight = _data(rng, name, n=150)
+    order = np.concatenate([np.arange(120), 120 + rng.permutation(30)])
+    a, _ = _pair(name, dtype)
+    b, _ = _pair(name, dtype)
+    assert a._uses_blas
+    kwargs = dict(epochs=3, lr=0.01, batch_size=40, optimizer="adam")
+    h_a = a.fit(X, Y, order=order, sample_weight=sample_weight, **kwargs)
+    h_b = b.fit(X[order], Y[order], sample_weight=sample_weight[order], **kwargs)
+    np.testing.assert_array_equal(h_a, h_b)
+    np.testing.assert_array_equal(_flat(a), _flat(b))
+
+
 @pytest.mark.parametrize("output,loss", [("softmax", "cce"), ("sigmoid", "bce"),
                                          ("tanh", "mse")])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
