@@ -18,14 +18,24 @@ from . import _validation as check
 from ._backends import kernels
 from ._init import initial_weights
 
+_blas_controller = None
+
 
 def _one_blas_thread():
     """Hold BLAS to one thread while the kernels run: its own threading changes the bits
     with the thread count, the kernels spread their chunk groups over threads, and BLAS
-    threads left waiting for work beside them make them wait for a core."""
-    from threadpoolctl import threadpool_limits
+    threads left waiting for work beside them make them wait for a core.
 
-    return threadpool_limits(limits=1, user_api="blas")
+    The BLAS libraries are looked up once, after scipy's, the one the kernels call, is
+    loaded: threadpoolctl's search of the loaded libraries took 0.8 ms, more than a
+    gradient of a small network."""
+    global _blas_controller
+    if _blas_controller is None:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS the kernels call)
+        from threadpoolctl import ThreadpoolController
+
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=1, user_api="blas")
 
 
 class MLP:

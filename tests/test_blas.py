@@ -125,6 +125,29 @@ def test_fit_leaves_the_blas_thread_setting_alone(rng, monkeypatch):
     assert after == before
 
 
+def test_blas_runs_on_one_thread_while_the_kernels_run(rng, monkeypatch):
+    """Every BLAS library is at one thread inside each run of a network with BLAS
+    layers (the libraries are looked up once, then reused)."""
+    monkeypatch.setattr(_config, "BLAS_MIN_ENTRIES", 1)
+    net = fastbp.MLP([4, 6, 2], ["relu", "identity"], "mse", seed=0)
+    seen = []
+    run = net._kernels.run
+
+    def spy(*args):
+        seen.append({lib["filepath"]: lib["num_threads"]
+                     for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"})
+        return run(*args)
+
+    monkeypatch.setattr(net, "_kernels", type("Kernels", (), {"run": staticmethod(spy)}))
+    X, Y = rng.normal(size=(50, 4)), rng.normal(size=(50, 2))
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        for _ in range(2):
+            net.fit(X, Y, epochs=1, lr=0.1)
+        net.forward(X)
+    assert len(seen) == 3
+    assert all(threads and set(threads.values()) == {1} for threads in seen)
+
+
 CHILD = r"""
 import hashlib, json
 import numpy as np
