@@ -5,6 +5,7 @@ the two must produce the same weights up to floating-point rounding.
 """
 
 import pickle
+import re
 import subprocess
 import sys
 import warnings
@@ -184,6 +185,69 @@ def test_validation_score_is_scikit_learns_accuracy(kind):
     for weights in (None, rng.uniform(0.1, 2.0, n)):
         expected = accuracy_score(y, model._labels(prob), sample_weight=weights)
         assert model._score_output(prob, binarized, weights) == expected
+
+
+LABELS = {
+    "binary-int": np.array([3, 7, 7, 3, 7]),
+    "binary-str": np.array(["no", "yes", "yes", "no", "no"]),
+    "multiclass-int": np.array([2, 0, 5, 5, 1, 0]),
+    "multiclass-float": np.array([2.0, 0.0, 5.0, 5.0, 1.0, 0.0]),
+    "multiclass-str": np.array(["b", "a", "c", "c", "a", "b"]),
+    "multiclass-object": np.array(["b", "a", "c", "c", "a", "b"], dtype=object),
+    "one-class": np.array([4, 4, 4]),
+}
+
+
+@pytest.mark.parametrize("name", list(LABELS))
+def test_labels_are_binarized_and_decoded_as_scikit_learn_does(name):
+    """The classifier binarizes targets and decodes outputs itself for the common label
+    kinds; both equal LabelBinarizer's ``transform`` and ``inverse_transform``, and
+    labels it was not fitted on take LabelBinarizer's own path."""
+    from sklearn.preprocessing import LabelBinarizer
+
+    y = LABELS[name]
+    model = MLPClassifier(hidden_layer_sizes=(3,), max_iter=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(np.arange(2 * len(y), dtype=float).reshape(-1, 2), y)
+    binarizer = LabelBinarizer().fit(y)
+    for labels in (y, y[::-1], y[:2]):
+        ours = model._binarized(labels)
+        assert ours.dtype == bool
+        np.testing.assert_array_equal(ours, binarizer.transform(labels).astype(bool))
+    width = 1 if len(binarizer.classes_) <= 2 else len(binarizer.classes_)
+    prob = np.random.default_rng(1).uniform(size=(50, width))
+    prob[:4] = 0.5  # ties, and outputs at the threshold
+    np.testing.assert_array_equal(model._labels(prob),
+                                  binarizer.inverse_transform(prob.ravel() if width == 1
+                                                              else prob))
+    if name.startswith("multiclass"):
+        unseen = np.concatenate([y[:2], y[:1]])
+        unseen[2] = "z" if y.dtype.kind in "OU" else 9
+        np.testing.assert_array_equal(model._binarized(unseen),
+                                      binarizer.transform(unseen).astype(bool))
+
+
+@pytest.mark.parametrize("seed", [None, 0, 2**32 - 1, np.int64(5), True,
+                                  np.random.RandomState(0), -1, 2**32, 1.5, "0",
+                                  np.random.default_rng(0)])
+def test_random_state_is_checked_as_scikit_learn_checks_it(digits, seed):
+    """``random_state`` is checked before a fit without seeding a generator; what
+    ``check_random_state`` accepts passes, and the rest raises its error."""
+    from sklearn.utils import check_random_state
+
+    X, y = digits
+    try:
+        check_random_state(seed)
+    except ValueError as error:
+        with pytest.raises(ValueError, match=re.escape(str(error))):
+            MLPClassifier(hidden_layer_sizes=(3,), max_iter=1, random_state=seed).fit(
+                X[:20], y[:20])
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MLPClassifier(hidden_layer_sizes=(3,), max_iter=1, random_state=seed).fit(
+            X[:20], y[:20])
 
 
 def test_binary_early_stopping_holds_out_scikit_learns_rows(digits):
