@@ -20,6 +20,11 @@ from ._init import initial_weights
 
 _blas_controller = None
 
+#: Work plans by architecture, dtype and settings, shared by the networks of one
+#: architecture: the first fit of a new 2-2-1 network spent 8 us of its 28 working one out.
+_work_plans = {}
+WORK_PLANS_KEPT = 1024
+
 
 def _one_blas_thread():
     """Hold BLAS to one thread while the kernels run: its own threading changes the bits
@@ -204,6 +209,11 @@ class MLP:
         plan = self._work_plans.get(settings)
         if plan is not None:
             return plan
+        shared = (self._layout.tobytes(), self.dtype.str, self._uses_blas, *settings)
+        plan = _work_plans.get(shared)
+        if plan is not None:
+            self._work_plans[settings] = plan
+            return plan
         half = -(-batch_size // 2)
         if self._uses_blas:
             most = max(_config.FEWEST_CHUNK_ROWS, min(_config.BLAS_CHUNK_ROWS, half))
@@ -216,6 +226,9 @@ class MLP:
             n_chunks += n_chunks % 2
         chunk = -(-batch_size // n_chunks)
         plan = self._work_plans[settings] = (chunk, *_layout.work_offsets(self._layout, chunk))
+        if len(_work_plans) >= WORK_PLANS_KEPT:
+            _work_plans.clear()
+        _work_plans[shared] = plan
         return plan
 
     def _gradient(self, X, Y, labels, sample_weight, l2):
