@@ -1180,12 +1180,18 @@ def apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step
     The sum lands in ``grads[0]``; every branch sits outside the element loops, which
     keeps them vectorized. No fastmath: the loops are elementwise and vectorize without
     it, and with it numba rounded Adam's step differently in freshly compiled and in
-    cached code."""
-    lr = hyper[H_LR]
-    mu = hyper[H_MOMENTUM]
-    beta1 = hyper[H_BETA1]
-    beta2 = hyper[H_BETA2]
-    eps = hyper[H_EPSILON]
+    cached code.
+
+    The arithmetic stays in the parameters' dtype, the hyperparameters rounded to it
+    first, as NumPy computes ``p -= lr * g`` for a float32 ``p`` and a Python float
+    ``lr``: float32 networks updated in float64, converting every entry twice."""
+    real = params.dtype.type
+    lr = real(hyper[H_LR])
+    mu = real(hyper[H_MOMENTUM])
+    beta1 = real(hyper[H_BETA1])
+    beta2 = real(hyper[H_BETA2])
+    eps = real(hyper[H_EPSILON])
+    one = real(1)
     g = grads[0]
     lo, hi = np.uint64(lo), np.uint64(hi)
     for s in range(1, n_groups):
@@ -1193,11 +1199,11 @@ def apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step
         for i in range(lo, hi):
             g[i] += other[i]
     if norm != 1.0:  # single-sample mean and summed batches skip a pass
-        scale = 1.0 / norm
+        scale = real(1.0 / norm)
         for i in range(lo, hi):
             g[i] *= scale
     if hyper[H_L2] > 0.0:
-        decay = hyper[H_L2] / norm
+        decay = real(hyper[H_L2] / norm)
         for l in range(layout.shape[0]):
             w_lo = np.uint64(layout[l, L_WEIGHT])
             w_hi = w_lo + np.uint64(layout[l, L_FAN_IN] * layout[l, L_FAN_OUT])
@@ -1218,10 +1224,11 @@ def apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step
             state_m[i] = mu * state_m[i] - lr * g[i]
             params[i] += mu * state_m[i] - lr * g[i]
     else:
-        lr_t = lr * np.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+        lr_t = real(hyper[H_LR] * np.sqrt(1.0 - hyper[H_BETA2]**step)
+                    / (1.0 - hyper[H_BETA1]**step))
         for i in range(lo, hi):
-            state_m[i] = beta1 * state_m[i] + (1.0 - beta1) * g[i]
-            state_v[i] = beta2 * state_v[i] + (1.0 - beta2) * g[i] * g[i]
+            state_m[i] = beta1 * state_m[i] + (one - beta1) * g[i]
+            state_v[i] = beta2 * state_v[i] + (one - beta2) * g[i] * g[i]
             params[i] -= lr_t * state_m[i] / (np.sqrt(state_v[i]) + eps)
 
 

@@ -274,6 +274,28 @@ def test_float32_network_stays_float32(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("l2", [0.0, 0.03], ids=["plain", "l2"])
+def test_an_sgd_step_is_computed_in_the_network_dtype(rng, dtype, l2):
+    """One full-batch SGD step is ``p - lr * g`` in the network's own dtype, as NumPy
+    computes it for a Python float ``lr`` (``g``, the batch's mean gradient with its L2
+    term, from ``gradients``); so is a momentum step."""
+    X, Y = rng.normal(size=(40, 3)), rng.normal(size=(40, 2))
+    net = fastbp.MLP([3, 7, 2], ["tanh", "identity"], "mse", dtype=dtype, seed=5)
+    _, dWs, dbs = net.gradients(X, Y, l2=l2)
+    before = net.get_params()
+    net.fit(X, Y, epochs=1, lr=0.3, l2=l2)
+    for p0, g, p1 in zip(before[0] + before[1], dWs + dbs, net.weights + net.biases,
+                         strict=True):
+        assert p1.dtype == dtype
+        np.testing.assert_array_equal(p1, p0 - 0.3 * g)
+    moving = fastbp.MLP([3, 7, 2], ["tanh", "identity"], "mse", dtype=dtype, seed=5)
+    moving.fit(X, Y, epochs=1, lr=0.3, l2=l2, optimizer="momentum", momentum=0.7)
+    for p0, g, p1 in zip(before[0] + before[1], dWs + dbs, moving.weights + moving.biases,
+                         strict=True):
+        np.testing.assert_array_equal(p1, p0 + (0.7 * np.zeros_like(g) - 0.3 * g))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("shuffled", ["all-rows", "last-batch"])
 @pytest.mark.parametrize("name", ["relu-leaky-sigmoid-bce-sum", "one-unit-layers"])
 def test_order_equals_training_on_permuted_rows(rng, name, shuffled, dtype):
