@@ -238,3 +238,24 @@ def test_runs_never_read_what_an_earlier_run_left_in_the_work_buffers(
         work.fill(np.nan)
         grads.fill(np.nan)
     assert results() == clean
+
+
+def test_gradient_calls_need_more_work_than_training_batches_to_use_threads(rng,
+                                                                            monkeypatch):
+    """A gradient call is one batch between the caller's own work (L-BFGS-B): it spreads
+    over threads only from GRADIENT_PARALLEL_MIN_MACS multiply-adds, a training run's
+    batches from PARALLEL_MIN_MACS."""
+    thresholds = []
+    decide = _cpu_kernels._may_run_in_parallel
+
+    def spy(*args):
+        thresholds.append(args[-1])
+        return decide(*args)
+
+    monkeypatch.setattr(_cpu_kernels, "_may_run_in_parallel", spy)
+    net = fastbp.MLP([4, 100, 3], ["relu", "softmax"], "cce", seed=0)
+    X, labels = rng.normal(size=(112, 4)), rng.integers(0, 3, 112)
+    net.gradients(X, labels)
+    net.fit(X, labels, epochs=1, lr=0.1)
+    assert thresholds == [_cpu_kernels.GRADIENT_PARALLEL_MIN_MACS, _config.PARALLEL_MIN_MACS]
+    assert _cpu_kernels.GRADIENT_PARALLEL_MIN_MACS > _config.PARALLEL_MIN_MACS
