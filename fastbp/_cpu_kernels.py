@@ -1825,9 +1825,9 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
         state_m, state_v, chunk, max_groups, parallel_min_macs, blas_min, history, out_grad,
         out):
     """The one entry point: training, or one gradient, or a forward pass (see
-    ``compiled_run``). Finds ``group_pass``, and ``parallel_groups`` and
-    ``parallel_update`` where the run may use them, compiled for these argument types
-    first."""
+    ``compiled_run``). Trains tiny networks in ``tiny_run``; otherwise finds
+    ``group_pass``, and ``parallel_groups`` and ``parallel_update`` where the run may use
+    them, compiled for these argument types first."""
     if out.shape[0] == 0 and _tiny(X, layout, batch_size, optimizer, blas_min, out_grad):
         return tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scale,
                         clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state, hyper,
