@@ -1832,8 +1832,8 @@ def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, los
         return tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scale,
                         clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state, hyper,
                         step, history, np.zeros(2 * TINY_WIDTH, params.dtype))
-    if out_grad.shape[0] > 0:
-        parallel_min_macs = max(parallel_min_macs, GRADIENT_PARALLEL_MIN_MACS)
+    if epochs * X.shape[0] * 3 * params.shape[0] < CALL_PARALLEL_MIN_MACS:
+        parallel_min_macs = max(parallel_min_macs, CALL_PARALLEL_MIN_MACS)
     typed = (X, Y, labels, sample_weight, order, params, layout, offs, loss, loss_scale, clip,
              chunk, out)
     key = tuple(compute_fingerprint(value) for value in typed)
@@ -1896,12 +1896,13 @@ def _scratch(dtype, groups, work_size, n_params):
     return buffers
 
 
-#: Multiply-adds a gradient call (one batch, between the caller's own work, as L-BFGS-B's
-#: iterations) needs before it uses several threads. Its threads start cold: on this
-#: project's 2-core virtual machine some such calls waited 7.7 ms for a parked thread,
-#: and an lbfgs fit of iris (270,000 multiply-adds a call) took 32 ms on two threads
-#: against 6.7 ms on one; breast_cancer's (4.1 million) still gains from two.
-GRADIENT_PARALLEL_MIN_MACS = 1 << 20
+#: Multiply-adds a whole call (epochs x rows x 3 x parameters) needs before it uses
+#: several threads. A call's threads start cold, and short calls between the caller's own
+#: work (L-BFGS-B's gradients, early stopping's epochs) pay that alone: on this project's
+#: 2-core virtual machine some waited 7.7 ms for a parked thread. An lbfgs fit of iris
+#: (270,000 multiply-adds a call) took 32 ms on two threads, 6.7 ms on one; breast_cancer's
+#: (4.1 million a call) still gains from two.
+CALL_PARALLEL_MIN_MACS = 1 << 20
 
 #: Whether ``run`` trains tiny networks in ``tiny_run`` (tests turn it off to compare).
 TINY_RUNS = True

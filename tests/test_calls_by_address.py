@@ -49,7 +49,7 @@ net.fit(X, np.arange(300) % 4, epochs=1, lr=0.1, batch_size=4, shuffle=True)
 net.fit(X, np.arange(300) % 4, epochs=1, lr=0.1, batch_size=100, optimizer="adam")
 # No batch so far was large enough for threads, no network for a parallel update.
 serial_only = len(K.parallel_groups.overloads) + len(K.parallel_update.overloads)
-net.forward(X)
+net.forward(np.tile(X, (10, 1)))  # work enough, in all, for threads
 _config.PARALLEL_UPDATE_MIN_PARAMS = 1  # from here on every update is parallel
 net = MLP([8, 5, 1], ["relu", "sigmoid"], "bce", seed=0)
 net.fit(X, rng.uniform(0, 1, (300, 1)), epochs=1, lr=0.1, batch_size=128, shuffle=True, l2=0.1)
@@ -91,7 +91,8 @@ def test_runs_either_side_of_the_parallel_threshold_find_the_code_they_need(rng,
     y = np.arange(256) % 4
     nets = [MLP([8, 16, 4], ["tanh", "softmax"], "cce", seed=0) for _ in range(2)]
     macs = 256 * 3 * nets[0].n_params  # one 256-row batch of two 128-row chunks
+    epochs = -(-K.CALL_PARALLEL_MIN_MACS // macs)  # a call of work enough for threads
     for net, threshold in zip(nets, (macs, macs + 1), strict=True):
         monkeypatch.setattr(_config, "PARALLEL_MIN_MACS", threshold)
-        net.fit(X, y, epochs=2, lr=0.1)
+        net.fit(X, y, epochs=epochs, lr=0.1)
     np.testing.assert_array_equal(nets[0]._params, nets[1]._params)

@@ -48,7 +48,10 @@ for dtype in ("float64", "float32"):
     # The engine's rule for spreading a batch of 200 rows over threads.
     groups = min(-(-200 // _config.CHUNK_ROWS), net._max_groups())
     result["groups"] = groups
-    result["threaded"] = groups > 1 and 200 * 3 * net.n_params >= _config.PARALLEL_MIN_MACS
+    # (every call here, the gradient and the forward pass of 450 rows included, has work
+    # enough in all for threads: CALL_PARALLEL_MIN_MACS)
+    result["threaded"] = (groups > 1 and 200 * 3 * net.n_params >= _config.PARALLEL_MIN_MACS
+                          and 450 * 3 * net.n_params >= _cpu_kernels.CALL_PARALLEL_MIN_MACS)
     result[dtype] = {
         "params": digest(net.weights + net.biases),
         "history": digest([history]),
@@ -240,11 +243,10 @@ def test_runs_never_read_what_an_earlier_run_left_in_the_work_buffers(
     assert results() == clean
 
 
-def test_gradient_calls_need_more_work_than_training_batches_to_use_threads(rng,
-                                                                            monkeypatch):
-    """A gradient call is one batch between the caller's own work (L-BFGS-B): it spreads
-    over threads only from GRADIENT_PARALLEL_MIN_MACS multiply-adds, a training run's
-    batches from PARALLEL_MIN_MACS."""
+def test_calls_of_little_work_in_all_stay_on_one_thread(rng, monkeypatch):
+    """A call spreads batches over threads only when its whole work reaches
+    CALL_PARALLEL_MIN_MACS: a gradient, a forward pass or a one-epoch fit of 112 rows
+    through 803 parameters stays on one thread, twenty epochs of it may not."""
     thresholds = []
     decide = _cpu_kernels._may_run_in_parallel
 
@@ -256,6 +258,9 @@ def test_gradient_calls_need_more_work_than_training_batches_to_use_threads(rng,
     net = fastbp.MLP([4, 100, 3], ["relu", "softmax"], "cce", seed=0)
     X, labels = rng.normal(size=(112, 4)), rng.integers(0, 3, 112)
     net.gradients(X, labels)
-    net.fit(X, labels, epochs=1, lr=0.1)
-    assert thresholds == [_cpu_kernels.GRADIENT_PARALLEL_MIN_MACS, _config.PARALLEL_MIN_MACS]
-    assert _cpu_kernels.GRADIENT_PARALLEL_MIN_MACS > _config.PARALLEL_MIN_MACS
+    net.forward(X)
+    net.fit(X, labels, epochs=1, lr=0.1, optimizer="adam")
+    net.fit(X, labels, epochs=20, lr=0.1, optimizer="adam")
+    many = _cpu_kernels.CALL_PARALLEL_MIN_MACS
+    assert thresholds == [many, many, many, _config.PARALLEL_MIN_MACS]
+    assert many > _config.PARALLEL_MIN_MACS
