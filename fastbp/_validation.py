@@ -245,3 +245,29 @@ def permutations(order, n, epochs):
         raise ValueError(f"order must be a permutation of 0..{n - 1}"
                          + (" in every row" if array.ndim == 2 else ""))
     return array.reshape(-1)
+
+
+def optimizer_state(state, n_params, dtype):
+    """``(name, m, v, step)`` from a dict of ``MLP.optimizer_state``, checked whole and
+    copied (``step`` as int64 ``[step]``), so a bad state changes nothing."""
+    if not isinstance(state, dict) or set(state) != {"optimizer", "m", "v", "step"}:
+        raise TypeError("state must be a dict from optimizer_state(), with the keys "
+                        "'optimizer', 'm', 'v' and 'step'")
+    name = state["optimizer"]
+    if name is not None:
+        name = choice(name, "state['optimizer']", OPTIMIZERS)
+    kept = {None: (0, 0), "sgd": (0, 0), "momentum": (n_params, 0), "nesterov": (n_params, 0),
+            "adam": (n_params, n_params)}[name]
+    moments = []
+    for key, size in zip(("m", "v"), kept, strict=True):
+        array = np.asarray(state[key])
+        if array.shape != (size,) or array.dtype != dtype:
+            raise ValueError(f"state[{key!r}] must be a {dtype} array of shape ({size},) for "
+                             f"optimizer {name!r}; got {array.dtype} {array.shape}")
+        if not np.isfinite(array).all():
+            raise ValueError(f"state[{key!r}] holds NaN or infinity")
+        moments.append(array.copy())
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
+        raise ValueError(f"state['step'] must be a non-negative integer; got {step!r}")
+    return name, moments[0], moments[1], np.array([step], np.int64)

@@ -204,7 +204,7 @@ class _StopOnInterrupt:
 def _warm_up(dtype):
     """Compile (or load from numba's cache) the engine before any timing, saying so when
     it takes long, so the first epoch neither looks hung nor skews the times."""
-    from . import _config
+    from ._engine import config
     from .network import MLP
 
     notice = threading.Timer(2.0, lambda: print(
@@ -215,7 +215,7 @@ def _warm_up(dtype):
         net = MLP([2, 2, 2], ["relu", "softmax"], "cce", dtype=dtype)
         # One batch large enough to spread over threads, so that the parallel region
         # compiles here too (the engine compiles it only for runs that may use it).
-        rows = max(4096, -(-_config.PARALLEL_MIN_MACS // (3 * net.n_params)))
+        rows = max(4096, -(-config.PARALLEL_MIN_MACS // (3 * net.n_params)))
         net.fit(np.zeros((rows, 2)), np.arange(rows) % 2, epochs=1, lr=0.1,
                 order=np.arange(rows), optimizer="adam")
     finally:

@@ -44,7 +44,9 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted
 
-from .network import MLP, _one_blas_thread
+from . import _validation as check
+from ._engine.cpu.blas_threads import one_blas_thread
+from .network import MLP
 
 try:
     from sklearn.utils.validation import validate_data as _validate_data
@@ -168,12 +170,11 @@ def _shuffled(sample_idx, random_state):
 
 def _optimizer_state(net):
     """Copy of the engine's optimizer state (name, moments, step count)."""
-    return net._optimizer, net._state_m.copy(), net._state_v.copy(), net._step.copy()
+    return net.optimizer_state()
 
 
 def _set_optimizer_state(net, state):
-    net._optimizer, net._state_m, net._state_v, net._step = (
-        state[0], state[1].copy(), state[2].copy(), state[3].copy())
+    net.load_optimizer_state(state)
 
 
 def _loss_value(out_activation, y, prob, sample_weight):
@@ -307,7 +308,7 @@ class _BaseMLP(BaseEstimator):
         if net is None or self._net_key != key:
             loss, scale = self._engine_loss()
             net = MLP(sizes, acts, loss, dtype=dtype, device=device, seed=0)
-            net._loss_scale = scale
+            net.loss_scale = scale
             self._net, self._net_key = net, key
         for view, coef in zip(net.weights, self.coefs_, strict=True):
             view[...] = coef
@@ -463,7 +464,11 @@ class _BaseMLP(BaseEstimator):
                               "going to be clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
         # Checked once here, not by every epoch's call.
-        data = net._data(X_train, self._engine_targets(y_train, net.dtype), sw_train)
+        X_fit = check.features(X_train, net.layer_sizes[0], net.dtype)
+        Y_fit, labels = check.targets(self._engine_targets(y_train, net.dtype), X_fit.shape[0],
+                                      net.layer_sizes[-1], net.loss_name, net.dtype)
+        Y_fit = labels if labels.shape[0] else Y_fit
+        sw_fit = None if sw_train is None else check.sample_weights(sw_train, X_fit.shape[0])
         sample_idx = np.arange(n_samples, dtype=np.int64)
         optimizer = self._engine_optimizer()
         try:
@@ -477,11 +482,13 @@ class _BaseMLP(BaseEstimator):
                     sample_idx = _shuffled(sample_idx, random_state)
                     orders.append(sample_idx)
                 try:
-                    history = net._train(
-                        *data, epochs=epochs, lr=self._learning_rate, batch_size=batch_size,
-                        shuffle=False, order=np.concatenate(orders) if orders else None,
+                    history = net.fit(
+                        X_fit, Y_fit, sample_weight=sw_fit, epochs=epochs,
+                        lr=self._learning_rate, batch_size=batch_size, shuffle=False,
+                        order=np.concatenate(orders) if orders else None,
                         optimizer=optimizer, momentum=self.momentum, beta1=self.beta_1,
-                        beta2=self.beta_2, epsilon=self.epsilon, l2=self.alpha)
+                        beta2=self.beta_2, epsilon=self.epsilon, l2=self.alpha,
+                        check_input=False)
                 except FloatingPointError as error:
                     for loss in error.history:  # the epochs that ended finite
                         self._end_epoch(net, loss, n_samples, validation)
@@ -621,7 +628,7 @@ class _BaseMLP(BaseEstimator):
         # L-BFGS-B's vector operations call BLAS: with BLAS's own threads waiting for
         # work beside the engine's, the engine's threads waited for a core, and an iris
         # fit took 544 ms instead of 12 (scikit-learn's: 18 ms).
-        with _one_blas_thread():
+        with one_blas_thread():
             result = scipy.optimize.minimize(loss_and_gradient, packed, method="L-BFGS-B",
                                              jac=True, options=options)
         self.n_iter_ = min(result.nit, self.max_iter)

@@ -1,47 +1,25 @@
 """``fastbp.MLP``: a multilayer perceptron trained by compiled kernels.
 
 The class validates and allocates; the loops live in the kernel modules. Parameters are
-one flat array (see ``fastbp._layout``); ``weights`` and ``biases`` are views into it.
+one flat array (see ``fastbp._engine.layout``); ``weights`` and ``biases`` are views into it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from . import _config, _layout
 from . import _validation as check
-from ._backends import kernels
+from ._engine import layout as _layout
+from ._engine.backends import backend
+from ._engine.request import Hyperparameters, Mode, OptimizerState, Request
 from ._init import initial_weights
 
-_blas_controller = None
-
-#: Work plans by architecture, dtype, batch size and settings, shared by all networks:
-#: the first fit of a new 2-2-1 network spent 8 us of its 28 working one out.
-_work_plans = {}
-WORK_PLANS_KEPT = 1024
-
-
-def _one_blas_thread():
-    """Hold BLAS to one thread while the kernels run: its own threading changes the bits
-    with the thread count, the kernels spread their chunk groups over threads, and BLAS
-    threads left waiting for work beside them make them wait for a core.
-
-    The BLAS libraries are looked up once, after scipy's, the one the kernels call, is
-    loaded: threadpoolctl's search of the loaded libraries took 0.8 ms, more than a
-    gradient of a small network."""
-    global _blas_controller
-    if _blas_controller is None:
-        import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS the kernels call)
-        from threadpoolctl import ThreadpoolController
-
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=1, user_api="blas")
-
+#: Optimizer names and their engine codes.
+OPTIMIZER_CODES = _layout.OPTIMIZER_CODES
 
 class MLP:
     """A fully connected network trained by backpropagation.
@@ -81,18 +59,12 @@ class MLP:
         self.reduction = check.choice(reduction, "reduction", check.REDUCTIONS)
         self.dtype = check.dtype(dtype)
         self.device = check.choice(device, "device", check.DEVICES)
-        self._kernels = kernels(self.device)
+        self._backend = backend(self.device)
         self.seed = check.seed(seed)
         self._layout, n_params = _layout.build_layout(self.layer_sizes, self.activations,
                                                       self.bias)
         self._loss_code, self._loss_scale = _layout.loss_code(self.loss_name,
                                                               self.layer_sizes[-1])
-        # Layers of BLAS_MIN_ENTRIES weights or more multiply through BLAS, on longer chunks.
-        self._blas_min = _config.BLAS_MIN_ENTRIES
-        self._uses_blas = bool((self._layout[:, 0] * self._layout[:, 1] >= self._blas_min).any())
-        self._blas_threads = (_one_blas_thread if self._uses_blas and self.device == "cpu"
-                              else contextlib.nullcontext)
-        self._plan_key = (self._layout.tobytes(), self.dtype.str, self._uses_blas)
         rng = np.random.default_rng(seed)
         self._params = np.zeros(n_params, self.dtype)
         initial = initial_weights(self.layer_sizes, self.activations, rng)
@@ -142,9 +114,33 @@ class MLP:
     def reset_optimizer(self) -> None:
         """Forget momentum and Adam moments; the next ``fit`` starts them from zero."""
         self._optimizer = None
-        self._state_m = np.zeros(0, self.dtype)
-        self._state_v = np.zeros(0, self.dtype)
-        self._step = np.zeros(1, np.int64)
+        self._state = OptimizerState.empty(self.dtype)
+
+    def optimizer_state(self) -> dict:
+        """A copy of the optimizer's state, to save, compare or restore with
+        ``load_optimizer_state``: ``{"optimizer": name or None, "m": first moments (or
+        momentum), "v": second moments, "step": updates taken}``; moments are arrays shaped
+        like the flat parameters, empty where the optimizer keeps none."""
+        return {"optimizer": self._optimizer, "m": self._state.m.copy(),
+                "v": self._state.v.copy(), "step": int(self._state.step[0])}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Restore a state from ``optimizer_state`` (of this network or one of the same
+        architecture and dtype); the next ``fit`` with that optimizer continues from it.
+        Everything is checked before anything changes."""
+        name, m, v, step = check.optimizer_state(state, self.n_params, self.dtype)
+        self._optimizer, self._state = name, OptimizerState(m, v, step)
+
+    @property
+    def loss_scale(self) -> float:
+        """The factor of each sample's summed element losses: ``1 / n_out`` for ``mse``
+        and ``bce``, ``0.5 / n_out`` for ``half_mse``, 1 for ``cce``. Callers that follow
+        another convention (scikit-learn's, for example) may set it."""
+        return self._loss_scale
+
+    @loss_scale.setter
+    def loss_scale(self, value: float) -> None:
+        self._loss_scale = check.positive_float(value, "loss_scale")
 
     def _check_finite_params(self):
         if not np.isfinite(self._params).all():
@@ -153,115 +149,71 @@ class MLP:
 
     # ---------------------------------------------------------------- evaluation
 
-    def forward(self, X: ArrayLike) -> NDArray:
-        """Output activations, shape ``(n_samples, n_out)``."""
-        X = check.features(X, self.layer_sizes[0], self.dtype)
+    def forward(self, X: ArrayLike, *, check_input: bool = True) -> NDArray:
+        """Output activations, shape ``(n_samples, n_out)``. With ``check_input=False``,
+        ``X`` must already be a C-contiguous ``(n_samples, n_in)`` array of the network's
+        dtype with finite values (see ``fit``)."""
+        if check_input:
+            X = check.features(X, self.layer_sizes[0], self.dtype)
         self._check_finite_params()
         out = np.empty((X.shape[0], self.layer_sizes[-1]), self.dtype)
-        no_targets = np.empty((0, self.layer_sizes[-1]), self.dtype)
-        self._run(X, no_targets, np.empty(0, np.int64), np.empty(0), out=out)
+        self._backend.run(Request(
+            Mode.FORWARD, X, np.empty((0, self.layer_sizes[-1]), self.dtype),
+            np.empty(0, np.int64), np.empty(0), self._params, self._layout, self._loss_code,
+            self._loss_scale, out=out))
         return out
 
     predict = forward
 
-    def _data(self, X, Y, sample_weight):
+    def _data(self, X, Y, sample_weight, check_input=True):
+        """``(X, Y, labels, sample_weight)`` as the engine takes them (``Request``)."""
+        if not check_input:
+            weights = np.empty(0) if sample_weight is None else sample_weight
+            if Y.ndim == 1:  # class labels
+                return X, np.empty((0, self.layer_sizes[-1]), self.dtype), Y, weights
+            return X, Y, np.empty(0, np.int64), weights
         X = check.features(X, self.layer_sizes[0], self.dtype)
         Y, labels = check.targets(Y, X.shape[0], self.layer_sizes[-1], self.loss_name,
                                   self.dtype)
         return X, Y, labels, check.sample_weights(sample_weight, X.shape[0])
-
-    def _run(self, X, Y, labels, sample_weight, *, order=None, epochs=1, batch_size=None,
-             shuffle=False, optimizer="sgd", hyper=None, history=None, out_grad=None, out=None):
-        """Call the compiled engine; every mode goes through this one entry point."""
-        empty = np.zeros(0, self.dtype)
-        training = out_grad is None and out is None
-        batch_size = batch_size or X.shape[0]
-        chunk, offs, work_size = self._work_plan(batch_size)
-        with self._blas_threads():
-            return self._kernels.run(
-                X, Y, labels, sample_weight, np.arange(X.shape[0]) if order is None else order,
-                self._params, self._layout, offs, work_size, self._loss_code,
-                self._loss_scale, np.finfo(self.dtype).eps, self.reduction == "sum", epochs,
-                batch_size, shuffle,
-                self._shuffle_state if training else self._shuffle_state.copy(),
-                _layout.OPTIMIZER_CODES[optimizer],
-                np.array([0.0, 0.0, 0.0, 0.0, 1.0, 0.0]) if hyper is None else hyper,
-                self._step if training else np.zeros(1, np.int64),
-                self._state_m if training else empty, self._state_v if training else empty,
-                chunk, self._max_groups(), _config.PARALLEL_MIN_MACS, self._blas_min,
-                np.zeros(1) if history is None else history,
-                empty if out_grad is None else out_grad,
-                np.zeros((0, 0), self.dtype) if out is None else out)
-
-    def _work_plan(self, batch_size):
-        """``(chunk rows, work offsets, work size)`` for batches of ``batch_size`` rows.
-
-        Chunks fix the summation order, so they depend on the network, its dtype and the
-        batch size alone, never on the thread count. A batch is cut into chunks of equal
-        size, so that threads get equal shares, and into an even number of them (at least
-        two) when it has more than FEWEST_CHUNK_ROWS rows, so that two cores get equal
-        work: three chunks leave one core idle a third of the time. Chunks are as long as
-        their work buffer allows (see WORK_BUFFER_BYTES); networks with BLAS layers take
-        chunks of about half a batch (at most BLAS_CHUNK_ROWS), long enough for BLAS to
-        run near its peak."""
-        key = (*self._plan_key, batch_size, _config.CHUNK_ROWS, _config.WORK_BUFFER_BYTES,
-               _config.BLAS_CHUNK_ROWS)
-        plan = _work_plans.get(key)
-        if plan is not None:
-            return plan
-        half = -(-batch_size // 2)
-        if self._uses_blas:
-            most = max(_config.FEWEST_CHUNK_ROWS, min(_config.BLAS_CHUNK_ROWS, half))
-        else:
-            per_row = _layout.work_offsets(self._layout, 1)[1] * self.dtype.itemsize
-            fits = _config.WORK_BUFFER_BYTES // per_row
-            most = min(_config.CHUNK_ROWS, max(_config.FEWEST_CHUNK_ROWS, min(fits, half)))
-        n_chunks = -(-batch_size // most)
-        if n_chunks > 1:
-            n_chunks += n_chunks % 2
-        chunk = -(-batch_size // n_chunks)
-        if len(_work_plans) >= WORK_PLANS_KEPT:
-            _work_plans.clear()
-        plan = _work_plans[key] = (chunk, *_layout.work_offsets(self._layout, chunk))
-        return plan
 
     def _gradient(self, X, Y, labels, sample_weight, l2):
         """Loss and flat gradient of the whole data set as one batch."""
         self._check_finite_params()
         grad = np.empty_like(self._params)
         history = np.zeros(1)
-        self._run(X, Y, labels, sample_weight, hyper=np.array([0.0, 0.0, 0.0, 0.0, 1.0, l2]),
-                  history=history, out_grad=grad)
+        self._backend.run(Request(
+            Mode.GRADIENT, X, Y, labels, sample_weight, self._params, self._layout,
+            self._loss_code, self._loss_scale, self.reduction == "sum",
+            hyper=Hyperparameters(l2=l2), history=history, out=grad))
         return float(history[0]), grad
 
     def loss(self, X: ArrayLike, Y: ArrayLike, *, sample_weight: ArrayLike | None = None,
-             l2: float = 0.0) -> float:
+             l2: float = 0.0, check_input: bool = True) -> float:
         """Loss of the whole data set, reduced over samples as ``reduction`` says; ``l2``
-        adds ``0.5 * l2 * sum(W**2)`` divided like the data term."""
+        adds ``0.5 * l2 * sum(W**2)`` divided like the data term. ``check_input`` as in
+        ``fit``."""
         l2 = check.positive_float(l2, "l2", allow_zero=True)
-        return self._gradient(*self._data(X, Y, sample_weight), l2)[0]
+        return self._gradient(*self._data(X, Y, sample_weight, check_input), l2)[0]
 
     def gradients(self, X: ArrayLike, Y: ArrayLike, *,
-                  sample_weight: ArrayLike | None = None, l2: float = 0.0
+                  sample_weight: ArrayLike | None = None, l2: float = 0.0,
+                  check_input: bool = True
                   ) -> tuple[float, list[NDArray], list[NDArray] | None]:
         """``(loss, dWs, dbs)`` of the whole data set as one batch; parameters unchanged.
-        ``dbs`` is None for a network without biases."""
+        ``dbs`` is None for a network without biases. ``check_input`` as in ``fit``."""
         l2 = check.positive_float(l2, "l2", allow_zero=True)
-        value, grad = self._gradient(*self._data(X, Y, sample_weight), l2)
+        value, grad = self._gradient(*self._data(X, Y, sample_weight, check_input), l2)
         biases = _layout.bias_views(grad, self._layout)
         return value, _layout.weight_views(grad, self._layout), biases
 
     # ---------------------------------------------------------------- training
 
-    def _max_groups(self):
-        by_memory = max(2, _config.GRADIENT_BUFFER_ENTRIES // self.n_params)
-        return min(_config.MAX_GROUPS, by_memory)
-
     def fit(self, X: ArrayLike, Y: ArrayLike, *, epochs: int, lr: float,
             batch_size: int | None = None, shuffle: bool = False, optimizer: str = "sgd",
             momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.999,
             epsilon: float = 1e-8, l2: float = 0.0, sample_weight: ArrayLike | None = None,
-            order: ArrayLike | None = None) -> NDArray[np.float64]:
+            order: ArrayLike | None = None, check_input: bool = True) -> NDArray[np.float64]:
         """Train in place; returns the loss of every epoch (the mean, or with
         ``reduction="sum"`` the sum, over the epoch's samples, each measured before the
         update of its batch).
@@ -275,54 +227,57 @@ class MLP:
         optimizer stays the same. ``l2`` adds ``0.5 * l2 * sum(W**2)`` to each batch loss,
         divided like the data term.
 
+        ``check_input=False`` is a fast path for callers that checked their arguments once
+        and train many times (as the estimators do, epoch block by epoch block): ``X`` a
+        C-contiguous ``(n, n_in)`` array of the network's dtype, ``Y`` a C-contiguous
+        ``(n, n_out)`` array of it or, for ``cce``, int64 ``(n,)`` class labels,
+        ``sample_weight`` None or a float64 ``(n,)`` array, ``order`` None or a flat int64
+        array of ``epochs`` permutations or one, all finite and in range, and every other
+        argument valid.
+        Nothing is checked then: other input gives wrong results or crashes. Checking
+        75,000 rows again cost 1 ms an epoch.
+
         If the loss or the parameters become non-finite, training stops, the parameters
         of the last finite epoch are restored and FloatingPointError names the epoch.
         """
-        epochs = check.positive_int(epochs, "epochs")
-        lr = check.positive_float(lr, "lr")
-        if batch_size is not None:
-            batch_size = check.positive_int(batch_size, "batch_size")
-        optimizer = check.choice(optimizer, "optimizer", check.OPTIMIZERS)
-        shuffle = check.flag(shuffle, "shuffle")
-        momentum = check.positive_float(momentum, "momentum", allow_zero=True)
-        beta1 = check.positive_float(beta1, "beta1", allow_zero=True)
-        beta2 = check.positive_float(beta2, "beta2", allow_zero=True)
-        epsilon = check.positive_float(epsilon, "epsilon")
-        l2 = check.positive_float(l2, "l2", allow_zero=True)
-        if momentum >= 1 or beta1 >= 1 or beta2 >= 1:
-            raise ValueError("momentum, beta1 and beta2 must be below 1")
-        X, Y, labels, sample_weight = self._data(X, Y, sample_weight)
+        if check_input:
+            epochs = check.positive_int(epochs, "epochs")
+            lr = check.positive_float(lr, "lr")
+            if batch_size is not None:
+                batch_size = check.positive_int(batch_size, "batch_size")
+            optimizer = check.choice(optimizer, "optimizer", check.OPTIMIZERS)
+            shuffle = check.flag(shuffle, "shuffle")
+            momentum = check.positive_float(momentum, "momentum", allow_zero=True)
+            beta1 = check.positive_float(beta1, "beta1", allow_zero=True)
+            beta2 = check.positive_float(beta2, "beta2", allow_zero=True)
+            epsilon = check.positive_float(epsilon, "epsilon")
+            l2 = check.positive_float(l2, "l2", allow_zero=True)
+            if momentum >= 1 or beta1 >= 1 or beta2 >= 1:
+                raise ValueError("momentum, beta1 and beta2 must be below 1")
+        X, Y, labels, sample_weight = self._data(X, Y, sample_weight, check_input)
         if order is not None:
-            order = check.permutations(order, X.shape[0], epochs)
+            if check_input:
+                order = check.permutations(order, X.shape[0], epochs)
             if shuffle:
                 raise ValueError("order and shuffle=True exclude each other")
-        return self._train(X, Y, labels, sample_weight, epochs=epochs, lr=lr,
-                           batch_size=batch_size, shuffle=shuffle, order=order,
-                           optimizer=optimizer, momentum=momentum, beta1=beta1, beta2=beta2,
-                           epsilon=epsilon, l2=l2)
-
-    def _train(self, X, Y, labels, sample_weight, *, epochs, lr, batch_size, shuffle, order,
-               optimizer, momentum, beta1, beta2, epsilon, l2):
-        """``fit`` on arguments already checked (``_data``, ``check.permutations`` and
-        ``fit``'s checks of the rest; ``order`` flat). The estimators check their data once
-        and then call this: checking 75,000 rows again cost 1 ms an epoch."""
         self._check_finite_params()
-        hyper = np.array([lr, momentum, beta1, beta2, epsilon, l2], dtype=float)
         n = X.shape[0]
         batch_size = n if batch_size is None else min(batch_size, n)
-
         if optimizer != self._optimizer:
             self.reset_optimizer()
             self._optimizer = optimizer
             if optimizer != "sgd":
-                self._state_m = np.zeros_like(self._params)
-            if optimizer == "adam":
-                self._state_v = np.zeros_like(self._params)
+                m = np.zeros_like(self._params)
+                v = np.zeros_like(self._params) if optimizer == "adam" else self._state.v
+                self._state = OptimizerState(m, v, self._state.step)
         history = np.full(epochs, np.nan)
-        failed = self._run(X, Y, labels, sample_weight, order=order, epochs=epochs,
-                           batch_size=batch_size,
-                           shuffle=shuffle, optimizer=optimizer, hyper=hyper,
-                           history=history)
+        failed = self._backend.run(Request(
+            Mode.TRAIN, X, Y, labels, sample_weight, self._params, self._layout,
+            self._loss_code, self._loss_scale, self.reduction == "sum", order=order,
+            epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+            shuffle_state=self._shuffle_state, optimizer=OPTIMIZER_CODES[optimizer],
+            hyper=Hyperparameters(lr, momentum, beta1, beta2, epsilon, l2),
+            state=self._state, history=history))
         if failed >= 0:
             error = FloatingPointError(
                 f"training diverged in epoch {failed + 1} of {epochs}: the loss or the "

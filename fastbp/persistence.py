@@ -12,7 +12,7 @@ format_version    int64      ``1``
 layer_sizes       int64      ``(n_layers + 1,)``: ``[n_in, h1, ..., n_out]``
 activations       str        ``(n_layers,)``: one activation name per weight layer
 loss              str        loss name (``mse``, ``half_mse``, ``bce`` or ``cce``)
-loss_scale        float64    per-sample scale of the loss (``fastbp._layout.loss_code``
+loss_scale        float64    per-sample scale of the loss (``fastbp._engine.layout.loss_code``
                              gives the default; the scikit-learn estimators change it)
 bias              bool       whether the layers have biases
 reduction         str        ``"mean"`` or ``"sum"``
@@ -56,7 +56,7 @@ def save(net: MLP, path: str | os.PathLike, *,
         "layer_sizes": np.array(net.layer_sizes, dtype=np.int64),
         "activations": np.array(net.activations),
         "loss": np.array(net.loss_name),
-        "loss_scale": np.array(float(net._loss_scale)),
+        "loss_scale": np.array(float(net.loss_scale)),
         "bias": np.array(net.bias),
         "reduction": np.array(net.reduction),
         "dtype": np.array(net.dtype.name),
@@ -152,7 +152,7 @@ def load(path: str | os.PathLike, *, device: str = "cpu") -> MLP:
         if str(error).startswith((str(path), "device")):
             raise
         raise ValueError(f"{path}: invalid fastbp model: {error}") from None
-    net._loss_scale = float(_field(arrays, "loss_scale", path, "f"))
+    net.loss_scale = float(_field(arrays, "loss_scale", path, "f"))
     return net
 
 

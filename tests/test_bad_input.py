@@ -40,9 +40,9 @@ def _state(net):
     """Everything a rejected call must leave alone, as bytes (NaN compares equal)."""
     return (
         net._params.tobytes(),
-        net._state_m.tobytes(),
-        net._state_v.tobytes(),
-        net._step.tobytes(),
+        net._state.m.tobytes(),
+        net._state.v.tobytes(),
+        net._state.step.tobytes(),
         net._optimizer,
         net._shuffle_state.tobytes(),
         [w.tobytes() for w in net.weights],
@@ -452,8 +452,8 @@ def test_divergence_restores_the_last_finite_epoch(rng, dtype, kwargs):
     for a, b in zip(net.weights + net.biases, twin.weights + twin.biases, strict=True):
         assert a.tobytes() == b.tobytes()
     if k:
-        assert net._step.tobytes() == twin._step.tobytes()
-        assert net._state_m.tobytes() == twin._state_m.tobytes()
+        assert net._state.step.tobytes() == twin._state.step.tobytes()
+        assert net._state.m.tobytes() == twin._state.m.tobytes()
 
         # Diverging in the last epoch of a fit restores the epoch before it just the same.
         last = _linear_net(dtype)

@@ -2,7 +2,7 @@
 ``fastbp.reference``, true gradients, the same bits whatever the thread count, and the
 caller's BLAS thread setting left as it was.
 
-Layers of at least ``fastbp._config.BLAS_MIN_ENTRIES`` weights multiply through BLAS. A
+Layers of at least ``fastbp._engine.config.BLAS_MIN_ENTRIES`` weights multiply through BLAS. A
 network reads that threshold when it is created, so these tests lower it to put small,
 fast networks on the BLAS path, wholly or for their widest layer only.
 """
@@ -28,13 +28,20 @@ from test_vs_reference import (
 )
 
 import fastbp
-from fastbp import _config
+from fastbp._engine import config as _config
+from fastbp._engine.cpu import backend as cpu_backend
+from fastbp._engine.cpu.plan import work_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _widest(sizes):
     return max(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+
+def _uses_blas(net):
+    """Whether the CPU backend multiplies some layer of ``net`` through BLAS."""
+    return work_plan(net._layout, net.dtype, 1).uses_blas
 
 
 @pytest.fixture(params=["all", "widest"])
@@ -54,7 +61,7 @@ def blas_layers(request, monkeypatch):
 def test_blas_training_matches_reference(rng, blas_layers, name, optimizer, dtype):
     blas_layers(ARCHITECTURES[name][0])
     fast, slow = _pair(name, dtype)
-    assert fast._uses_blas
+    assert _uses_blas(fast)
     X, Y, sample_weight = _data(rng, name, n=150)
     kwargs = dict(lr=0.01, batch_size=40, shuffle=True, optimizer=optimizer, l2=1e-3,
                   sample_weight=sample_weight)
@@ -69,17 +76,18 @@ def test_blas_forward_and_gradients_match_the_loops(rng, blas_layers, monkeypatc
                                                     dtype):
     """600 rows through both paths of the same weights: on the BLAS path, 10 chunks of 64
     in 2 groups, so that weight gradients accumulate across a group's chunks."""
-    loops, _ = _pair(name, dtype, seed=3)
+    net, _ = _pair(name, dtype, seed=3)
+    X, Y, sample_weight = _data(rng, name, n=600)
+    settings = [{}, {"sample_weight": sample_weight, "l2": 0.01}]
+    assert not _uses_blas(net)
+    loops = [net.forward(X)] + [net.gradients(X, Y, **kwargs) for kwargs in settings]
     blas_layers(ARCHITECTURES[name][0])
     monkeypatch.setattr(_config, "BLAS_CHUNK_ROWS", 64)
     monkeypatch.setattr(_config, "MAX_GROUPS", 2)
-    blas, _ = _pair(name, dtype, seed=3)
-    assert blas._uses_blas and not loops._uses_blas
-    X, Y, sample_weight = _data(rng, name, n=600)
-    _assert_close(blas.forward(X), loops.forward(X), dtype, "forward")
-    for kwargs in [{}, {"sample_weight": sample_weight, "l2": 0.01}]:
-        value, dWs, dbs = blas.gradients(X, Y, **kwargs)
-        r_value, r_dWs, r_dbs = loops.gradients(X, Y, **kwargs)
+    assert _uses_blas(net)
+    _assert_close(net.forward(X), loops[0], dtype, "forward")
+    for kwargs, (r_value, r_dWs, r_dbs) in zip(settings, loops[1:], strict=True):
+        value, dWs, dbs = net.gradients(X, Y, **kwargs)
         _assert_close(value, r_value, dtype, "loss")
         for a, b in zip(dWs + (dbs or []), r_dWs + (r_dbs or []), strict=True):
             _assert_close(a, b, dtype, f"gradients {kwargs}")
@@ -97,7 +105,7 @@ def test_blas_reads_consecutive_rows_in_place_with_the_bits_of_gathered_ones(rng
     order = np.concatenate([np.arange(120), 120 + rng.permutation(30)])
     a, _ = _pair(name, dtype)
     b, _ = _pair(name, dtype)
-    assert a._uses_blas
+    assert _uses_blas(a)
     kwargs = dict(epochs=3, lr=0.01, batch_size=40, optimizer="adam")
     h_a = a.fit(X, Y, order=order, sample_weight=sample_weight, **kwargs)
     h_b = b.fit(X[order], Y[order], sample_weight=sample_weight[order], **kwargs)
@@ -131,14 +139,14 @@ def test_blas_runs_on_one_thread_while_the_kernels_run(rng, monkeypatch):
     monkeypatch.setattr(_config, "BLAS_MIN_ENTRIES", 1)
     net = fastbp.MLP([4, 6, 2], ["relu", "identity"], "mse", seed=0)
     seen = []
-    run = net._kernels.run
+    run = cpu_backend._run_planned
 
     def spy(*args):
         seen.append({lib["filepath"]: lib["num_threads"]
                      for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"})
         return run(*args)
 
-    monkeypatch.setattr(net, "_kernels", type("Kernels", (), {"run": staticmethod(spy)}))
+    monkeypatch.setattr(cpu_backend, "_run_planned", spy)
     X, Y = rng.normal(size=(50, 4)), rng.normal(size=(50, 2))
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
         for _ in range(2):
@@ -153,6 +161,7 @@ import hashlib, json
 import numpy as np
 import numba
 import fastbp
+from fastbp._engine.cpu.plan import work_plan
 
 rng = np.random.default_rng(7)
 X = rng.normal(size=(700, 96))
@@ -161,7 +170,7 @@ result = {"threads": numba.get_num_threads()}
 for dtype in ("float64", "float32"):
     net = fastbp.MLP([96, 160, 130, 10], ["relu", "tanh", "softmax"], "cce", seed=5,
                      dtype=dtype)
-    assert net._uses_blas
+    assert work_plan(net._layout, net.dtype, 300).uses_blas
     history = net.fit(X, labels, epochs=3, lr=0.01, batch_size=300, shuffle=True,
                       optimizer="adam")
     digest = hashlib.sha256(net._params.tobytes() + history.tobytes()

@@ -1,5 +1,5 @@
 """``group_pass`` and ``parallel_groups`` are called through addresses (see
-``fastbp._cpu_kernels``): the address given for other argument types raises before any
+``fastbp._engine.cpu``): the address given for other argument types raises before any
 code runs, and leaves the network as it was; read-only and writable data find code of
 their own types. And every kernel compiles once per dtype, and ``parallel_groups`` and
 ``parallel_update`` only for runs that may use them, which the cold start depends on."""
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastbp import MLP
-from fastbp import _cpu_kernels as K
+from fastbp._engine.cpu import backend as K
 
 
 @pytest.mark.parametrize("rows", [64, 4096], ids=["serial", "parallel"])
@@ -37,10 +37,14 @@ def test_read_only_data_trains_as_writable_data(rng):
 
 
 COMPILE_COUNT_CHILD = """
+import importlib
 import json
+import pkgutil
 import numpy as np
-from fastbp import MLP, _config
-from fastbp import _cpu_kernels as K
+from fastbp import MLP
+from fastbp._engine import config as _config
+from fastbp._engine import cpu
+from fastbp._engine.cpu import backend as K
 
 rng = np.random.default_rng(0)
 X = rng.standard_normal((300, 8))
@@ -54,8 +58,11 @@ _config.PARALLEL_UPDATE_MIN_PARAMS = 1  # from here on every update is parallel
 net = MLP([8, 5, 1], ["relu", "sigmoid"], "bce", seed=0)
 net.fit(X, rng.uniform(0, 1, (300, 1)), epochs=1, lr=0.1, batch_size=128, shuffle=True, l2=0.1)
 net.gradients(X, rng.uniform(0, 1, (300, 1)))
-counts = {name: len(getattr(K, name).overloads) for name in dir(K)
-          if hasattr(getattr(K, name), "overloads")}
+counts = {}
+for info in pkgutil.iter_modules(cpu.__path__):
+    module = importlib.import_module(f"fastbp._engine.cpu.{info.name}")
+    counts.update((name, len(value.overloads)) for name, value in vars(module).items()
+                  if hasattr(value, "overloads"))
 print(json.dumps(dict(counts, serial_only=serial_only)))
 """
 
@@ -85,7 +92,7 @@ def test_runs_either_side_of_the_parallel_threshold_find_the_code_they_need(rng,
     test as ``compiled_run`` applies to each batch: at the threshold the batch runs in
     parallel, one multiply-add below it serially, and both train to the same bits
     instead of calling code never compiled."""
-    from fastbp import _config
+    from fastbp._engine import config as _config
 
     X = rng.standard_normal((256, 8))
     y = np.arange(256) % 4

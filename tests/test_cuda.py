@@ -44,11 +44,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:loss='bce' needs outputs:UserWar
 
 IN_PROCESS = cuda.is_available()
 if IN_PROCESS:
-    from fastbp import _cuda_kernels as CK
+    from fastbp._engine.cuda import backend as CB
+    from fastbp._engine.cuda import kernels as CK
     SIMULATED = CK.SIMULATOR
     # Widths that put a network on each of the two schedules.
-    NARROW = max(2, CK.CHUNK_MAX_WIDTH // 4)
-    WIDE = CK.CHUNK_MAX_WIDTH + 3
+    NARROW = max(2, CB.CHUNK_MAX_WIDTH // 4)
+    WIDE = CB.CHUNK_MAX_WIDTH + 3
 else:
     SIMULATED, NARROW, WIDE = True, 4, 19
 
@@ -123,9 +124,9 @@ def assert_same_training(cpu, gpu, X, Y, dtype=np.float64, **fit):
     assert actual.dtype == expected.dtype and actual.shape == expected.shape
     assert_close(actual, expected, dtype)
     assert_close(gpu._params, cpu._params, dtype)
-    assert_close(gpu._state_m, cpu._state_m, dtype)
-    assert_close(gpu._state_v, cpu._state_v, dtype)
-    np.testing.assert_array_equal(gpu._step, cpu._step)
+    assert_close(gpu._state.m, cpu._state.m, dtype)
+    assert_close(gpu._state.v, cpu._state.v, dtype)
+    np.testing.assert_array_equal(gpu._state.step, cpu._state.step)
     np.testing.assert_array_equal(gpu._shuffle_state, cpu._shuffle_state)
 
 
@@ -260,7 +261,7 @@ def test_divergence_restores_the_last_finite_epoch(optimizer):
     assert str(errors[1]) == str(errors[0])
     assert_close(errors[1].history, errors[0].history)
     assert_close(gpu._params, cpu._params)
-    np.testing.assert_array_equal(gpu._step, cpu._step)
+    np.testing.assert_array_equal(gpu._state.step, cpu._state.step)
     np.testing.assert_array_equal(gpu._shuffle_state, cpu._shuffle_state)
 
 
@@ -325,14 +326,14 @@ def test_two_runs_give_the_same_bits(width):
     runs = []
     blocks = [None, None] if SIMULATED else [None, 1, 5]
     for grid in blocks:
-        CK.GRID_BLOCKS = grid
+        CB.GRID_BLOCKS = grid
         try:
             net = fastbp.MLP([3, n_hidden, 3], ["tanh", "softmax"], "cce", seed=2,
                              device="cuda")
             history = net.fit(X, labels, epochs=2, lr=0.1, batch_size=32, shuffle=True,
                               optimizer="adam", l2=0.01)
         finally:
-            CK.GRID_BLOCKS = None
+            CB.GRID_BLOCKS = None
         runs.append((history, net._params.copy(), net.forward(X)))
     for history, params, out in runs[1:]:
         np.testing.assert_array_equal(history, runs[0][0])

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import _config, _cpu_kernels
+from fastbp._engine import config as _config
+from fastbp._engine.cpu import backend as _cpu_kernels
+from fastbp._engine.cpu.plan import work_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +29,9 @@ import hashlib, json
 import numpy as np
 import numba
 import fastbp
-from fastbp import _config, _cpu_kernels
+from fastbp._engine import config as _config
+from fastbp._engine.cpu import backend as _cpu_kernels
+from fastbp._engine.cpu.plan import work_plan
 
 def digest(arrays):
     h = hashlib.sha256()
@@ -46,7 +50,7 @@ for dtype in ("float64", "float32"):
                       optimizer="adam", l2=1e-3)
     loss, dWs, dbs = net.gradients(X, labels)
     # The engine's rule for spreading a batch of 200 rows over threads.
-    groups = min(-(-200 // _config.CHUNK_ROWS), net._max_groups())
+    groups = min(-(-200 // _config.CHUNK_ROWS), work_plan(net._layout, net.dtype, 200).max_groups)
     result["groups"] = groups
     # (every call here, the gradient and the forward pass of 450 rows included, has work
     # enough in all for threads: CALL_PARALLEL_MIN_MACS)
@@ -206,7 +210,8 @@ def test_chunks_depend_on_network_dtype_and_batch(sizes, dtype, batch, chunk):
     """The chunk size fixes the summation order, so only these choose it."""
     net = fastbp.MLP(list(sizes), ["relu"] * (len(sizes) - 2) + ["sigmoid"], "bce",
                      dtype=dtype)
-    rows, _, work_size = net._work_plan(batch)
+    plan = work_plan(net._layout, net.dtype, batch)
+    rows, work_size = plan.chunk, plan.work_size
     assert rows == chunk
     if rows > _config.FEWEST_CHUNK_ROWS:
         assert work_size * np.dtype(dtype).itemsize <= _config.WORK_BUFFER_BYTES
@@ -215,7 +220,7 @@ def test_chunks_depend_on_network_dtype_and_batch(sizes, dtype, batch, chunk):
 def test_chunk_rows_setting_caps_chunks(monkeypatch):
     monkeypatch.setattr(_config, "CHUNK_ROWS", 8)
     net = fastbp.MLP([16, 16, 1], ["tanh", "sigmoid"], "bce")
-    assert net._work_plan(1000)[0] == 8
+    assert work_plan(net._layout, net.dtype, 1000).chunk == 8
 
 
 @pytest.mark.parametrize("batch_size", [8, 50, None], ids=["by-sample", "chunks", "full"])

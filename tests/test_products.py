@@ -5,7 +5,7 @@ steps, operands at offsets inside larger buffers with row strides, and accumulat
 import numpy as np
 import pytest
 
-from fastbp import _cpu_kernels as K
+from fastbp._engine.cpu import products as K
 
 
 def _product(kernel, P, Q_stored, m, n, k, accumulate, dtype):

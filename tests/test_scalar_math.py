@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastbp import _cpu_kernels as K
+from fastbp._engine.cpu import scalar as K
 
 
 def _values(f, x):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import _cpu_kernels
+from fastbp._engine.cpu import backend as _cpu_kernels
 
 # (sizes, activations, loss, bias, reduction): every hidden activation, every output and
 # loss pairing, widths 1 and 2 on each layer, with and without biases.
@@ -42,7 +42,7 @@ def _fit(name, dtype, tiny, monkeypatch, X, Y, **kwargs):
         history, error = net.fit(X, Y, **kwargs), None
     except FloatingPointError as diverged:
         history, error = diverged.history, str(diverged)
-    return history, net._params.tobytes(), int(net._step[0]), error
+    return history, net._params.tobytes(), int(net._state.step[0]), error
 
 
 SETTINGS = {
@@ -98,7 +98,7 @@ def test_tiny_networks_stop_at_the_epoch_that_diverges_as_the_general_path_does(
         with pytest.raises(FloatingPointError) as info:
             net.fit(X, Y, epochs=200, lr=5.0)
         results.append((str(info.value), info.value.history.tobytes(), net._params.tobytes(),
-                        int(net._step[0])))
+                        int(net._state.step[0])))
     assert results[0] == results[1]
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import fastbp
 import fastbp.reference
-from fastbp import _config
+from fastbp._engine import config as _config
 
 ARCHITECTURES = {
     "tanh-softmax-cce": ([4, 8, 3], ["tanh", "softmax"], "cce", True, "mean"),

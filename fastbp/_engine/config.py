@@ -47,8 +47,7 @@ PARALLEL_MIN_MACS = _int_env("FASTBP_PARALLEL_MIN_MACS", 1 << 17)
 PARALLEL_UPDATE_MIN_PARAMS = _int_env("FASTBP_PARALLEL_UPDATE_MIN_PARAMS", 1 << 16)
 
 #: Layers with at least this many weights multiply through BLAS (held to one thread
-#: while fastbp trains; chunk groups still run in parallel). Read when a network is
-#: created.
+#: while fastbp trains; chunk groups still run in parallel). Read at every run.
 BLAS_MIN_ENTRIES = _int_env("FASTBP_BLAS_MIN_ENTRIES", 1 << 16)
 
 #: Most samples per chunk in networks that use BLAS, which take chunks of about half a

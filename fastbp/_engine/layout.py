@@ -7,7 +7,7 @@ per layer says where. Keeping parameters flat lets one compiled kernel serve any
 
 import numpy as np
 
-from . import _cpu_kernels as K
+from . import codes as K
 
 ACTIVATION_CODES = {
     "identity": K.IDENTITY,
@@ -58,22 +58,3 @@ def bias_views(params, layout):
     if layout[0, K.L_BIAS] < 0:
         return None
     return [params[b:b + o] for _, o, _, b, _ in layout]
-
-
-def work_offsets(layout, chunk):
-    """Offsets inside one chunk group's work buffer, and the buffer's size.
-
-    For layers 0..L the activations A_l (chunk x width, sample-major) start at
-    ``offs[l]`` and their transposes at ``offs[L + 1 + l]``; then come two delta buffers
-    and their two transposes, each chunk x the widest layer."""
-    n_layers = layout.shape[0]
-    widths = [int(w) for w in layout[:, K.L_FAN_IN]] + [int(layout[-1, K.L_FAN_OUT])]
-    offs = np.zeros(2 * (n_layers + 1) + 4, np.int64)
-    pos = 0
-    for i, width in enumerate(widths + widths):
-        offs[i] = pos
-        pos += chunk * width
-    for d in range(4):
-        offs[2 * (n_layers + 1) + d] = pos
-        pos += chunk * max(widths)
-    return offs, pos

@@ -1,21 +1,24 @@
-"""Picks the kernel module for a device. Each one offers ``run`` with the same arguments;
-the CUDA one (and numba.cuda with it) is imported only when asked for."""
+"""Picks the backend for a device: a module whose ``run`` takes a ``Request``. The CUDA one
+(and numba.cuda with it) is imported only when asked for."""
 
 CUDA_INSTALL = 'pip install "fastbp[cuda]"'
 
 
-def kernels(device):
+def backend(device):
+    """The backend module of ``device`` ("cpu" or "cuda")."""
     if device == "cpu":
-        from . import _cpu_kernels
+        from .cpu import backend as cpu_backend
 
-        return _cpu_kernels
-    return _cuda_kernels()
+        return cpu_backend
+    return _cuda_backend()
 
 
-def _cuda_kernels():
-    """``fastbp._cuda_kernels``, or a RuntimeError saying what is missing."""
+def _cuda_backend():
+    """``fastbp._engine.cuda.backend``, or an error saying what is missing."""
     try:
-        from numba import cuda
+        from .cuda.importing import numba_cuda
+
+        cuda = numba_cuda()
     except ImportError as error:
         raise ImportError(
             f"device='cuda' needs numba-cuda with the CUDA 13 libraries: {CUDA_INSTALL} "
@@ -25,9 +28,9 @@ def _cuda_kernels():
             f"device='cuda' found no usable NVIDIA GPU: {_why_no_gpu(cuda)}. Check the "
             f"driver (nvidia-smi) and the CUDA libraries ({CUDA_INSTALL}), or use "
             "device='cpu'.")
-    from . import _cuda_kernels
+    from .cuda import backend as cuda_backend
 
-    return _cuda_kernels
+    return cuda_backend
 
 
 def _why_no_gpu(cuda):

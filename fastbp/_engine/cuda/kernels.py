@@ -1,4 +1,4 @@
-"""CUDA kernels: the entry point ``run`` of ``fastbp._cpu_kernels``, on an NVIDIA GPU.
+"""CUDA kernels: the entry point ``run`` of the CPU backend, on an NVIDIA GPU.
 
 ``run`` takes the same arguments, updates the same arrays in place and returns the same
 value as the CPU engine. It copies the data set to the device once, launches one
@@ -10,7 +10,7 @@ the device and no launch is paid per batch.
 
 Two schedules, picked by the width of the network:
 
-* narrow networks (every layer at most ``CHUNK_MAX_WIDTH`` wide): a block takes chunks of
+* narrow networks (every layer at most ``backend.CHUNK_MAX_WIDTH`` wide): a block takes chunks of
   ``TPB`` samples through the forward pass, the loss and the backward pass on its own, one
   thread per output with plain loops, leaving each chunk group's gradient in a partial
   buffer; two grid barriers per batch;
@@ -24,29 +24,23 @@ is summed by one thread, partial gradients are added in index order, and block
 reductions use a fixed tree. No floating-point atomics are used, so results are bitwise
 reproducible and do not depend on the number of blocks.
 
-Keep every CUDA kernel in this module, behind ``run``: the backend is meant to move to
-another GPU toolkit without touching the rest of fastbp.
+Keep every CUDA kernel in this module, behind ``backend.run``: the backend is meant to
+move to another GPU toolkit without touching the rest of fastbp.
 """
 
 import math
-import warnings
 
 import numpy as np
 
-if not hasattr(np, "row_stack"):
-    # numba-cuda 0.30 registers an overload for np.row_stack, which NumPy 2.5 removed.
-    np.row_stack = np.vstack  # noqa: NPY201
+from .. import codes as K
+from .importing import numba_cuda
 
-from numba import cuda  # noqa: E402
-
-from . import _cpu_kernels as K  # noqa: E402
+cuda = numba_cuda()
 
 try:
     from numba.cuda.core import config as _cuda_config
-    from numba.cuda.core.errors import NumbaPerformanceWarning
-except ImportError:  # numba-cuda releases that keep them elsewhere
+except ImportError:  # numba-cuda releases that keep it elsewhere
     from numba.core import config as _cuda_config
-    from numba.core.errors import NumbaPerformanceWarning
 
 #: True under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), which runs each thread as a
 #: Python thread and supports a single block per cooperative grid.
@@ -74,9 +68,6 @@ RR = R * R
 RED_SPACE = 2 * TPB
 FLOAT64 = np.dtype(np.float64)
 
-#: Networks whose layers are all at most this wide use the chunk-per-block schedule (on
-#: an H100 the tiles win from 64 wide on).
-CHUNK_MAX_WIDTH = TILE if SIMULATOR else 32
 #: At most this many partial gradients per batch: chunk groups, or row slices of a batch
 #: on the wide schedule.
 MAX_CHUNK_GROUPS = 1024
@@ -86,8 +77,6 @@ SPLIT_ROWS = 2 * TILE if SIMULATOR else 16 * TILE
 PART_ENTRIES = 1 << 26
 #: Parameters per work item of the update (and of the squared-weight sum for L2).
 SEGMENT = TPB * 16
-#: Blocks of the cooperative grid; None lets ``run`` choose. Results do not depend on it.
-GRID_BLOCKS = None
 
 # Modes of the kernel.
 TRAIN, GRADIENT, FORWARD = 0, 1, 2
@@ -107,12 +96,12 @@ S_FAILED, S_BAD = 0, 1
 
 
 # ---------------------------------------------------------------- scalar math
-# The formulas of ``fastbp._cpu_kernels``, with math functions the device can call.
+# The formulas of the CPU kernels (``fastbp._engine.cpu``), with math functions the device can call.
 
 
 @cuda.jit(device=True)
 def activate(code, z):
-    """Elementwise activation, as ``_cpu_kernels.activate``."""
+    """Elementwise activation, as the CPU kernels' ``activate``."""
     if code == SIGMOID:
         if z >= 0:
             return 1.0 / (1.0 + math.exp(-z))
@@ -129,7 +118,8 @@ def activate(code, z):
 
 @cuda.jit(device=True)
 def derivative_from_output(code, a):
-    """d activation / dz from the output ``a``, as ``_cpu_kernels.derivative_from_output``."""
+    """d activation / dz from the output ``a``, as the CPU kernels'
+    ``derivative_from_output``."""
     if code == SIGMOID:
         return a * (1.0 - a)
     if code == TANH:
@@ -161,7 +151,7 @@ def output_activation(code, z, o, n_out, out, row):
 @cuda.jit(device=True)
 def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, has_labels, row,
                 weight, delta, d_off):
-    """One sample's loss, as ``_cpu_kernels.output_loss``: activations replace the
+    """One sample's loss, as the CPU kernels' ``output_loss``: activations replace the
     pre-activations ``work[o:o + n_out]`` and dL/dz times ``weight`` goes to
     ``delta[d_off:d_off + n_out]``."""
     top = 0.0
@@ -526,7 +516,7 @@ def squared_weights_item(params, layout, item, sq_part, red):
 def update_item(params, state_m, state_v, part, n_parts, layout, meta, reals, norm, step, item,
                 out_grad):
     """Sum one segment's partial gradients in order, divide by ``norm``, add L2 on weights
-    and step the optimizer (or store the gradient), as ``_cpu_kernels.apply_gradient``."""
+    and step the optimizer (or store the gradient), as the CPU kernels' ``apply_gradient``."""
     lo, hi, is_weight = update_segment(layout, item)
     n_params = params.shape[0]
     optimizer = meta[M_OPTIMIZER]
@@ -890,194 +880,3 @@ def train_kernel(X, Y, labels, sw, order, norms, params, state_m, state_v, saved
                 saved_m[i] = state_m[i]
             for i in range(first_thread, state_v.shape[0], n_threads):
                 saved_v[i] = state_v[i]
-
-
-# ---------------------------------------------------------------- host side
-
-
-def _segments(layout, weights_only):
-    """Work items of the squared-weight sum (weights) or of the update (all parameters)."""
-    count = 0
-    for fan_in, fan_out, _, bias, _ in layout:
-        count += -(-int(fan_in * fan_out) // SEGMENT)
-        if not weights_only and bias >= 0:
-            count += -(-int(fan_out) // SEGMENT)
-    return count
-
-
-def _narrow(layout):
-    """Whether a network takes the narrow (chunk per block) schedule."""
-    return int(max(layout[:, K.L_FAN_IN].max(), layout[:, K.L_FAN_OUT].max())) <= \
-        CHUNK_MAX_WIDTH
-
-
-def _row_splits(size, n_params):
-    """Host twin of the kernel's ``row_splits``."""
-    return max(1, min(-(-size // SPLIT_ROWS), MAX_CHUNK_GROUPS, PART_ENTRIES // n_params))
-
-
-def _batch_norms(order, sample_weight, batch, n, n_batches, reduce_sum):
-    """Each batch's divisor: 1 for sums, else its sample count or weight total."""
-    starts = np.arange(n_batches) * batch
-    if reduce_sum:
-        return np.ones(n_batches)
-    if sample_weight.shape[0] == 0:
-        return (np.minimum(starts + batch, n) - starts).astype(np.float64)
-    return np.add.reduceat(np.asarray(sample_weight, np.float64)[order[:n]], starts)
-
-
-def _device(array, stream, dtype=None):
-    """``array`` on the device; an empty one becomes one element the kernel never reads."""
-    array = np.ascontiguousarray(array, dtype=dtype)
-    if array.size == 0:
-        array = np.zeros((1,) * max(array.ndim, 1), array.dtype)
-    return cuda.to_device(array, stream=stream)
-
-
-def _grid_blocks(kernel, args, work):
-    """Blocks of the cooperative grid: enough for the work, all resident at once."""
-    if SIMULATOR:
-        return kernel, 1
-    specialized = kernel.specialize(*args)
-    compiled = next(iter(specialized.overloads.values()))
-    resident = compiled.max_cooperative_grid_blocks(TPB)
-    if GRID_BLOCKS is not None:
-        return specialized, max(1, min(int(GRID_BLOCKS), resident))
-    return specialized, max(1, min(resident, work))
-
-
-def run(X, Y, labels, sample_weight, order, params, layout, offs, work_size, loss, loss_scale,
-        clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state, optimizer, hyper, step,
-        state_m, state_v, chunk, max_groups, parallel_min_macs, blas_min, history, out_grad,
-        out):
-    """The one entry point: training, or one gradient, or a forward pass, on the GPU.
-
-    Same arguments, in-place updates and return value as ``fastbp._cpu_kernels.run``
-    (``offs``, ``work_size``, ``chunk``, ``max_groups``, ``parallel_min_macs`` and
-    ``blas_min`` describe the CPU engine's work split and are not used here)."""
-    mode = FORWARD if out.shape[0] > 0 else GRADIENT if out_grad.shape[0] > 0 else TRAIN
-    n = X.shape[0]
-    batch = min(int(batch_size), n)
-    n_batches = -(-n // batch) if mode == TRAIN else 1
-    epochs = int(epochs) if mode == TRAIN else 1
-    shuffle = bool(shuffle) and mode == TRAIN
-    layout = np.ascontiguousarray(layout, np.int64)
-    for fan_in, fan_out, w_off, bias, _ in layout:
-        if bias >= 0 and bias != w_off + fan_in * fan_out:
-            raise ValueError("the CUDA kernels need each bias right after its weights")
-    n_params = params.shape[0]
-    narrow = _narrow(layout)
-    max_out = int(layout[:, K.L_FAN_OUT].max())
-    widths = [int(w) for w in layout[:, K.L_FAN_OUT]]
-    aoff = np.cumsum([0] + [batch * w for w in widths])
-    if narrow:
-        n_parts = min(-(-batch // TPB), MAX_CHUNK_GROUPS)
-        n_loss = n_parts
-    else:
-        n_parts = _row_splits(batch, n_params)
-        n_loss = -(-batch // TPB)
-    n_sq = _segments(layout, True)
-    n_update = _segments(layout, False)
-    save = mode == TRAIN
-    meta = np.zeros(META_SIZE, np.int64)
-    meta[[M_N, M_BATCH, M_N_BATCHES, M_EPOCHS, M_MODE, M_CHUNKED, M_LOSS]] = [
-        n, batch, n_batches, epochs, mode, narrow, loss]
-    meta[[M_REDUCE_SUM, M_OPTIMIZER, M_STEP0, M_HAS_LABELS, M_HAS_WEIGHTS, M_MAX_OUT]] = [
-        bool(reduce_sum), optimizer, step[0], labels.shape[0] > 0, sample_weight.shape[0] > 0,
-        max_out]
-    meta[[M_N_SQ, M_N_UPDATE]] = [n_sq, n_update]
-    total_norm = 1.0
-    if not reduce_sum:
-        total_norm = sample_weight.sum() if sample_weight.shape[0] > 0 else float(n)
-    reals = np.zeros(9)
-    reals[:6] = hyper[:6]
-    reals[[F_LOSS_SCALE, F_CLIP, F_TOTAL_NORM]] = [loss_scale, clip, total_norm]
-
-    dtype = params.dtype
-    stream = cuda.stream()
-    d_X = _device(X, stream)
-    d_Y = _device(Y, stream)
-    d_labels = _device(labels, stream, np.int64)
-    d_sw = _device(sample_weight, stream, np.float64)
-    d_params = cuda.to_device(params, stream=stream)
-    d_m = _device(state_m, stream)
-    d_v = _device(state_v, stream)
-    if save:
-        d_saved = cuda.device_array_like(d_params, stream=stream)
-        d_saved.copy_to_device(d_params, stream=stream)
-        d_saved_m = cuda.device_array_like(d_m, stream=stream)
-        d_saved_m.copy_to_device(d_m, stream=stream)
-        d_saved_v = cuda.device_array_like(d_v, stream=stream)
-        d_saved_v.copy_to_device(d_v, stream=stream)
-    else:
-        d_saved, d_saved_m, d_saved_v = d_params, d_m, d_v
-    training = mode != FORWARD
-    d_layout = cuda.to_device(layout, stream=stream)
-    d_aoff = cuda.to_device(aoff[:-1].astype(np.int64), stream=stream)
-    d_acts = cuda.device_array(max(int(aoff[-1]), 1), dtype, stream=stream)
-    d_delta = cuda.device_array(2 * batch * max_out if training else 1, dtype, stream=stream)
-    d_part = cuda.device_array(n_parts * n_params if training else 1, dtype, stream=stream)
-    d_loss_part = cuda.device_array(max(n_loss, 1), np.float64, stream=stream)
-    d_sq_part = cuda.device_array(max(n_sq, 1), np.float64, stream=stream)
-    d_batch_raw = cuda.device_array(n_batches, np.float64, stream=stream)
-    d_sq_total = cuda.device_array(n_batches, np.float64, stream=stream)
-    d_history = cuda.to_device(np.ascontiguousarray(history, np.float64), stream=stream)
-    d_status = cuda.to_device(np.array([-1, 0], np.int64), stream=stream)
-    d_out_grad = _device(out_grad, stream, dtype)
-    d_out = _device(out, stream, dtype)
-    d_meta = cuda.to_device(meta, stream=stream)
-    d_reals = cuda.to_device(reals, stream=stream)
-
-    if narrow:
-        work = max(n_parts, n_update)
-    else:
-        tiles = [-(-batch // TILE) * -(-w // TILE) for w in widths]
-        tiles += [n_parts * -(-(fan_in + 1) // TILE) * -(-fan_out // TILE)
-                  for fan_in, fan_out in layout[:, :2]]
-        work = max(max(tiles), n_update, n_loss)
-    states = []
-    stacked = order.shape[0] > n  # one permutation per epoch, back to back
-    launches = [(e, e + 1) for e in range(epochs)] if shuffle or stacked else [(0, epochs)]
-    d_order = cuda.device_array(n, np.int64, stream=stream)
-    d_norms = cuda.device_array(n_batches, np.float64, stream=stream)
-    kernel = grid = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NumbaPerformanceWarning)
-        for lo, hi in launches:
-            if shuffle:
-                states.append(shuffle_state.copy())
-                K.shuffle_order(order, shuffle_state)
-            epoch_order = order[lo * n:hi * n] if stacked else order
-            d_order.copy_to_device(np.ascontiguousarray(epoch_order, np.int64), stream=stream)
-            norms = _batch_norms(epoch_order, sample_weight, batch, n, n_batches, reduce_sum)
-            d_norms.copy_to_device(norms, stream=stream)
-            args = (d_X, d_Y, d_labels, d_sw, d_order, d_norms, d_params, d_m, d_v, d_saved,
-                    d_saved_m, d_saved_v, d_layout, d_aoff, d_acts, d_delta, d_part,
-                    d_loss_part, d_sq_part, d_batch_raw, d_sq_total, d_history, d_status,
-                    d_out_grad, d_out, d_meta, d_reals, lo, hi)
-            if kernel is None:
-                kernel, grid = _grid_blocks(train_kernel, args, work)
-            kernel[grid, TPB, stream, (RED_SPACE + 2 * STAGE) * dtype.itemsize](*args)
-    status = d_status.copy_to_host(stream=stream)
-    stream.synchronize()
-    failed = int(status[S_FAILED])
-    if mode == FORWARD:
-        d_out.copy_to_host(out, stream=stream)
-    elif mode == GRADIENT:
-        d_out_grad.copy_to_host(out_grad, stream=stream)
-        history[0] = d_history.copy_to_host(stream=stream)[0]
-    else:
-        d_params.copy_to_host(params, stream=stream)
-        if state_m.shape[0] > 0:
-            d_m.copy_to_host(state_m, stream=stream)
-        if state_v.shape[0] > 0:
-            d_v.copy_to_host(state_v, stream=stream)
-        history[:] = d_history.copy_to_host(stream=stream)
-        step[0] += n_batches * (epochs if failed < 0 else failed)
-        if shuffle and failed >= 0:
-            # Redraw the failed epoch's permutation so order and state end where the
-            # CPU engine, which stops drawing there, leaves them.
-            shuffle_state[:] = states[failed]
-            K.shuffle_order(order, shuffle_state)
-    stream.synchronize()
-    return failed

@@ -1,0 +1,1 @@
+"""The CPU backend: compiled numba kernels behind ``backend.run``."""

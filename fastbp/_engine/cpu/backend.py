@@ -1,0 +1,210 @@
+"""The CPU backend: ``run`` takes a ``Request``, plans it (chunks, work buffers, BLAS and
+threads) and calls the compiled entry point ``compiled_run``.
+
+Chunks fix the order in which gradients are summed, so every choice here depends on the
+network, its dtype and the batch size alone, never on the thread count.
+"""
+
+import numpy as np
+from numba import get_num_threads, typeof, types
+from numba._dispatcher import compute_fingerprint
+
+from .. import config
+from ..codes import H_BETA1, H_BETA2, H_EPSILON, H_L2, H_LR, H_MOMENTUM, SGD
+from ..request import Mode, OptimizerState
+from . import blas_threads
+from .addresses import address_of
+from .entry import SAMPLE_PASS_ROWS, compiled_run, parallel_groups
+from .passes import group_pass
+from .plan import work_plan
+from .tiny import TINY_WIDTH, tiny_run
+from .updates import parallel_update
+
+#: ``group_pass_at``, ``parallel_groups_at`` and ``parallel_update_at`` of
+#: ``compiled_run`` by the fingerprints of the arguments that set their types.
+_group_pass_at = {}
+_parallel_groups_at = {}
+_parallel_update_at = {}
+
+#: The ``parallel_groups_at`` of runs that never spread a batch over threads, and the
+#: ``parallel_update_at`` of runs that update on one thread: calling it raises.
+NOT_COMPILED = (0, 0)
+
+
+def run(request):
+    """Carry out ``request`` (``fastbp._engine.request``) on the CPU. Returns -1, or for
+    a training run whose loss or parameters became non-finite the failing epoch, after
+    restoring the parameters and optimizer state of the last finite one."""
+    X, params = request.X, request.params
+    dtype = params.dtype
+    n = X.shape[0]
+    batch_size = n if request.batch_size is None else request.batch_size
+    plan = work_plan(request.layout, dtype, batch_size)
+    empty = np.zeros(0, dtype)
+    training = request.mode == Mode.TRAIN
+    state = request.state if training else OptimizerState.empty(dtype)
+    hyper = request.hyper
+    history = np.zeros(1) if request.history is None else request.history
+    out_grad = request.out if request.mode == Mode.GRADIENT else empty
+    out = request.out if request.mode == Mode.FORWARD else np.zeros((0, 0), dtype)
+    shuffle_state = request.shuffle_state
+    if shuffle_state is None or not training:
+        shuffle_state = np.zeros(1, np.uint64)
+    hyper_array = np.empty(6)
+    hyper_array[H_LR], hyper_array[H_MOMENTUM] = hyper.lr, hyper.momentum
+    hyper_array[H_BETA1], hyper_array[H_BETA2] = hyper.beta1, hyper.beta2
+    hyper_array[H_EPSILON], hyper_array[H_L2] = hyper.epsilon, hyper.l2
+    with blas_threads.one_blas_thread() if plan.uses_blas else blas_threads.NO_LIMIT:
+        return _run_planned(request.X, request.Y, request.labels, request.sample_weight,
+                    np.arange(n) if request.order is None else request.order, params,
+                    request.layout, plan.offsets, plan.work_size, request.loss,
+                    request.loss_scale, np.finfo(dtype).eps, request.reduce_sum,
+                    request.epochs, batch_size, request.shuffle, shuffle_state,
+                    request.optimizer, hyper_array, state.step, state.m, state.v, plan.chunk,
+                    plan.max_groups, config.PARALLEL_MIN_MACS, plan.blas_min, history,
+                    out_grad, out)
+
+
+def _run_planned(X, Y, labels, sample_weight, order, params, layout, offs, work_size, loss, loss_scale,
+        clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state, optimizer, hyper, step,
+        state_m, state_v, chunk, max_groups, parallel_min_macs, blas_min, history, out_grad,
+        out):
+    """``run`` on its arguments as ``compiled_run`` takes them. Trains tiny networks in ``tiny_run``; otherwise finds
+    ``group_pass``, and ``parallel_groups`` and ``parallel_update`` where the run may use
+    them, compiled for these argument types first."""
+    if out.shape[0] == 0 and _tiny(X, layout, batch_size, optimizer, blas_min, out_grad):
+        return tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scale,
+                        clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state, hyper,
+                        step, history, np.zeros(2 * TINY_WIDTH, params.dtype))
+    if epochs * X.shape[0] * 3 * params.shape[0] < CALL_PARALLEL_MIN_MACS:
+        parallel_min_macs = max(parallel_min_macs, CALL_PARALLEL_MIN_MACS)
+    typed = (X, Y, labels, sample_weight, order, params, layout, offs, loss, loss_scale, clip,
+             chunk, out)
+    key = tuple(compute_fingerprint(value) for value in typed)
+    group_pass_at = _group_pass_at.get(key)
+    if group_pass_at is None:
+        group_pass_at = _group_pass_at[key] = address_of(group_pass, _group_pass_types(*typed))
+    parallel_groups_at = NOT_COMPILED
+    if _may_run_in_parallel(X.shape[0], batch_size, chunk, max_groups, params.shape[0],
+                            parallel_min_macs):
+        parallel_groups_at = _parallel_groups_at.get(key)
+        if parallel_groups_at is None:
+            parallel_groups_at = _parallel_groups_at[key] = address_of(
+                parallel_groups, _parallel_groups_types(*typed))
+    parallel_update_at = NOT_COMPILED
+    if out.shape[0] == 0 and params.shape[0] >= config.PARALLEL_UPDATE_MIN_PARAMS:
+        updated = (params, layout, optimizer, hyper, state_m, state_v, out_grad)
+        update_key = tuple(compute_fingerprint(value) for value in updated)
+        parallel_update_at = _parallel_update_at.get(update_key)
+        if parallel_update_at is None:
+            parallel_update_at = _parallel_update_at[update_key] = address_of(
+                parallel_update, _parallel_update_types(*updated))
+    groups = _most_groups(X.shape[0], batch_size, chunk, max_groups)
+    n_grad = params.shape[0]
+    if out.shape[0] > 0:
+        # A forward pass sums nothing across chunks, so its outputs do not depend on how
+        # chunks are grouped: one group a thread, no gradient buffers. 20 groups' buffers
+        # for 2,000 rows of a 64-100-10 network cost more than the pass (1.30 -> 0.55 ms).
+        groups, n_grad = min(groups, get_num_threads()), 0
+    work, grads = _scratch(params.dtype, groups, work_size, n_grad)
+    return compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work, grads,
+                        loss, loss_scale, clip, reduce_sum, epochs, batch_size, shuffle,
+                        shuffle_state, optimizer, hyper, step, state_m, state_v, chunk,
+                        parallel_min_macs, blas_min, history, out_grad, out, group_pass_at,
+                        parallel_groups_at, parallel_update_at)
+
+
+#: The groups' work and gradient buffers of recent runs, by dtype and shape, kept for the
+#: next run: allocating and zeroing them cost 40 of the 100 us of a 1-epoch fit of a
+#: 4-100-3 network on 150 rows. The kernels write every entry before reading it, so a
+#: run never sees the last one's values (a test fills them with NaN).
+_scratch_buffers = {}
+SCRATCH_KEPT = 4
+SCRATCH_KEPT_BYTES = 8 << 20
+
+
+def _scratch(dtype, groups, work_size, n_params):
+    """``(work, grads)`` buffers of ``groups`` rows for ``compiled_run``: the ones of an
+    earlier run of the same shapes, or new ones, kept when small enough (the oldest kept
+    ones make room)."""
+    key = (dtype, groups, work_size, n_params)
+    buffers = _scratch_buffers.get(key)
+    if buffers is None:
+        buffers = (np.zeros((groups, work_size), dtype), np.zeros((groups, n_params), dtype))
+        if buffers[0].nbytes + buffers[1].nbytes <= SCRATCH_KEPT_BYTES:
+            _scratch_buffers[key] = buffers
+            while (len(_scratch_buffers) > SCRATCH_KEPT
+                   or sum(w.nbytes + g.nbytes for w, g in _scratch_buffers.values())
+                   > SCRATCH_KEPT_BYTES):
+                del _scratch_buffers[next(iter(_scratch_buffers))]
+    return buffers
+
+
+#: Multiply-adds a whole call (epochs x rows x 3 x parameters) needs before it uses
+#: several threads. A call's threads start cold, and short calls between the caller's own
+#: work (L-BFGS-B's gradients, early stopping's epochs) pay that alone: on this project's
+#: 2-core virtual machine some waited 7.7 ms for a parked thread. An lbfgs fit of iris
+#: (270,000 multiply-adds a call) took 32 ms on two threads, 6.7 ms on one; breast_cancer's
+#: (4.1 million a call) still gains from two.
+CALL_PARALLEL_MIN_MACS = 1 << 20
+
+#: Whether ``run`` trains tiny networks in ``tiny_run`` (tests turn it off to compare).
+TINY_RUNS = True
+
+
+def _tiny(X, layout, batch_size, optimizer, blas_min, out_grad):
+    """Whether a training run is ``tiny_run``'s: two layers at most ``TINY_WIDTH`` wide,
+    none through BLAS, every batch one that ``compiled_run`` would give ``sample_pass``,
+    plain SGD."""
+    if not (TINY_RUNS and layout.shape[0] == 2 and optimizer == SGD
+            and out_grad.shape[0] == 0 and min(batch_size, X.shape[0]) < SAMPLE_PASS_ROWS):
+        return False
+    (n_in, hidden, *_), (_, n_out, *_) = layout.tolist()
+    return (max(n_in, hidden, n_out) <= TINY_WIDTH
+            and max(n_in * hidden, hidden * n_out) < blas_min)
+
+
+def _most_groups(n, batch_size, chunk, max_groups):
+    """Chunk groups of the largest batch of a run over ``n`` rows."""
+    return min(-(-min(batch_size, n) // chunk), max_groups)
+
+
+def _may_run_in_parallel(n, batch_size, chunk, max_groups, n_params, parallel_min_macs):
+    """Whether ``compiled_run`` may spread a batch over threads: its largest batch has
+    more than one chunk group and enough multiply-adds (the test it applies per batch)."""
+    return (_most_groups(n, batch_size, chunk, max_groups) > 1
+            and min(batch_size, n) * 3 * n_params >= parallel_min_macs)
+
+
+def _group_pass_types(X, Y, labels, sample_weight, order, params, layout, offs, loss,
+                      loss_scale, clip, chunk, out):
+    """The numba types of the arguments ``compiled_run`` passes ``group_pass``."""
+    X, Y, labels, sample_weight, order, params, layout, offs, loss, loss_scale, clip, chunk, \
+        out = (typeof(value) for value in (X, Y, labels, sample_weight, order, params, layout,
+                                           offs, loss, loss_scale, clip, chunk, out))
+    vector = types.Array(params.dtype, 1, "C")  # wt, and rows of work and grads
+    index = types.int64
+    return (index, index, index, X, Y, labels, sample_weight, order, index, index, chunk,
+            params, vector, layout, types.Array(types.boolean, 1, "C"), loss, loss_scale, clip,
+            vector, offs, vector, out)
+
+
+def _parallel_groups_types(*typed):
+    """The numba types of the arguments ``compiled_run`` passes ``parallel_groups``:
+    ``group_pass``'s without the group, with the whole work and gradient buffers, and
+    then the groups' losses and ``group_pass_at``."""
+    (_, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk, params,
+     wt, layout, blas, loss, loss_scale, clip, _, offs, _, out) = _group_pass_types(*typed)
+    buffers = types.Array(params.dtype, 2, "C")
+    return (n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk,
+            params, wt, layout, blas, loss, loss_scale, clip, buffers, offs, buffers, out,
+            types.Array(types.float64, 1, "C"), types.UniTuple(types.int64, 2))
+
+
+def _parallel_update_types(params, layout, optimizer, hyper, state_m, state_v, out_grad):
+    """The numba types of the arguments ``compiled_run`` passes ``parallel_update``."""
+    params, layout, optimizer, hyper, state_m, state_v, out_grad = (
+        typeof(value) for value in (params, layout, optimizer, hyper, state_m, state_v,
+                                    out_grad))
+    return (types.Array(params.dtype, 2, "C"), types.int64, params, layout, types.float64,
+            optimizer, hyper, types.int64, state_m, state_v, out_grad)

@@ -1,0 +1,199 @@
+"""``compiled_run``, the one compiled entry point, and ``parallel_groups``, which spreads
+a batch's chunk groups over threads."""
+
+import numpy as np
+from numba import njit, prange, types
+
+from ..codes import H_L2, L_FAN_IN, L_FAN_OUT
+from ..shuffle import shuffle_order
+from .addresses import caller_of
+from .blas import reads_transposed, transpose_weights
+from .compile_options import PRANGE_ONLY
+from .elementwise import prefetch_samples
+from .passes import group_pass, sample_pass
+from .updates import UPDATE_BLOCK, apply_gradient, parallel_update, squared_weights
+
+#: Training batches of fewer rows run sample by sample (``sample_pass``).
+SAMPLE_PASS_ROWS = 16
+
+#: ``sample_pass`` batches prefetch the next batch's samples when X has at least this
+#: many bytes: smaller data stays in L2, and the call cost the online row 1.03-1.05x
+#: its time (the notebook 1.08-1.12x before full batches skipped it).
+PREFETCH_MIN_BYTES = 1 << 20
+
+call_group_pass = caller_of(group_pass)
+check_group_pass = caller_of(group_pass, call=False)
+
+
+@njit(parallel=PRANGE_ONLY, cache=True)
+def parallel_groups(n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk,
+                    params, wt, layout, blas, loss, loss_scale, clip, work, offs, grads, out,
+                    group_loss, group_pass_at):
+    """``group_pass`` for every group of a batch, spread over threads. Kept apart from
+    ``run`` because parallel compilation analyses the whole enclosing function."""
+    # Checked before the loop: an exception raised inside it would not reach the caller.
+    check_group_pass(group_pass_at, (np.int64(0), n_groups, n_chunks, X, Y, labels,
+                                     sample_weight, order, start, size, chunk, params, wt,
+                                     layout, blas, loss, loss_scale, clip, work[0], offs,
+                                     grads[0], out))
+    for g in prange(n_groups):
+        # prange counts in uint64; int64 keeps group_pass to one compiled signature.
+        group_loss[g] = call_group_pass(
+            group_pass_at,
+            (np.int64(g), n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size,
+             chunk, params, wt, layout, blas, loss, loss_scale, clip, work[g], offs, grads[g],
+             out))
+
+
+call_parallel_groups = caller_of(parallel_groups, returns=types.none)
+call_parallel_update = caller_of(parallel_update, returns=types.none)
+
+
+@njit(cache=True)
+def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work, grads, loss,
+                 loss_scale, clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state,
+                 optimizer, hyper, step, state_m, state_v, chunk, parallel_min_macs,
+                 blas_min, history, out_grad, out, group_pass_at, parallel_groups_at,
+                 parallel_update_at):
+    """``run``'s compiled body; ``group_pass_at``, ``parallel_groups_at`` and
+    ``parallel_update_at`` are ``(address, signature_code)`` of ``group_pass``,
+    ``parallel_groups`` and ``parallel_update`` compiled for the types they are called
+    with (the last two are ``NOT_COMPILED`` for runs that never use them: batches too
+    small for threads, networks too small for a parallel update).
+
+    The one compiled entry point: training, or one gradient, or a forward pass.
+
+    ``work`` and ``grads`` hold a work buffer and a gradient buffer for each chunk group
+    of the largest batch (from ``run``'s ``_scratch``; a forward pass gets no gradient
+    columns); whatever they hold on entry is never read.
+
+    Trains in place for ``epochs`` epochs of mini-batches, visiting the rows of ``X`` in
+    ``order`` (redrawn each epoch when ``shuffle``; or, ``epochs`` times as long, one
+    permutation per epoch back to back), and fills ``history`` with each
+    epoch's loss. Returns -1, or the epoch whose loss or parameters became non-finite,
+    after restoring the parameters and optimizer state of the last finite epoch.
+    With a non-empty ``out_grad`` nothing is trained: the gradient of the first batch goes
+    there and its loss to ``history[0]``. With a non-empty ``out`` only the forward pass of
+    the first batch runs, its output activations going to ``out``.
+
+    One entry point serves all three because each compiled function that reaches the
+    chunk loops costs seconds of compilation. A network with a layer of ``blas_min`` or
+    more weights runs its chunks as one group and spreads each product over threads."""
+    n = X.shape[0]
+    n_params = params.shape[0]
+    blas = layout[:, L_FAN_IN] * layout[:, L_FAN_OUT] >= blas_min
+    reads_wt = reads_transposed(layout, blas)
+    by_sample = out.shape[0] == 0 and not blas.any()
+    # Batches that all run sample by sample read the weights as stored, never ``wt``.
+    if by_sample and min(batch_size, n) < SAMPLE_PASS_ROWS:
+        reads_wt[:] = False
+    wt = np.empty_like(params)
+    transpose_weights(params, wt, layout, reads_wt)
+    most_groups = work.shape[0]
+    group_loss = np.zeros(most_groups)
+    first_work, first_grad = work[0], grads[0]  # views made once: each costs atomics
+    x_flat = X.reshape(X.size)  # a view: X is C-contiguous
+    far_data = X.nbytes >= PREFETCH_MIN_BYTES
+    saved_params = params.copy()
+    saved_m = state_m.copy()
+    saved_v = state_v.copy()
+    saved_step = step[0]
+    stacked = order.shape[0] > n  # one permutation per epoch, back to back
+    for epoch in range(epochs):
+        if shuffle:
+            shuffle_order(order, shuffle_state)
+        base = epoch * n if stacked else 0  # where this epoch's visiting order starts
+        epoch_loss = 0.0
+        # The epoch's weight, summed batch by batch in visiting order, so that a fit in
+        # ``order`` and a fit on the rows permuted alike report the same bits.
+        epoch_norm = 0.0
+        ok = True
+        for batch_start in range(0, n, batch_size):
+            size = min(batch_size, n - batch_start)
+            start = base + batch_start  # the batch's first entry of ``order``
+            n_chunks = (size + chunk - 1) // chunk
+            n_groups = min(n_chunks, most_groups)
+            if by_sample and size < SAMPLE_PASS_ROWS:
+                ahead = batch_start + batch_size  # the next batch's samples load meanwhile
+                if far_data and ahead < n:
+                    prefetch_samples(x_flat, X.shape[1], Y, labels, sample_weight, order,
+                                     base + ahead, base + min(ahead + batch_size, n))
+                group_loss[0] = sample_pass(X, Y, labels, sample_weight, order, start, size,
+                                            params, layout, loss, loss_scale, clip, first_work,
+                                            offs, first_grad)
+            elif n_groups > 1 and size * 3 * n_params >= parallel_min_macs:
+                call_parallel_groups(
+                    parallel_groups_at,
+                    (n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk,
+                     params, wt, layout, blas, loss, loss_scale, clip, work, offs, grads, out,
+                     group_loss, group_pass_at))
+            else:
+                for g in range(n_groups):
+                    group_loss[g] = call_group_pass(
+                        group_pass_at,
+                        (g, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size,
+                         chunk, params, wt, layout, blas, loss, loss_scale, clip, work[g], offs,
+                         grads[g], out))
+            if out.shape[0] > 0:
+                return -1
+            loss_sum = 0.0
+            for g in range(n_groups):
+                loss_sum += group_loss[g]
+            norm = 1.0
+            if not reduce_sum:
+                norm = float(size)
+                if sample_weight.shape[0] > 0:
+                    norm = 0.0
+                    for b in range(start, start + size):
+                        norm += sample_weight[order[b]]
+                    if norm == 0.0:
+                        continue  # a batch of zero total weight carries nothing to learn
+            batch_loss = loss_sum / norm
+            if hyper[H_L2] > 0.0:
+                batch_loss += 0.5 * hyper[H_L2] * squared_weights(params, layout) / norm
+            storing = out_grad.shape[0] > 0  # the step count is then not read
+            if storing:
+                history[0] = batch_loss
+            elif not np.isfinite(batch_loss):
+                ok = False
+                break
+            else:
+                epoch_loss += batch_loss if reduce_sum else batch_loss * norm
+                epoch_norm += norm
+                step[0] += 1
+            # The update, block by block, here or on every thread. Written out here: a
+            # function of its own around it cost a second of the cold start.
+            if parallel_update_at[0] != 0:
+                call_parallel_update(parallel_update_at,
+                                     (grads, n_groups, params, layout, norm, optimizer, hyper,
+                                      step[0], state_m, state_v, out_grad))
+            else:
+                for lo in range(0, n_params, UPDATE_BLOCK):
+                    apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper,
+                                   step[0], state_m, state_v, out_grad, lo,
+                                   min(lo + UPDATE_BLOCK, n_params))
+            if storing:
+                return -1
+            transpose_weights(params, wt, layout, reads_wt)
+        if ok:
+            history[epoch] = epoch_loss if reduce_sum else epoch_loss / epoch_norm
+            for i in range(n_params):
+                ok = ok and np.isfinite(params[i])
+        if not ok:
+            for i in range(n_params):
+                params[i] = saved_params[i]
+            for i in range(state_m.shape[0]):
+                state_m[i] = saved_m[i]
+            for i in range(state_v.shape[0]):
+                state_v[i] = saved_v[i]
+            step[0] = saved_step
+            return epoch
+        if epoch + 1 < epochs:
+            for i in range(n_params):
+                saved_params[i] = params[i]
+            for i in range(state_m.shape[0]):
+                saved_m[i] = state_m[i]
+            for i in range(state_v.shape[0]):
+                saved_v[i] = state_v[i]
+            saved_step = step[0]
+    return -1

@@ -1,0 +1,1 @@
+"""The CUDA backend: numba.cuda kernels behind ``backend.run``."""
