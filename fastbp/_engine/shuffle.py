@@ -2,7 +2,8 @@
 stream."""
 
 import numpy as np
-from numba import njit
+
+from .sources import njit
 
 
 @njit(cache=True, _nrt=False)
@@ -24,3 +25,7 @@ def shuffle_order(order, state):
         order[i] = order[j]
         order[j] = t
     state[0] = s
+
+
+#: The engine's sources this file's cached code was compiled from (``sources.py``).
+SOURCES_DIGEST = "1d292e25e37dbbd5a1ed7d8e64f3cb1f7d2c752d218287d1932340bd4e6ad96f"

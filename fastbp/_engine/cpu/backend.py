@@ -65,13 +65,14 @@ def run(request):
                     out_grad, out)
 
 
-def _run_planned(X, Y, labels, sample_weight, order, params, layout, offs, work_size, loss, loss_scale,
-        clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state, optimizer, hyper, step,
-        state_m, state_v, chunk, max_groups, parallel_min_macs, blas_min, history, out_grad,
-        out):
-    """``run`` on its arguments as ``compiled_run`` takes them. Trains tiny networks in ``tiny_run``; otherwise finds
-    ``group_pass``, and ``parallel_groups`` and ``parallel_update`` where the run may use
-    them, compiled for these argument types first."""
+def _run_planned(X, Y, labels, sample_weight, order, params, layout, offs, work_size, loss,
+                 loss_scale, clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state,
+                 optimizer, hyper, step, state_m, state_v, chunk, max_groups, parallel_min_macs,
+                 blas_min, history, out_grad, out):
+    """``run`` on its arguments as ``compiled_run`` takes them. Trains tiny networks in
+    ``tiny_run``; otherwise finds ``group_pass``, and ``parallel_groups`` and
+    ``parallel_update`` where the run may use them, compiled for these argument types
+    first."""
     if out.shape[0] == 0 and _tiny(X, layout, batch_size, optimizer, blas_min, out_grad):
         return tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scale,
                         clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state, hyper,

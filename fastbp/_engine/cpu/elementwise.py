@@ -3,11 +3,12 @@ transposes, sums, and prefetches."""
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..codes import LEAKY_RELU, LEAKY_SLOPE, RELU, SIGMOID, TANH
+from ..sources import njit
 from .compile_options import FASTMATH, NUMPY_ERRORS
 from .scalar import sigmoid, tanh
 
@@ -169,3 +170,7 @@ def column_sums(work, off, rows, width, grad, out_off, accumulate):
         row = np.uint64(off + b * width)
         for j in range(n):
             grad[o + j] += work[row + j]
+
+
+#: The engine's sources this file's cached code was compiled from (``sources.py``).
+SOURCES_DIGEST = "1d292e25e37dbbd5a1ed7d8e64f3cb1f7d2c752d218287d1932340bd4e6ad96f"

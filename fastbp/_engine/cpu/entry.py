@@ -2,10 +2,11 @@
 a batch's chunk groups over threads."""
 
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
 
 from ..codes import H_L2, L_FAN_IN, L_FAN_OUT
 from ..shuffle import shuffle_order
+from ..sources import njit
 from .addresses import caller_of
 from .blas import reads_transposed, transpose_weights
 from .compile_options import PRANGE_ONLY
@@ -197,3 +198,7 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work,
                 saved_v[i] = state_v[i]
             saved_step = step[0]
     return -1
+
+
+#: The engine's sources this file's cached code was compiled from (``sources.py``).
+SOURCES_DIGEST = "1d292e25e37dbbd5a1ed7d8e64f3cb1f7d2c752d218287d1932340bd4e6ad96f"

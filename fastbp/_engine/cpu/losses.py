@@ -2,9 +2,9 @@
 binary cross-entropy."""
 
 import numpy as np
-from numba import njit
 
 from ..codes import BINARY_CROSS_ENTROPY, CATEGORICAL_CROSS_ENTROPY, SIGMOID, SOFTMAX, SQUARED
+from ..sources import njit
 from .compile_options import NUMPY_ERRORS
 from .scalar import activate, derivative_from_output, exp, sigmoid_softplus
 
@@ -147,3 +147,7 @@ def block_loss(code, loss, loss_scale, clip, work, o, d_off, scratch, count, n_o
         total += weight * output_loss(code, loss, loss_scale, clip, work, o + b * n_out, n_out,
                                       Y, labels, row, weight, d_off + b * n_out)
     return total
+
+
+#: The engine's sources this file's cached code was compiled from (``sources.py``).
+SOURCES_DIGEST = "1d292e25e37dbbd5a1ed7d8e64f3cb1f7d2c752d218287d1932340bd4e6ad96f"

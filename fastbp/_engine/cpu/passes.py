@@ -2,9 +2,9 @@
 ``group_pass`` for one chunk group of a larger batch."""
 
 import numpy as np
-from numba import njit
 
 from ..codes import L_ACTIVATION, L_BIAS, L_FAN_IN, L_FAN_OUT, L_WEIGHT
+from ..sources import njit
 from .blas import blas_backward, blas_forward, blas_weight_gradient
 from .compile_options import NUMPY_ERRORS
 from .elementwise import (
@@ -235,3 +235,7 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
                        count, fan_in, fan_out, overwrite)
             times_derivative(work, d_next, offs[l], count, fan_in, layout[l - 1, L_ACTIVATION])
     return total
+
+
+#: The engine's sources this file's cached code was compiled from (``sources.py``).
+SOURCES_DIGEST = "1d292e25e37dbbd5a1ed7d8e64f3cb1f7d2c752d218287d1932340bd4e6ad96f"

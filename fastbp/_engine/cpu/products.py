@@ -2,8 +2,8 @@
 (``dot_nt``) and ``P @ Q`` (``dot_nn``)."""
 
 import numpy as np
-from numba import njit
 
+from ..sources import njit
 from .compile_options import FASTMATH
 
 # Entries of the Q operand kept hot while a product sweeps over P (about 256 KiB of
@@ -182,3 +182,7 @@ def short_product(n, k_len):
         if n >= width:
             return k_len <= longest
     return False
+
+
+#: The engine's sources this file's cached code was compiled from (``sources.py``).
+SOURCES_DIGEST = "1d292e25e37dbbd5a1ed7d8e64f3cb1f7d2c752d218287d1932340bd4e6ad96f"

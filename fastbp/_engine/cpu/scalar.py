@@ -3,10 +3,11 @@ branches, so loops over a layer vectorize; the activations and their derivatives
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic, overload
 
 from ..codes import LEAKY_RELU, LEAKY_SLOPE, RELU, SIGMOID, TANH
+from ..sources import njit
 from .compile_options import NUMPY_ERRORS
 
 #
@@ -283,3 +284,7 @@ def derivative_from_output(code, a):
     if code == LEAKY_RELU:
         return 1.0 if a > 0 else LEAKY_SLOPE
     return 1.0
+
+
+#: The engine's sources this file's cached code was compiled from (``sources.py``).
+SOURCES_DIGEST = "1d292e25e37dbbd5a1ed7d8e64f3cb1f7d2c752d218287d1932340bd4e6ad96f"

@@ -2,7 +2,7 @@
 registers."""
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import overload
 
 from ..codes import (
@@ -21,6 +21,7 @@ from ..codes import (
     TANH,
 )
 from ..shuffle import shuffle_order
+from ..sources import njit
 from .compile_options import NUMPY_ERRORS
 from .losses import output_loss
 from .scalar import sigmoid, sigmoid_softplus, tanh
@@ -306,3 +307,7 @@ def tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scal
     if bias2 >= 0:
         store_lanes(params, bias2, n_out, b2)
     return failed
+
+
+#: The engine's sources this file's cached code was compiled from (``sources.py``).
+SOURCES_DIGEST = "1d292e25e37dbbd5a1ed7d8e64f3cb1f7d2c752d218287d1932340bd4e6ad96f"

@@ -2,7 +2,7 @@
 Nesterov or Adam, block by block."""
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ..codes import (
     H_BETA1,
@@ -18,6 +18,7 @@ from ..codes import (
     NESTEROV,
     SGD,
 )
+from ..sources import njit
 from .compile_options import NUMPY_ERRORS, PRANGE_ONLY
 
 #: Entries of ``params`` one call of ``apply_gradient`` covers: each buffer's slice stays
@@ -111,3 +112,7 @@ def squared_weights(params, layout):
         for i in range(lo, lo + layout[l, L_FAN_IN] * layout[l, L_FAN_OUT]):
             total += params[i] * params[i]
     return total
+
+
+#: The engine's sources this file's cached code was compiled from (``sources.py``).
+SOURCES_DIGEST = "1d292e25e37dbbd5a1ed7d8e64f3cb1f7d2c752d218287d1932340bd4e6ad96f"

@@ -33,6 +33,7 @@ import math
 import numpy as np
 
 from .. import codes as K
+from ..sources import CACHE
 from .importing import numba_cuda
 
 cuda = numba_cuda()
@@ -778,7 +779,7 @@ def layered_batch(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part
 # ---------------------------------------------------------------- the kernel
 
 
-@cuda.jit(cache=True)
+@cuda.jit(cache=CACHE)
 def train_kernel(X, Y, labels, sw, order, norms, params, state_m, state_v, saved_params,
                  saved_m, saved_v, layout, aoff, acts, delta, part, loss_part, sq_part,
                  batch_raw, sq_total, history, status, out_grad, out, meta, reals, epoch_lo,
@@ -880,3 +881,7 @@ def train_kernel(X, Y, labels, sw, order, norms, params, state_m, state_v, saved
                 saved_m[i] = state_m[i]
             for i in range(first_thread, state_v.shape[0], n_threads):
                 saved_v[i] = state_v[i]
+
+
+#: The engine's sources this file's cached code was compiled from (``sources.py``).
+SOURCES_DIGEST = "1d292e25e37dbbd5a1ed7d8e64f3cb1f7d2c752d218287d1932340bd4e6ad96f"

@@ -1,0 +1,64 @@
+"""numba's cache never runs stale machine code (``fastbp._engine.sources``).
+
+numba invalidates a cached kernel only when its own file changes; a helper or constant in
+another file is part of its machine code all the same. Every engine file that caches
+compiled code carries a digest of all the engine's sources, refreshed by
+``python -m fastbp._engine.sources --write``."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastbp._engine import sources
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_cached_kernel_file_carries_the_current_digest():
+    """Fails after an engine edit until the digests are refreshed (see the docstring)."""
+    assert [path.name for path in sources.stale_files()] == [], (
+        f"refresh the digests: {sources.REFRESH}")
+    assert sources.CACHE
+
+
+# A leaky ReLU of -1 with the slope of fastbp._engine.codes, computed by a kernel in
+# elementwise.py (bias_activation) that caches the slope as a constant.
+CHILD = """
+import warnings
+import numpy as np
+import fastbp
+from fastbp._engine import sources
+net = fastbp.MLP([1, 1, 1], ["leaky_relu", "identity"], "mse", seed=0)
+net.set_params([np.ones((1, 1)), np.ones((1, 1))], [np.zeros(1), np.zeros(1)])
+print(sources.CACHE, float(net.forward(np.array([[-1.0]]))[0, 0]))
+"""
+
+
+def _child(package_root, cache_dir):
+    env = dict(os.environ, PYTHONPATH=str(package_root), NUMBA_CACHE_DIR=str(cache_dir))
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", CHILD], env=env,
+                          cwd=package_root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    cached, value = done.stdout.split()
+    return cached == "True", float(value)
+
+
+@pytest.mark.slow
+def test_editing_a_helper_in_another_file_never_leaves_old_machine_code_running(tmp_path):
+    """A copy of fastbp fills an empty cache; then the leaky slope changes in codes.py,
+    a file without kernels: the next process must compute with the new slope, first
+    without the cache (digests stale), then from a refreshed cache."""
+    shutil.copytree(ROOT / "fastbp", tmp_path / "fastbp",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    cache = tmp_path / "cache"
+    assert _child(tmp_path, cache) == (True, -0.01)
+    codes = tmp_path / "fastbp" / "_engine" / "codes.py"
+    codes.write_text(codes.read_text().replace("LEAKY_SLOPE = 0.01", "LEAKY_SLOPE = 0.25"))
+    assert _child(tmp_path, cache) == (False, -0.25)
+    subprocess.run([sys.executable, "-W", "ignore", "-m", "fastbp._engine.sources", "--write"],
+                   cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)), check=True)
+    assert _child(tmp_path, cache) == (True, -0.25)
