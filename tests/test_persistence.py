@@ -1,6 +1,7 @@
 """MLP.save / fastbp.load: exact round trips and clear refusals."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,18 @@ def test_refuses_files_that_are_not_models(tmp_path):
         fastbp.load(pickled)
     with pytest.raises(FileNotFoundError):
         fastbp.load(tmp_path / "missing.npz")
+
+
+def test_a_model_saved_by_fastbp_0_1_0_before_the_engine_request_loads_and_predicts():
+    """``tests/data/model-before-engine-request.npz`` was written by fastbp 0.1.0 at
+    d939e3f: a 3-5-2 tanh/softmax float32 network after 5 epochs of Adam. It loads with
+    its architecture and predicts the outputs that fastbp computed then, bit for bit."""
+    path = Path(__file__).parent / "data" / "model-before-engine-request.npz"
+    net = fastbp.load(path)
+    assert (net.layer_sizes, net.activations, net.loss_name, net.dtype) == (
+        (3, 5, 2), ("tanh", "softmax"), "cce", np.float32)
+    X = np.random.default_rng(1).standard_normal((20, 3))
+    expected = np.array([[0.40471160411834717, 0.5952883958816528],
+                         [0.43828272819519043, 0.5617172718048096],
+                         [0.4711252748966217, 0.5288747549057007]], np.float32)
+    np.testing.assert_array_equal(net.forward(X[:3]), expected)
