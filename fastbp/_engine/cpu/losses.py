@@ -150,4 +150,4 @@ def block_loss(code, loss, loss_scale, clip, work, o, d_off, scratch, count, n_o
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "1d292e25e37dbbd5a1ed7d8e64f3cb1f7d2c752d218287d1932340bd4e6ad96f"
+SOURCES_DIGEST = "e5e6739986f39c5af975f763e9b76f1a1577d186b01c3a51f1592eb349dd08ff"
