@@ -62,3 +62,28 @@ def test_editing_a_helper_in_another_file_never_leaves_old_machine_code_running(
     subprocess.run([sys.executable, "-W", "ignore", "-m", "fastbp._engine.sources", "--write"],
                    cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)), check=True)
     assert _child(tmp_path, cache) == (True, -0.25)
+
+
+@pytest.mark.slow
+def test_with_no_writable_cache_folder_fastbp_compiles_uncached_and_says_so_once(tmp_path):
+    """Where neither the package's ``__pycache__``, ``NUMBA_CACHE_DIR`` nor the user's cache
+    folder can be written (a read-only install), numba refuses ``cache=True`` at import;
+    fastbp trains all the same, caching nothing, and says so in one line. Root writes
+    through permission bits, so the folders are made unusable as files in their way."""
+    shutil.copytree(ROOT / "fastbp", tmp_path / "fastbp",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in (tmp_path / "fastbp").rglob("*"):
+        if folder.is_dir():
+            (folder / "__pycache__").write_text("not a folder")
+    (tmp_path / "fastbp" / "__pycache__").write_text("not a folder")
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a folder")
+    env = {name: value for name, value in os.environ.items() if name != "NUMBA_CACHE_DIR"}
+    env.update(PYTHONPATH=str(tmp_path), HOME=str(blocked), XDG_CACHE_HOME=str(blocked / "x"))
+    done = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "-0.01"]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == ["fastbp: no writable folder for numba's cache (set NUMBA_CACHE_DIR to one); "
+                     "compiling without it, so each new process compiles again"]

@@ -85,12 +85,39 @@ def _cache_allowed():
 #: Whether the kernels use numba's cache (``cache=CACHE`` in their decorators).
 CACHE = _cache_allowed()
 
+_told_no_folder = False
+
+
+def _cacheable(py_func):
+    """Whether numba finds a writable folder to cache ``py_func`` in: its file's
+    ``__pycache__``, ``NUMBA_CACHE_DIR`` or the user's cache folder. numba raises at
+    decoration where none is (a read-only install in a container, say); fastbp compiles
+    uncached there instead, and says so once."""
+    global _told_no_folder
+    from numba.core.caching import FunctionCache
+
+    try:
+        FunctionCache(py_func)
+    except RuntimeError:
+        if not _told_no_folder:
+            _told_no_folder = True
+            print("fastbp: no writable folder for numba's cache (set NUMBA_CACHE_DIR to "
+                  "one); compiling without it, so each new process compiles again",
+                  file=sys.stderr)
+        return False
+    return True
+
 
 def njit(*args, **kwargs):
-    """``numba.njit``, with ``cache=True`` honoured only while ``CACHE`` holds."""
-    if kwargs.get("cache"):
-        kwargs["cache"] = CACHE
-    return numba.njit(*args, **kwargs)
+    """``numba.njit``, with ``cache=True`` honoured only while ``CACHE`` holds and numba
+    finds a writable cache folder."""
+    if not kwargs.get("cache"):
+        return numba.njit(*args, **kwargs)
+
+    def decorate(py_func):
+        return numba.njit(**dict(kwargs, cache=CACHE and _cacheable(py_func)))(py_func)
+
+    return decorate(args[0]) if args else decorate
 
 
 if __name__ == "__main__":

@@ -238,4 +238,4 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "e5e6739986f39c5af975f763e9b76f1a1577d186b01c3a51f1592eb349dd08ff"
+SOURCES_DIGEST = "4ddee230865fcde69cbf01986b2db448ea52120b185fba1a83edfaac10fe1fbd"
