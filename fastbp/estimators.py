@@ -66,13 +66,10 @@ _STOCHASTIC = ("sgd", "adam")
 # ---------------------------------------------------------------- parameter checks
 
 
-def _check_choice(value, name, allowed):
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    return value
-
-
 def _check_real(value, name, low, high, *, low_open=False, high_open=False):
+    """``value`` as a float in scikit-learn's interval from ``low`` to ``high`` (None: no
+    bound, infinity included), each end closed unless said open; ``_validation``'s
+    ``positive_float`` has no upper bound and refuses infinity."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {value!r}")
     value = float(value)
@@ -83,20 +80,6 @@ def _check_real(value, name, low, high, *, low_open=False, high_open=False):
             "inf)" if high is None else f"{high}" + (")" if high_open else "]"))
         raise ValueError(f"{name} must lie in {interval}; got {value!r}")
     return value
-
-
-def _check_int(value, name, low=1):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {low}; got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-    return int(value)
-
-
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False; got {value!r}")
-    return bool(value)
 
 
 def _check_random_state(value):
@@ -116,35 +99,22 @@ def _check_hidden(sizes):
     if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
         raise TypeError(
             f"hidden_layer_sizes must be a positive integer or a sequence of them; got {sizes!r}")
-    return [_check_int(s, f"hidden_layer_sizes[{i}]") for i, s in enumerate(sizes)]
-
-
-def _check_dtype(value):
-    try:
-        dtype = np.dtype(value)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64; got {value!r}") from None
-    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"dtype must be float32 or float64; got {dtype}")
-    return dtype
+    return [check.positive_int(s, f"hidden_layer_sizes[{i}]") for i, s in enumerate(sizes)]
 
 
 def _check_sample_weight(sample_weight, n_samples, dtype):
-    """Sample weights as a float array ``(n_samples,)``: finite, non-negative and not all
-    zero (a number means that weight for every sample)."""
+    """Sample weights as a new ``dtype`` array ``(n_samples,)``: finite, non-negative and
+    not all zero (a number means that weight for every sample). Always a copy, so the
+    caller's array stays untouched and the engine sees a writeable one (see
+    ``_writeable``)."""
     if sample_weight is None:
         return None
     if isinstance(sample_weight, numbers.Number):
         sample_weight = np.full(n_samples, sample_weight, dtype=dtype)
-    weights = np.asarray(sample_weight)
-    if weights.dtype.kind not in "fiub":
-        raise TypeError(f"sample_weight must hold real numbers; got dtype {weights.dtype}")
+    weights = check.numeric_array(sample_weight, "sample_weight", dtype, 1).copy()
     if weights.shape != (n_samples,):
         raise ValueError(
             f"sample_weight must have shape ({n_samples},) to match X; got {weights.shape}")
-    weights = np.array(weights, dtype=dtype)
-    if not np.isfinite(weights).all():
-        raise ValueError("sample_weight contains NaN or infinity")
     if weights.min() < 0:
         raise ValueError("sample_weight must be non-negative")
     if not weights.any():
@@ -237,27 +207,27 @@ class _BaseMLP(BaseEstimator):
         """Every constructor parameter checked before anything changes; returns the
         cleaned hidden layer sizes and dtype."""
         hidden = _check_hidden(self.hidden_layer_sizes)
-        _check_choice(self.activation, "activation", ("identity", "logistic", "tanh", "relu"))
-        _check_choice(self.solver, "solver", ("lbfgs", "sgd", "adam"))
+        check.choice(self.activation, "activation", ("identity", "logistic", "tanh", "relu"))
+        check.choice(self.solver, "solver", ("lbfgs", "sgd", "adam"))
         _check_real(self.alpha, "alpha", 0, None)
         if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
             if isinstance(self.batch_size, str):
                 raise ValueError(f"batch_size must be 'auto' or a positive integer; "
                                  f"got {self.batch_size!r}")
-            _check_int(self.batch_size, "batch_size")
-        _check_choice(self.learning_rate, "learning_rate", ("constant", "invscaling", "adaptive"))
+            check.positive_int(self.batch_size, "batch_size")
+        check.choice(self.learning_rate, "learning_rate", ("constant", "invscaling", "adaptive"))
         _check_real(self.learning_rate_init, "learning_rate_init", 0, None, low_open=True)
         _check_real(self.power_t, "power_t", 0, None)
-        _check_int(self.max_iter, "max_iter")
-        _check_bool(self.shuffle, "shuffle")
+        check.positive_int(self.max_iter, "max_iter")
+        check.flag(self.shuffle, "shuffle")
         _check_random_state(self.random_state)
         _check_real(self.tol, "tol", 0, None)
         if not isinstance(self.verbose, (bool, np.bool_, numbers.Integral)):
             raise TypeError(f"verbose must be a bool or an integer; got {self.verbose!r}")
-        _check_bool(self.warm_start, "warm_start")
+        check.flag(self.warm_start, "warm_start")
         _check_real(self.momentum, "momentum", 0, 1, high_open=True)
-        _check_bool(self.nesterovs_momentum, "nesterovs_momentum")
-        _check_bool(self.early_stopping, "early_stopping")
+        check.flag(self.nesterovs_momentum, "nesterovs_momentum")
+        check.flag(self.early_stopping, "early_stopping")
         _check_real(self.validation_fraction, "validation_fraction", 0, 1, high_open=True)
         if self.early_stopping and self.validation_fraction == 0:
             raise ValueError("validation_fraction must be positive when early_stopping=True")
@@ -265,10 +235,10 @@ class _BaseMLP(BaseEstimator):
         _check_real(self.beta_2, "beta_2", 0, 1, high_open=True)
         _check_real(self.epsilon, "epsilon", 0, None, low_open=True)
         if not (isinstance(self.n_iter_no_change, float) and self.n_iter_no_change == np.inf):
-            _check_int(self.n_iter_no_change, "n_iter_no_change")
-        _check_int(self.max_fun, "max_fun")
-        dtype = _check_dtype(self.dtype)
-        _check_choice(self.device, "device", ("cpu", "cuda"))
+            check.positive_int(self.n_iter_no_change, "n_iter_no_change")
+        check.positive_int(self.max_fun, "max_fun")
+        dtype = check.dtype(self.dtype)
+        check.choice(self.device, "device", check.DEVICES)
         return hidden, dtype
 
     def _check_solver(self):
@@ -955,7 +925,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if self.loss == "poisson":
             raise ValueError("loss='poisson' is not supported by fastbp (its engine has no "
                              "exponential output); use loss='squared_error'")
-        _check_choice(self.loss, "loss", ("squared_error",))
+        check.choice(self.loss, "loss", ("squared_error",))
         return super()._check_params()
 
     def _is_classifier(self):
