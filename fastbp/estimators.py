@@ -397,7 +397,12 @@ class _BaseMLP(BaseEstimator):
                 self.validation_loss_curve_ = None
                 self.best_validation_score_ = None
 
-    def _engine_optimizer(self):
+    def engine_optimizer(self):
+        """Name of the ``fastbp.MLP.fit`` optimizer that carries out ``solver`` with these
+        parameters (``'sgd'``, ``'momentum'``, ``'nesterov'`` or ``'adam'``); None for
+        ``lbfgs``, which scipy drives."""
+        if self.solver not in _STOCHASTIC:
+            return None
         if self.solver == "adam":
             return "adam"
         if self.momentum == 0:
@@ -440,7 +445,7 @@ class _BaseMLP(BaseEstimator):
         Y_fit = labels if labels.shape[0] else Y_fit
         sw_fit = None if sw_train is None else check.sample_weights(sw_train, X_fit.shape[0])
         sample_idx = np.arange(n_samples, dtype=np.int64)
-        optimizer = self._engine_optimizer()
+        optimizer = self.engine_optimizer()
         try:
             self.n_iter_ = 0
             stop = False
@@ -622,8 +627,47 @@ class _BaseMLP(BaseEstimator):
         check_is_fitted(self, "coefs_")
         dtype = self.coefs_[0].dtype
         X = _writeable(_validate_data(self, X, reset=False, dtype=dtype))
-        device = getattr(self, "_fit_device", "cpu")
-        return self._sync_net(dtype, device).forward(X)
+        return self._sync_net(dtype, self._fitted_device()).forward(X)
+
+    def _fitted_device(self):
+        return getattr(self, "_fit_device", "cpu")
+
+    # ------------------------------------------------------------ the fitted network
+
+    def to_network(self):
+        """The fitted network as a new ``fastbp.MLP``: ``coefs_`` and ``intercepts_``,
+        the engine's activations, loss and scikit-learn's loss scale, the fit's dtype and
+        device, a fresh optimizer. Save it with ``fastbp.persistence``, or time and train
+        it on its own; changing it leaves the estimator as it was."""
+        check_is_fitted(self, "coefs_")
+        fitted = self._sync_net(self.coefs_[0].dtype, self._fitted_device())
+        net = MLP(fitted.layer_sizes, fitted.activations, fitted.loss_name,
+                  dtype=fitted.dtype, device=fitted.device, seed=0)
+        net.loss_scale = fitted.loss_scale
+        for view, value in zip(net.weights + net.biases, fitted.weights + fitted.biases,
+                               strict=True):
+            view[...] = value
+        return net
+
+    def engine_targets(self, y):
+        """Targets ``y`` (labels, or an indicator matrix for multi-label; values for a
+        regressor) as the network of ``to_network`` trains on them: int64 class indices
+        ``(n_samples,)`` for a softmax output, else ``(n_samples, n_outputs)`` in the
+        fitted dtype."""
+        check_is_fitted(self, "coefs_")
+        return self._engine_targets(self._target_matrix(np.asarray(y)), self.coefs_[0].dtype)
+
+    def validation_loss(self, X, y, sample_weight=None):
+        """scikit-learn's loss of the fitted model on ``X``, ``y`` without the L2 term,
+        weighted by ``sample_weight``: what ``validation_loss_curve_`` records for the
+        held-out data after each epoch, here for data of the caller's choice."""
+        prob = self._forward(X)
+        y = self._target_matrix(np.asarray(y))
+        if y.shape[0] != prob.shape[0]:
+            raise ValueError(f"y has {y.shape[0]} rows but X has {prob.shape[0]}")
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, prob.shape[0], prob.dtype)
+        return _loss_value(self.out_activation_, y, prob, sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -823,6 +867,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 return onehot
         return binarizer.transform(y).astype(bool)
 
+    def _target_matrix(self, y):
+        """Labels ``y`` as the 0/1 matrix the outputs are compared with."""
+        return self._binarized(y)
+
     def _engine_targets(self, y, dtype):
         """Class indices for a softmax output, else 0/1 targets per output column."""
         if self.out_activation_ == "softmax":
@@ -943,6 +991,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, y
+
+    def _target_matrix(self, y):
+        """Targets ``y`` as a matrix ``(n_samples, n_outputs)``."""
+        return y.reshape(-1, 1) if y.ndim == 1 else y
 
     def _engine_targets(self, y, dtype):
         return _writeable(np.ascontiguousarray(y, dtype=dtype))
