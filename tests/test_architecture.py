@@ -9,7 +9,9 @@ walks every module under ``fastbp/`` with ``ast`` and reports, as ``path:line: t
   attribute ``self._name = ...``. That one exemption covers objects of a class defined in
   the same module (``other._net`` inside the class that sets ``self._net``) without
   tracking types; it can miss a foreign name that happens to share a local one, which
-  keeps the rule simple at little cost.
+  keeps the rule simple at little cost (one such: ``estimator._validate_data`` in
+  estimators.py, scikit-learn's own method before 1.6, called by the module's
+  compatibility shim of the same name, as there is no public one there).
 - ``from module import _name`` where ``_name`` is a name, not a module: importing a
   private module of fastbp (``from . import _validation as check``) is fine, the rule is
   about names, not module files.
