@@ -221,7 +221,8 @@ def measure(row, dtype, repeats, torch=None, peak=None, judge=True, min_seconds=
     }
 
 
-def _seconds(t):
+def format_seconds(t):
+    """A duration ``t`` in seconds as table text ("840 us", "12.5 ms", "1.25 s"); "-" for None."""
     if t is None:
         return "-"
     if t < 1e-3:
@@ -236,10 +237,11 @@ COLUMNS = ("row", "dtype", "fastbp", "NumPy", "speedup", "target", "speedup met"
 
 
 def _cells(r):
-    return (r["row"].name, r["dtype"], _seconds(r["fastbp"]),
-            _seconds(r["numpy"]) + (" (scaled)" if r["scaled"] else ""),
+    return (r["row"].name, r["dtype"], format_seconds(r["fastbp"]),
+            format_seconds(r["numpy"]) + (" (scaled)" if r["scaled"] else ""),
             f"{r['speedup']:.1f}x", r["row"].target,
-            "-" if r["meets"] is None else ("yes" if r["meets"] else "NO"), _seconds(r["torch"]),
+            "-" if r["meets"] is None else ("yes" if r["meets"] else "NO"),
+            format_seconds(r["torch"]),
             "-" if r["vs_torch"] is None else f"{r['vs_torch']:.2f}",
             "-" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.1f}%")
 

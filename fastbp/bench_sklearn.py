@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from .bench import IDLE_S, _seconds
+from .bench import IDLE_S, format_seconds
 
 
 def _fit(make, X, y):
@@ -62,7 +62,8 @@ def compare(name, X, y, repeats, max_iter=200, stream=print, solver="adam",
         row[label] = float(np.median(values))
     row["ratio"] = row["sklearn"] / row["fastbp"]
     stream(f"  {name:28s} {row['rows']:7d} {row['fastbp_epochs']:6d} "
-           f"{_seconds(row['fastbp']):>11s} {_seconds(row['sklearn']):>10s} {row['ratio']:7.1f}x   "
+           f"{format_seconds(row['fastbp']):>11s} {format_seconds(row['sklearn']):>10s} "
+           f"{row['ratio']:7.1f}x   "
            f"{row['fastbp_accuracy']:.4f} / {row['sklearn_accuracy']:.4f}")
     return row
 

@@ -241,10 +241,10 @@ def _speedup(est, X, y, args):
 
     n = min(len(X), 2000)
     X_slice = np.ascontiguousarray(X[:n], dtype=est.coefs_[0].dtype)
-    net = est._net
-    targets = est._engine_targets(_binarized(est, y[:n]), net.dtype)
+    net = est.to_network()
+    targets = est.engine_targets(y[:n])
     settings = dict(epochs=2, lr=args.lr, batch_size=args.batch_size,
-                    optimizer=est._engine_optimizer() if args.solver != "lbfgs" else "adam")
+                    optimizer=est.engine_optimizer() if args.solver != "lbfgs" else "adam")
 
     def timed(cls):
         times = []
@@ -256,19 +256,6 @@ def _speedup(est, X, y, args):
         return float(np.median(times))
 
     return n, timed(reference.MLP) / timed(MLP)
-
-
-def _binarized(est, y):
-    if hasattr(est, "_label_binarizer"):
-        return est._label_binarizer.transform(y).astype(bool)
-    return y.reshape(-1, 1)
-
-
-def _validation_loss(est, X, y):
-    from .estimators import _loss_value
-
-    prob = est._forward(X)
-    return _loss_value(est.out_activation_, _binarized(est, y), prob, None)
 
 
 def train_command(args):
@@ -346,7 +333,7 @@ def train_command(args):
                                 [b.copy() for b in est.intercepts_])
                     curves["train"].append(est.loss_)
                     if X_val is not None:
-                        curves["validation"].append(_validation_loss(est, X_val, y_val))
+                        curves["validation"].append(est.validation_loss(X_val, y_val))
                     if bar is not None:
                         elapsed = time.perf_counter() - start
                         postfix = {"loss": f"{est.loss_:.4f}"}
@@ -396,8 +383,7 @@ def _save_model(est, path, task, feature_names, target_name, mean, scale, epochs
                 "mean": mean, "scale": scale, "epochs": epochs}
     if task == "classify":
         metadata["classes"] = np.asarray(est.classes_, dtype=np.float64)
-    net = est._sync_net(est.coefs_[0].dtype, est._fit_device)
-    persistence.save(net, path, metadata=metadata)
+    persistence.save(est.to_network(), path, metadata=metadata)
 
 
 def _plot(curves, path, loss_curve):

@@ -66,13 +66,10 @@ _STOCHASTIC = ("sgd", "adam")
 # ---------------------------------------------------------------- parameter checks
 
 
-def _check_choice(value, name, allowed):
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    return value
-
-
 def _check_real(value, name, low, high, *, low_open=False, high_open=False):
+    """``value`` as a float in scikit-learn's interval from ``low`` to ``high`` (None: no
+    bound, infinity included), each end closed unless said open; ``_validation``'s
+    ``positive_float`` has no upper bound and refuses infinity."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {value!r}")
     value = float(value)
@@ -83,20 +80,6 @@ def _check_real(value, name, low, high, *, low_open=False, high_open=False):
             "inf)" if high is None else f"{high}" + (")" if high_open else "]"))
         raise ValueError(f"{name} must lie in {interval}; got {value!r}")
     return value
-
-
-def _check_int(value, name, low=1):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {low}; got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-    return int(value)
-
-
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False; got {value!r}")
-    return bool(value)
 
 
 def _check_random_state(value):
@@ -116,35 +99,22 @@ def _check_hidden(sizes):
     if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
         raise TypeError(
             f"hidden_layer_sizes must be a positive integer or a sequence of them; got {sizes!r}")
-    return [_check_int(s, f"hidden_layer_sizes[{i}]") for i, s in enumerate(sizes)]
-
-
-def _check_dtype(value):
-    try:
-        dtype = np.dtype(value)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64; got {value!r}") from None
-    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"dtype must be float32 or float64; got {dtype}")
-    return dtype
+    return [check.positive_int(s, f"hidden_layer_sizes[{i}]") for i, s in enumerate(sizes)]
 
 
 def _check_sample_weight(sample_weight, n_samples, dtype):
-    """Sample weights as a float array ``(n_samples,)``: finite, non-negative and not all
-    zero (a number means that weight for every sample)."""
+    """Sample weights as a new ``dtype`` array ``(n_samples,)``: finite, non-negative and
+    not all zero (a number means that weight for every sample). Always a copy, so the
+    caller's array stays untouched and the engine sees a writeable one (see
+    ``_writeable``)."""
     if sample_weight is None:
         return None
     if isinstance(sample_weight, numbers.Number):
         sample_weight = np.full(n_samples, sample_weight, dtype=dtype)
-    weights = np.asarray(sample_weight)
-    if weights.dtype.kind not in "fiub":
-        raise TypeError(f"sample_weight must hold real numbers; got dtype {weights.dtype}")
+    weights = check.numeric_array(sample_weight, "sample_weight", dtype, 1).copy()
     if weights.shape != (n_samples,):
         raise ValueError(
             f"sample_weight must have shape ({n_samples},) to match X; got {weights.shape}")
-    weights = np.array(weights, dtype=dtype)
-    if not np.isfinite(weights).all():
-        raise ValueError("sample_weight contains NaN or infinity")
     if weights.min() < 0:
         raise ValueError("sample_weight must be non-negative")
     if not weights.any():
@@ -237,27 +207,27 @@ class _BaseMLP(BaseEstimator):
         """Every constructor parameter checked before anything changes; returns the
         cleaned hidden layer sizes and dtype."""
         hidden = _check_hidden(self.hidden_layer_sizes)
-        _check_choice(self.activation, "activation", ("identity", "logistic", "tanh", "relu"))
-        _check_choice(self.solver, "solver", ("lbfgs", "sgd", "adam"))
+        check.choice(self.activation, "activation", ("identity", "logistic", "tanh", "relu"))
+        check.choice(self.solver, "solver", ("lbfgs", "sgd", "adam"))
         _check_real(self.alpha, "alpha", 0, None)
         if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
             if isinstance(self.batch_size, str):
                 raise ValueError(f"batch_size must be 'auto' or a positive integer; "
                                  f"got {self.batch_size!r}")
-            _check_int(self.batch_size, "batch_size")
-        _check_choice(self.learning_rate, "learning_rate", ("constant", "invscaling", "adaptive"))
+            check.positive_int(self.batch_size, "batch_size")
+        check.choice(self.learning_rate, "learning_rate", ("constant", "invscaling", "adaptive"))
         _check_real(self.learning_rate_init, "learning_rate_init", 0, None, low_open=True)
         _check_real(self.power_t, "power_t", 0, None)
-        _check_int(self.max_iter, "max_iter")
-        _check_bool(self.shuffle, "shuffle")
+        check.positive_int(self.max_iter, "max_iter")
+        check.flag(self.shuffle, "shuffle")
         _check_random_state(self.random_state)
         _check_real(self.tol, "tol", 0, None)
         if not isinstance(self.verbose, (bool, np.bool_, numbers.Integral)):
             raise TypeError(f"verbose must be a bool or an integer; got {self.verbose!r}")
-        _check_bool(self.warm_start, "warm_start")
+        check.flag(self.warm_start, "warm_start")
         _check_real(self.momentum, "momentum", 0, 1, high_open=True)
-        _check_bool(self.nesterovs_momentum, "nesterovs_momentum")
-        _check_bool(self.early_stopping, "early_stopping")
+        check.flag(self.nesterovs_momentum, "nesterovs_momentum")
+        check.flag(self.early_stopping, "early_stopping")
         _check_real(self.validation_fraction, "validation_fraction", 0, 1, high_open=True)
         if self.early_stopping and self.validation_fraction == 0:
             raise ValueError("validation_fraction must be positive when early_stopping=True")
@@ -265,10 +235,10 @@ class _BaseMLP(BaseEstimator):
         _check_real(self.beta_2, "beta_2", 0, 1, high_open=True)
         _check_real(self.epsilon, "epsilon", 0, None, low_open=True)
         if not (isinstance(self.n_iter_no_change, float) and self.n_iter_no_change == np.inf):
-            _check_int(self.n_iter_no_change, "n_iter_no_change")
-        _check_int(self.max_fun, "max_fun")
-        dtype = _check_dtype(self.dtype)
-        _check_choice(self.device, "device", ("cpu", "cuda"))
+            check.positive_int(self.n_iter_no_change, "n_iter_no_change")
+        check.positive_int(self.max_fun, "max_fun")
+        dtype = check.dtype(self.dtype)
+        check.choice(self.device, "device", check.DEVICES)
         return hidden, dtype
 
     def _check_solver(self):
@@ -427,7 +397,12 @@ class _BaseMLP(BaseEstimator):
                 self.validation_loss_curve_ = None
                 self.best_validation_score_ = None
 
-    def _engine_optimizer(self):
+    def engine_optimizer(self):
+        """Name of the ``fastbp.MLP.fit`` optimizer that carries out ``solver`` with these
+        parameters (``'sgd'``, ``'momentum'``, ``'nesterov'`` or ``'adam'``); None for
+        ``lbfgs``, which scipy drives."""
+        if self.solver not in _STOCHASTIC:
+            return None
         if self.solver == "adam":
             return "adam"
         if self.momentum == 0:
@@ -470,7 +445,7 @@ class _BaseMLP(BaseEstimator):
         Y_fit = labels if labels.shape[0] else Y_fit
         sw_fit = None if sw_train is None else check.sample_weights(sw_train, X_fit.shape[0])
         sample_idx = np.arange(n_samples, dtype=np.int64)
-        optimizer = self._engine_optimizer()
+        optimizer = self.engine_optimizer()
         try:
             self.n_iter_ = 0
             stop = False
@@ -652,8 +627,47 @@ class _BaseMLP(BaseEstimator):
         check_is_fitted(self, "coefs_")
         dtype = self.coefs_[0].dtype
         X = _writeable(_validate_data(self, X, reset=False, dtype=dtype))
-        device = getattr(self, "_fit_device", "cpu")
-        return self._sync_net(dtype, device).forward(X)
+        return self._sync_net(dtype, self._fitted_device()).forward(X)
+
+    def _fitted_device(self):
+        return getattr(self, "_fit_device", "cpu")
+
+    # ------------------------------------------------------------ the fitted network
+
+    def to_network(self):
+        """The fitted network as a new ``fastbp.MLP``: ``coefs_`` and ``intercepts_``,
+        the engine's activations, loss and scikit-learn's loss scale, the fit's dtype and
+        device, a fresh optimizer. Save it with ``fastbp.persistence``, or time and train
+        it on its own; changing it leaves the estimator as it was."""
+        check_is_fitted(self, "coefs_")
+        fitted = self._sync_net(self.coefs_[0].dtype, self._fitted_device())
+        net = MLP(fitted.layer_sizes, fitted.activations, fitted.loss_name,
+                  dtype=fitted.dtype, device=fitted.device, seed=0)
+        net.loss_scale = fitted.loss_scale
+        for view, value in zip(net.weights + net.biases, fitted.weights + fitted.biases,
+                               strict=True):
+            view[...] = value
+        return net
+
+    def engine_targets(self, y):
+        """Targets ``y`` (labels, or an indicator matrix for multi-label; values for a
+        regressor) as the network of ``to_network`` trains on them: int64 class indices
+        ``(n_samples,)`` for a softmax output, else ``(n_samples, n_outputs)`` in the
+        fitted dtype."""
+        check_is_fitted(self, "coefs_")
+        return self._engine_targets(self._target_matrix(np.asarray(y)), self.coefs_[0].dtype)
+
+    def validation_loss(self, X, y, sample_weight=None):
+        """scikit-learn's loss of the fitted model on ``X``, ``y`` without the L2 term,
+        weighted by ``sample_weight``: what ``validation_loss_curve_`` records for the
+        held-out data after each epoch, here for data of the caller's choice."""
+        prob = self._forward(X)
+        y = self._target_matrix(np.asarray(y))
+        if y.shape[0] != prob.shape[0]:
+            raise ValueError(f"y has {y.shape[0]} rows but X has {prob.shape[0]}")
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, prob.shape[0], prob.dtype)
+        return _loss_value(self.out_activation_, y, prob, sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -853,6 +867,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 return onehot
         return binarizer.transform(y).astype(bool)
 
+    def _target_matrix(self, y):
+        """Labels ``y`` as the 0/1 matrix the outputs are compared with."""
+        return self._binarized(y)
+
     def _engine_targets(self, y, dtype):
         """Class indices for a softmax output, else 0/1 targets per output column."""
         if self.out_activation_ == "softmax":
@@ -955,7 +973,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if self.loss == "poisson":
             raise ValueError("loss='poisson' is not supported by fastbp (its engine has no "
                              "exponential output); use loss='squared_error'")
-        _check_choice(self.loss, "loss", ("squared_error",))
+        check.choice(self.loss, "loss", ("squared_error",))
         return super()._check_params()
 
     def _is_classifier(self):
@@ -973,6 +991,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, y
+
+    def _target_matrix(self, y):
+        """Targets ``y`` as a matrix ``(n_samples, n_outputs)``."""
+        return y.reshape(-1, 1) if y.ndim == 1 else y
 
     def _engine_targets(self, y, dtype):
         return _writeable(np.ascontiguousarray(y, dtype=dtype))

@@ -148,11 +148,11 @@ def load(path: str | os.PathLike, *, device: str = "cpu") -> MLP:
             if w.dtype != net.dtype:
                 raise ValueError(f"parameter {i} is {w.dtype}, the file says {net.dtype}")
         net.set_params(weights, biases)
+        net.loss_scale = float(_field(arrays, "loss_scale", path, "f"))
     except (TypeError, ValueError) as error:
         if str(error).startswith((str(path), "device")):
             raise
         raise ValueError(f"{path}: invalid fastbp model: {error}") from None
-    net.loss_scale = float(_field(arrays, "loss_scale", path, "f"))
     return net
 
 

@@ -418,6 +418,80 @@ def test_device_is_passed_to_the_engine(digits):
         MLPClassifier(device="tpu").fit(X[:50], y[:50])
 
 
+# ---------------------------------------------------------------- the fitted network
+
+
+def fitted(cls, X, y, **params):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return cls(hidden_layer_sizes=(8,), max_iter=3, random_state=0, **params).fit(X, y)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_to_network_is_an_independent_copy_of_the_fitted_model(tmp_path, digits, dtype):
+    import fastbp
+
+    X, y = digits
+    est = fitted(MLPClassifier, X[:200], y[:200], dtype=dtype)
+    net = est.to_network()
+    assert isinstance(net, fastbp.MLP) and net.dtype == dtype and net.device == "cpu"
+    assert (net.layer_sizes, net.activations, net.loss_name) == (
+        (64, 8, 10), ("relu", "softmax"), "cce")
+    np.testing.assert_array_equal(net.forward(X[:30]), est.predict_proba(X[:30]))
+    assert net.optimizer_state()["optimizer"] is None  # the estimator's is Adam's
+    assert est.to_network() is not net
+    proba = est.predict_proba(X[:30])
+    net.weights[0][...] = 0.0
+    net.fit(X[:30], y[:30], epochs=1, lr=0.1)
+    np.testing.assert_array_equal(est.predict_proba(X[:30]), proba)
+    regressor = fitted(MLPRegressor, X[:200], y[:200].astype(float))
+    twin = regressor.to_network()
+    assert twin.loss_name == "half_mse" and twin.loss_scale == 0.5
+    twin.save(tmp_path / "m.npz")
+    np.testing.assert_array_equal(fastbp.load(tmp_path / "m.npz").forward(X[:30]).ravel(),
+                                  regressor.predict(X[:30]))
+
+
+def test_engine_targets_and_optimizer(digits):
+    X, y = digits
+    multiclass = fitted(MLPClassifier, X[:200], y[:200] + 1)
+    np.testing.assert_array_equal(multiclass.engine_targets(y[:5] + 1), y[:5])
+    assert multiclass.engine_targets(y[:5] + 1).dtype == np.int64
+    binary = fitted(MLPClassifier, X[:200], np.where(y[:200] > 4, "big", "small"),
+                    dtype=np.float32)
+    targets = binary.engine_targets(["small", "big", "big"])
+    assert targets.dtype == np.float32
+    np.testing.assert_array_equal(targets, [[1], [0], [0]])
+    regressor = fitted(MLPRegressor, X[:200], y[:200])
+    np.testing.assert_array_equal(regressor.engine_targets([1, 2]), [[1.0], [2.0]])
+    optimizers = [MLPClassifier(solver=solver, **params).engine_optimizer()
+                  for solver, params in (("adam", {}), ("sgd", {}), ("lbfgs", {}),
+                                         ("sgd", {"momentum": 0}),
+                                         ("sgd", {"nesterovs_momentum": False}))]
+    assert optimizers == ["adam", "nesterov", None, "sgd", "momentum"]
+
+
+def test_validation_loss_is_the_loss_without_the_l2_term(digits):
+    from sklearn.metrics import log_loss
+
+    X, y = digits
+    weights = np.arange(100) % 3 + 0.5
+    est = fitted(MLPClassifier, X[:200], y[:200], alpha=1.0)
+    proba = est.predict_proba(X[200:300])
+    np.testing.assert_allclose(est.validation_loss(X[200:300], y[200:300]),
+                               log_loss(y[200:300], proba, labels=est.classes_), rtol=1e-12)
+    np.testing.assert_allclose(
+        est.validation_loss(X[200:300], y[200:300], sample_weight=weights),
+        log_loss(y[200:300], proba, sample_weight=weights, labels=est.classes_), rtol=1e-12)
+    targets = np.stack([y, -2.0 * y], axis=1)
+    regressor = fitted(MLPRegressor, X[:200], targets[:200])
+    errors = (regressor.predict(X[200:300]) - targets[200:300]) ** 2
+    np.testing.assert_allclose(regressor.validation_loss(X[200:300], targets[200:300]),
+                               0.5 * errors.mean(), rtol=1e-12)
+    with pytest.raises(ValueError, match="y has 99 rows but X has 100"):
+        est.validation_loss(X[200:300], y[200:299])
+
+
 def test_pickle_round_trip_keeps_predictions_and_optimizer(digits):
     X, y = digits
     est = MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, random_state=0)

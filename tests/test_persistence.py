@@ -1,6 +1,7 @@
 """MLP.save / fastbp.load: exact round trips and clear refusals."""
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,14 @@ def test_a_model_saved_by_fastbp_0_1_0_before_the_engine_request_loads_and_predi
                          [0.43828272819519043, 0.5617172718048096],
                          [0.4711252748966217, 0.5288747549057007]], np.float32)
     np.testing.assert_array_equal(net.forward(X[:3]), expected)
+
+
+@pytest.mark.parametrize("loss_scale", [np.array(-1.0), np.array(np.nan), np.array(0.0),
+                                        np.array([0.5, 0.5])])
+def test_bad_loss_scale_is_an_invalid_model_naming_the_file(tmp_path, loss_scale):
+    net, _ = trained([3, 4, 2], ["relu", "softmax"], "cce")
+    path = tmp_path / "m.npz"
+    net.save(path)
+    rewrite(path, loss_scale=loss_scale)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: invalid fastbp model: "):
+        fastbp.load(path)
