@@ -237,7 +237,8 @@ class _BaseMLP(BaseEstimator):
         if not (isinstance(self.n_iter_no_change, float) and self.n_iter_no_change == np.inf):
             check.positive_int(self.n_iter_no_change, "n_iter_no_change")
         check.positive_int(self.max_fun, "max_fun")
-        dtype = check.dtype(self.dtype)
+        # None is NumPy's default float, as np.dtype(None) says.
+        dtype = check.dtype(np.float64 if self.dtype is None else self.dtype)
         check.choice(self.device, "device", check.DEVICES)
         return hidden, dtype
 
