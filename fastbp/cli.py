@@ -14,6 +14,7 @@ Bad input gets a one-line error and exit status 1; an interrupted training exits
 """
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -102,14 +103,17 @@ def _parser():
                        help="do not standardize the features")
     train.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     train.add_argument("--out", help="save the model to this .npz file")
-    train.add_argument("--plot", help="save the loss curves to this image (needs matplotlib)")
+    train.add_argument("--plot", help="save the loss curves to this image, its format named "
+                                      "by the extension: .png, .pdf, .svg, ... (needs "
+                                      "matplotlib)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=train_command)
 
     predict = commands.add_parser("predict", help="predict with a saved model")
     predict.add_argument("model", help="model file written by fastbp train --out")
     predict.add_argument("data", help="CSV, .npy, .npz or .parquet table of features")
-    predict.add_argument("--out", help="write here (.npy or CSV) instead of stdout")
+    predict.add_argument("--out", help="write here instead of stdout: .npy, or CSV to .csv, "
+                                       ".txt or a name without an extension")
     predict.add_argument("--proba", action="store_true",
                          help="class probabilities instead of labels")
     predict.set_defaults(run=predict_command)
@@ -136,6 +140,76 @@ def main(argv=None):
 def _fail(message):
     print("fastbp: error: " + " ".join(str(message).split()), file=sys.stderr)
     return 1
+
+
+# ---------------------------------------------------------------- outputs
+
+#: What ``fastbp predict --out`` writes, by extension: NumPy's format, or CSV text.
+PREDICTION_FORMATS = {".npy": "npy", ".csv": "csv", ".txt": "csv", "": "csv"}
+
+
+def _same_file(a, b):
+    """Whether paths ``a`` and ``b`` name one file (links and ``..`` resolved)."""
+    if os.path.exists(a) and os.path.exists(b):
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            pass
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def _plot_formats():
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return FigureCanvasBase.get_supported_filetypes()
+
+
+def _format_error(option, path, kind):
+    """Why ``path`` cannot hold ``kind`` (``model``, ``plot`` or ``predictions``), or None."""
+    extension = os.path.splitext(path)[1].lower()
+    if kind == "model" and extension != ".npz":
+        return f"{option} {path}: a model is saved as .npz; name a file ending in .npz"
+    if kind == "plot":
+        formats = _plot_formats()
+        if extension.lstrip(".") not in formats:
+            known = ", ".join("." + name for name in sorted(formats))
+            what = f"matplotlib cannot write {extension} images" if extension else \
+                "name the image format with an extension"
+            return f"{option} {path}: {what} (it writes {known})"
+    if kind == "predictions" and extension not in PREDICTION_FORMATS:
+        return (f"{option} {path}: predictions are written as .npy, or as CSV to .csv, .txt "
+                "or a name without an extension")
+    return None
+
+
+def _check_outputs(outputs, inputs):
+    """Refuse, before any work starts, an output that could not be written or would
+    overwrite an input or another output: ``outputs`` holds ``(option, path, kind)`` and
+    ``inputs`` ``(description, path)``, paths as the user typed them; None is skipped."""
+    outputs = [(option, path, kind) for option, path, kind in outputs if path is not None]
+    inputs = [(what, path) for what, path in inputs if path is not None]
+    for i, (option, path, kind) in enumerate(outputs):
+        folder = os.path.dirname(path) or "."
+        if not os.path.isdir(folder):
+            reason = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
+            raise CommandError(f"{option} {path}: the folder {folder} {reason}")
+        if os.path.isdir(path):
+            raise CommandError(f"{option} {path} is a folder; name a file in it")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise CommandError(f"{option} {path}: the folder {folder} is not writable")
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise CommandError(f"{option} {path}: the file is read-only")
+        for what, source in inputs:
+            if _same_file(path, source):
+                raise CommandError(f"{option} {path} is {what}; writing there would replace "
+                                   "it (choose another path)")
+        for other_option, other, _ in outputs[:i]:
+            if _same_file(path, other):
+                raise CommandError(f"{option} {path} is the same file as {other_option} "
+                                   f"{other}; give them different paths")
+        error = _format_error(option, path, kind)
+        if error:
+            raise CommandError(error)
 
 
 # ---------------------------------------------------------------- train
@@ -261,6 +335,8 @@ def _speedup(est, X, y, args):
 def train_command(args):
     if args.plot:
         import matplotlib  # noqa: F401  (fail before training, not after)
+    _check_outputs([("--out", args.out, "model"), ("--plot", args.plot, "plot")],
+                   [("the training data", args.data)])
     if args.alpha < 0:
         raise CommandError(f"--alpha must be non-negative; got {args.alpha}")
     from sklearn.model_selection import train_test_split
@@ -402,7 +478,8 @@ def _plot(curves, path, loss_curve):
     axes.set_ylabel("loss")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path)
+    with persistence.replacing(path) as file:
+        figure.savefig(file, format=os.path.splitext(path)[1][1:].lower())
     plt.close(figure)
 
 
@@ -410,6 +487,8 @@ def _plot(curves, path, loss_curve):
 
 
 def predict_command(args):
+    _check_outputs([("--out", args.out, "predictions")],
+                   [("the model file", args.model), ("the data file", args.data)])
     try:
         net = persistence.load(args.model)
         metadata = persistence.read_metadata(args.model)
@@ -451,14 +530,17 @@ def _format(value):
 
 
 def _write(values, header, path):
-    if path and path.lower().endswith(".npy"):
-        np.save(path, values if values.shape[1] > 1 else values.ravel())
+    """Predictions to stdout as CSV, or to ``path`` in the format its extension names
+    (``PREDICTION_FORMATS``), replacing the file at once when complete."""
+    if path and PREDICTION_FORMATS[os.path.splitext(path)[1].lower()] == "npy":
+        with persistence.replacing(path) as file:
+            np.save(file, values if values.shape[1] > 1 else values.ravel())
         return
     lines = [",".join(header)] + [",".join(_format(v) for v in row) for row in values]
     text = "\n".join(lines) + "\n"
     if path:
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(text)
+        with persistence.replacing(path) as file:
+            file.write(text.encode("utf-8"))
     else:
         sys.stdout.write(text)
 

@@ -1,5 +1,6 @@
 """The fastbp command line: training and prediction from files, and its error messages."""
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -185,3 +186,96 @@ def test_command_in_a_subprocess_stops_cleanly_on_sigint(tmp_path, digits_csv):
     assert "train accuracy" in out
     assert int(persistence.read_metadata(model)["epochs"]) >= 1
     assert fastbp.load(model).layer_sizes == (64, 8, 10)
+
+
+@pytest.fixture
+def small_csv(tmp_path):
+    """A 40-row, two-feature classification table in its own folder."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 2))
+    path = tmp_path / "v.csv"
+    np.savetxt(path, np.column_stack([X, X[:, 0] > 0]), delimiter=",", header="a,b,y",
+               comments="", fmt="%g")
+    return path
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "{data}", "--out", "nodir/m.npz"], "--out nodir/m.npz: the folder nodir does"),
+    (["train", "{data}", "--out", "afile/m.npz"], "--out afile/m.npz: the folder afile is a"),
+    (["train", "{data}", "--out", "adir"], "--out adir is a folder"),
+    (["train", "{data}", "--out", "m.pkl"], "--out m.pkl: a model is saved as .npz"),
+    (["train", "{data}", "--out", "m"], "--out m: a model is saved as .npz"),
+    (["train", "{data}", "--plot", "nodir/c.png"], "--plot nodir/c.png: the folder nodir"),
+    (["train", "{data}", "--plot", "adir"], "--plot adir is a folder"),
+    (["train", "{data}", "--plot", "curve.xyz"], "--plot curve.xyz: matplotlib cannot write"),
+    (["train", "{data}", "--plot", "curve"], "--plot curve: name the image format"),
+    (["train", "{data}", "--out", "{data}"], "--out {data} is the training data"),
+    (["train", "{data}", "--out", "same.npz", "--plot", "./same.npz"],
+     "--plot ./same.npz is the same file as --out same.npz"),
+    (["train", "missing.csv", "--out", "nodir/m.npz"], "--out nodir/m.npz"),
+    (["predict", "m.npz", "{data}", "--out", "{data}"], "--out {data} is the data file"),
+    (["predict", "m.npz", "{data}", "--out", "adir/../m.npz"],
+     "--out adir/../m.npz is the model file"),
+    (["predict", "m.npz", "{data}", "--out", "x.npz"], "--out x.npz: predictions are written"),
+    (["predict", "m.npz", "{data}", "--out", "nodir/p.csv"], "--out nodir/p.csv: the folder"),
+    (["predict", "m.npz", "{data}", "--out", "afile/p.csv"], "--out afile/p.csv: the folder"),
+])
+def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch, small_csv, argv,
+                                             words):
+    """A bad output path stops the command at once with one line naming it as typed, and
+    nothing is read, trained or written."""
+    if "--plot" in argv:
+        pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("a file\n")
+    code, out, _ = run(capsys, "train", "v.csv", "--epochs", "1", "--no-progress", "--out",
+                       "m.npz")
+    assert code == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+    def fail(*args, **kwargs):
+        raise AssertionError("read or trained despite a bad output path")
+
+    monkeypatch.setattr("fastbp.cli.read_table", fail)
+    monkeypatch.setattr("fastbp.persistence.load", fail)
+    code, out, err = run(capsys, *[a.format(data="v.csv") for a in argv], "--no-progress"
+                         if argv[0] == "train" else "--proba")
+    assert_one_line_error(code, err, words.format(data="v.csv"))
+    assert out == ""
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before and sorted(p.name for p in (tmp_path / "adir").iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="permission bits do not stop root")
+def test_a_read_only_folder_is_refused_before_training(tmp_path, capsys, small_csv):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        code, _, err = run(capsys, "train", small_csv, "--out", folder / "m.npz")
+    finally:
+        folder.chmod(0o755)
+    assert_one_line_error(code, err, f"--out {folder / 'm.npz'}: the folder {folder} is not "
+                                     "writable")
+
+
+def test_outputs_are_written_in_the_format_their_extension_names(tmp_path, capsys, small_csv,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plot = []
+    if importlib.util.find_spec("matplotlib"):
+        plot = ["--plot", "curve.svg"]
+    code, _, _ = run(capsys, "train", "v.csv", "--epochs", "2", "--no-progress", "--out",
+                     "m.npz", *plot)
+    assert code == 0
+    if plot:
+        assert (tmp_path / "curve.svg").read_text().lstrip().startswith("<?xml")
+    for name in ("p.csv", "p.txt", "p"):
+        assert run(capsys, "predict", "m.npz", "v.csv", "--out", name)[0] == 0
+        assert (tmp_path / name).read_text().splitlines()[0] == "y"
+    assert run(capsys, "predict", "m.npz", "v.csv", "--out", "P.NPY")[0] == 0
+    assert np.load(tmp_path / "P.NPY").shape == (40,)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
