@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -248,31 +249,77 @@ def _choose_task(task, y):
 
 
 class _StopOnInterrupt:
-    """The first Ctrl-C asks training to stop after the running epoch; a second one
-    interrupts at once. Active in the main thread only (where signals arrive)."""
+    """Ctrl-C and SIGTERM while training, so that finished work is never lost.
 
-    def __init__(self):
-        self.requested = False
-        self.forced = False
-        self._previous = None
+    ``phase`` says what runs: ``"epochs"`` (the first Ctrl-C asks to stop after the running
+    epoch), ``"iterations"`` (lbfgs: it stops at once, keeping the last finished
+    iteration), ``"saving"`` (signals are only recorded, so the model is written whole) or
+    ``"after"`` (scores and plots, already saved: a signal stops at once). A second Ctrl-C
+    or a SIGTERM stops at once in any phase but saving. "At once" raises KeyboardInterrupt,
+    at most once per phase, so the code that handles it is not interrupted in turn.
+    Active in the main thread only (where signals arrive).
+    """
+
+    def __init__(self, phase):
+        self.phase = phase  # one assignment switches phase, so no signal sees half of it
+        self.requested = False  # stop after the running epoch
+        self.forced = False  # stop now
+        self.signum = None  # the first signal that asked to stop
+        self._raised_in = None
+        self._previous = {}
+
+    @property
+    def exit_status(self):
+        """128 plus the signal's number, as shells report it: 130 for Ctrl-C."""
+        return 128 + (self.signum or signal.SIGINT)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def _say(self, text):
+        """Print from the handler: straight to the file descriptor, as the interrupted code
+        may be amid a write to sys.stderr (the progress bar) that a buffered write would
+        re-enter."""
+        text = "\nfastbp: " + text + "\n"
+        try:
+            os.write(sys.stderr.fileno(), text.encode())
+        except (AttributeError, OSError, ValueError):  # no descriptor (captured stderr)
+            try:
+                sys.stderr.write(text)
+            except RuntimeError:
+                pass
+
     def _handle(self, signum, frame):
-        if self.requested:
-            self.forced = True
+        if self.forced:
+            return  # already stopping at once
+        self.signum = self.signum or signum
+        if signum == signal.SIGINT and not self.requested and self.phase == "epochs":
+            self.requested = True
+            self._say("stopping after this epoch (Ctrl-C again to stop now)")
+            return
+        if signum == signal.SIGINT and not self.requested and self.phase == "iterations":
+            self.requested = True
+            self._say("stopping; keeping the last finished iteration")
+        else:
+            self.requested = self.forced = True
+        if self.phase != "saving" and self._raised_in != self.phase:
+            self._raised_in = self.phase
             raise KeyboardInterrupt
-        self.requested = True
-        print("\nfastbp: stopping after this epoch (Ctrl-C again to stop now)",
-              file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
         return False
+
+
+class _Finished:
+    """The last finished epoch (or lbfgs iteration): ``(count, coefs, intercepts)``, set in
+    one assignment so that an interruption sees the old one or the new one, never half."""
+
+    state = None
 
 
 def _warm_up(dtype):
@@ -379,79 +426,103 @@ def train_command(args):
           + (f", validating on {len(y_val)}" if n_val else ""), flush=True)
 
     curves = {"train": [], "validation": []}
-    stopper = _StopOnInterrupt()
-    snapshot = None
+    finished = _Finished()
+    stopper = _StopOnInterrupt("iterations" if args.solver == "lbfgs" else "epochs")
     start = time.perf_counter()
-    if args.solver == "lbfgs":
-        import warnings
+    with stopper, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="lbfgs failed to converge")
+        warnings.filterwarnings("ignore", message="Training interrupted by user")
+        try:
+            if args.solver == "lbfgs":
+                est.fit(X_train, y_train)
+            else:
+                _run_epochs(est, args, task, classes, (X_train, y_train, X_val, y_val),
+                            curves, finished, stopper, start)
+            stopper.phase = "saving"
+        except KeyboardInterrupt:
+            stopper.phase = "saving"
+        if args.solver == "lbfgs" and hasattr(est, "coefs_"):
+            finished.state = (est.n_iter_, est.coefs_, est.intercepts_)
+            curves["train"].append(est.loss_)
+        if finished.state is None:
+            print("fastbp: interrupted before the first "
+                  f"{'iteration' if args.solver == 'lbfgs' else 'epoch'} finished; nothing "
+                  "saved", file=sys.stderr)
+            return stopper.exit_status
+        epochs_done, est.coefs_, est.intercepts_ = finished.state
+        seconds = time.perf_counter() - start
+        if args.out:
+            _save_model(est, args.out, task, feature_names, target_name, mean, scale,
+                        epochs_done)
+        unit = "iteration" if args.solver == "lbfgs" else "epoch"
+        kept = f"kept the model of {unit} {epochs_done} in {args.out}" if args.out else \
+            "no --out, so no model saved"
+        stopper.phase = "after"
+        try:
+            if stopper.forced:
+                raise KeyboardInterrupt
+            _report(est, args, task, epochs_done, seconds, X_train, y_train, X_val, y_val)
+            if args.out:
+                print(f"  model saved to {args.out}")
+            if args.plot:
+                _plot(curves, args.plot, est.loss_curve_ if args.solver != "lbfgs" else None)
+                print(f"  loss curves saved to {args.plot}")
+        except KeyboardInterrupt:
+            print(f"fastbp: interrupted; {kept}", file=sys.stderr)
+            return stopper.exit_status
+    if stopper.requested:
+        print(f"fastbp: interrupted; {kept}", file=sys.stderr)
+        return stopper.exit_status
+    return 0
 
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="lbfgs failed to converge")
-            est.fit(X_train, y_train)
-        epochs_done = est.n_iter_
-        curves["train"].append(est.loss_)
-    else:
-        bar = _progress(args, args.epochs)
-        epochs_done = 0
-        with stopper:
-            try:
-                for _ in range(args.epochs):
-                    if stopper.requested:
-                        break
-                    if task == "classify":
-                        est.partial_fit(X_train, y_train, classes=classes)
-                    else:
-                        est.partial_fit(X_train, y_train)
-                    if stopper.forced:
-                        break
-                    epochs_done += 1
-                    snapshot = ([c.copy() for c in est.coefs_],
-                                [b.copy() for b in est.intercepts_])
-                    curves["train"].append(est.loss_)
-                    if X_val is not None:
-                        curves["validation"].append(est.validation_loss(X_val, y_val))
-                    if bar is not None:
-                        elapsed = time.perf_counter() - start
-                        postfix = {"loss": f"{est.loss_:.4f}"}
-                        if curves["validation"]:
-                            postfix["val"] = f"{curves['validation'][-1]:.4f}"
-                        postfix["samples/s"] = f"{epochs_done * len(y_train) / elapsed:,.0f}"
-                        bar.set_postfix(postfix, refresh=False)
-                        bar.update(1)
-            except KeyboardInterrupt:
-                stopper.requested = True
-            finally:
-                if bar is not None:
-                    bar.close()
-        if snapshot is None:
-            print("fastbp: interrupted before the first epoch finished; nothing saved",
-                  file=sys.stderr)
-            return 130
-        est.coefs_, est.intercepts_ = snapshot
-    seconds = time.perf_counter() - start
-    interrupted = stopper.requested or stopper.forced
 
+def _run_epochs(est, args, task, classes, data, curves, finished, stopper, start):
+    """Train one epoch at a time until ``args.epochs`` or a stop request, keeping each
+    finished epoch's parameters in ``finished``."""
+    X_train, y_train, X_val, y_val = data
+    bar = _progress(args, args.epochs)
+    try:
+        for _ in range(args.epochs):
+            if stopper.requested:
+                break
+            if task == "classify":
+                est.partial_fit(X_train, y_train, classes=classes)
+            else:
+                est.partial_fit(X_train, y_train)
+            if stopper.forced:
+                break  # interrupted within the epoch: it did not finish
+            epochs_done = (finished.state[0] if finished.state else 0) + 1
+            finished.state = (epochs_done, [c.copy() for c in est.coefs_],
+                              [b.copy() for b in est.intercepts_])
+            curves["train"].append(est.loss_)
+            if X_val is not None:
+                curves["validation"].append(est.validation_loss(X_val, y_val))
+            if bar is not None:
+                elapsed = time.perf_counter() - start
+                postfix = {"loss": f"{est.loss_:.4f}"}
+                if curves["validation"]:
+                    postfix["val"] = f"{curves['validation'][-1]:.4f}"
+                postfix["samples/s"] = f"{epochs_done * len(y_train) / elapsed:,.0f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _report(est, args, task, epochs_done, seconds, X_train, y_train, X_val, y_val):
+    """Print the time, the scores and (with ``--compare-numpy``) the speedup."""
     metric = "accuracy" if task == "classify" else "R^2"
     print(f"  epochs {epochs_done}, time {seconds:.2f} s "
           f"({epochs_done * len(y_train) / max(seconds, 1e-9):,.0f} samples/s)"
           if args.solver != "lbfgs" else f"  lbfgs iterations {epochs_done}, "
-                                          f"time {seconds:.2f} s")
+                                          f"time {seconds:.2f} s", flush=True)
     line = f"  train {metric} {est.score(X_train, y_train):.4f}"
     if X_val is not None:
         line += f", validation {metric} {est.score(X_val, y_val):.4f}"
-    print(line)
+    print(line, flush=True)
     rows, ratio = _speedup(est, X_train, y_train, args)
     print(f"  speedup over plain NumPy (fastbp.reference, 2 epochs on {rows} rows): {ratio:.1f}x")
-    if args.out:
-        _save_model(est, args.out, task, feature_names, target_name, mean, scale, epochs_done)
-        print(f"  model saved to {args.out}")
-    if args.plot:
-        _plot(curves, args.plot, est.loss_curve_ if args.solver != "lbfgs" else None)
-        print(f"  loss curves saved to {args.plot}")
-    if interrupted:
-        print(f"fastbp: interrupted; kept the model of epoch {epochs_done}", file=sys.stderr)
-        return 130
-    return 0
 
 
 def _save_model(est, path, task, feature_names, target_name, mean, scale, epochs):

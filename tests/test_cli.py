@@ -279,3 +279,190 @@ def test_outputs_are_written_in_the_format_their_extension_names(tmp_path, capsy
     assert np.load(tmp_path / "P.NPY").shape == (40,)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def _signals_at(calls, at, signals):
+    """A counter that sends ``signals`` to this process at its ``at``-th call."""
+    calls.append(1)
+    if len(calls) != at:
+        return
+    stop = None
+    for signum in signals:  # all of them, even when one's handler raises
+        try:
+            signal.raise_signal(signum)
+        except KeyboardInterrupt as error:
+            stop = error
+    if stop is not None:
+        raise stop
+
+
+def _kept_epochs(path):
+    assert fastbp.load(path).layer_sizes[0] == 64
+    return int(persistence.read_metadata(path)["epochs"])
+
+
+@pytest.mark.parametrize("where", ["engine", "estimator"])
+@pytest.mark.parametrize("signals, code, kept", [
+    ((signal.SIGINT,), 130, 3),  # the running epoch finishes
+    ((signal.SIGINT, signal.SIGINT), 130, 2),  # stops at once: the epoch before
+    ((signal.SIGTERM,), 143, 2),
+    ((signal.SIGINT, signal.SIGTERM, signal.SIGINT), 130, 2),
+])
+def test_interrupting_an_epoch_keeps_the_last_finished_one(tmp_path, capsys, digits_csv,
+                                                           monkeypatch, where, signals, code,
+                                                           kept):
+    """Signals inside the third epoch, in the compiled engine's call or around it."""
+    from fastbp import estimators, network
+
+    calls = []
+    owner, name = (network.MLP, "fit") if where == "engine" else \
+        (estimators.MLPClassifier, "partial_fit")
+    original = getattr(owner, name)
+
+    def interrupted(self, *args, **kwargs):
+        _signals_at(calls, 4 if where == "engine" else 3, signals)  # the engine's first fit
+        return original(self, *args, **kwargs)  # is the warm-up's
+
+    monkeypatch.setattr(owner, name, interrupted)
+    out_code, out, err = run(capsys, "train", digits_csv, "--epochs", "50", "--hidden", "8",
+                             "--no-progress", "--out", tmp_path / "m.npz")
+    assert out_code == code, err
+    assert f"kept the model of epoch {kept} in" in err and "Traceback" not in err
+    assert "interrupted by user" not in err
+    assert _kept_epochs(tmp_path / "m.npz") == kept
+    assert ("train accuracy" in out) == (signals == (signal.SIGINT,))
+
+
+@pytest.mark.parametrize("before, during, code", [
+    ((), (signal.SIGINT,), 130),
+    ((signal.SIGINT,), (signal.SIGINT,), 130),  # the second Ctrl-C, while scoring
+    ((), (signal.SIGTERM,), 143),
+])
+def test_interrupting_the_scores_after_training_keeps_the_model(tmp_path, capsys, digits_csv,
+                                                                monkeypatch, before, during,
+                                                                code):
+    from fastbp import estimators
+
+    fits, scores = [], []
+    partial_fit, score = estimators.MLPClassifier.partial_fit, estimators.MLPClassifier.score
+
+    def fit(self, *args, **kwargs):
+        _signals_at(fits, 2, before)
+        return partial_fit(self, *args, **kwargs)
+
+    def scored(self, *args, **kwargs):
+        _signals_at(scores, 1, during)
+        return score(self, *args, **kwargs)
+
+    monkeypatch.setattr(estimators.MLPClassifier, "partial_fit", fit)
+    monkeypatch.setattr(estimators.MLPClassifier, "score", scored)
+    out_code, out, err = run(capsys, "train", digits_csv, "--epochs", "3", "--hidden", "8",
+                             "--no-progress", "--out", tmp_path / "m.npz", "--plot",
+                             tmp_path / "c.png")
+    assert out_code == code and "Traceback" not in err
+    assert _kept_epochs(tmp_path / "m.npz") == (2 if before else 3)
+    assert "accuracy" not in out and not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("signals, code", [((signal.SIGINT,), 130),
+                                           ((signal.SIGINT, signal.SIGINT), 130),
+                                           ((signal.SIGTERM,), 143)])
+def test_signals_while_saving_wait_until_the_model_is_written(tmp_path, capsys, digits_csv,
+                                                              monkeypatch, signals, code):
+    calls = []
+    savez = np.savez
+
+    def interrupted(*args, **kwargs):
+        _signals_at(calls, 1, signals)
+        return savez(*args, **kwargs)
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    out_code, out, err = run(capsys, "train", digits_csv, "--epochs", "3", "--hidden", "8",
+                             "--no-progress", "--out", tmp_path / "m.npz")
+    assert calls and out_code == code and "kept the model of epoch 3" in err
+    assert _kept_epochs(tmp_path / "m.npz") == 3
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]
+
+
+@pytest.mark.parametrize("signals, code", [((signal.SIGINT,), 130), ((signal.SIGTERM,), 143),
+                                           ((signal.SIGINT, signal.SIGINT), 130)])
+def test_interrupting_lbfgs_keeps_the_last_finished_iteration(tmp_path, capsys, digits_csv,
+                                                              monkeypatch, signals, code):
+    from fastbp import network
+
+    calls = []
+    gradients = network.MLP.gradients
+
+    def interrupted(self, *args, **kwargs):
+        _signals_at(calls, 15, signals)
+        return gradients(self, *args, **kwargs)
+
+    monkeypatch.setattr(network.MLP, "gradients", interrupted)
+    out_code, out, err = run(capsys, "train", digits_csv, "--solver", "lbfgs", "--epochs",
+                             "500", "--hidden", "8", "--out", tmp_path / "m.npz")
+    assert out_code == code and "Traceback" not in err, err
+    iterations = _kept_epochs(tmp_path / "m.npz")
+    assert 1 <= iterations < 15 and f"kept the model of iteration {iterations} in" in err
+    assert (f"lbfgs iterations {iterations}" in out) == (signals == (signal.SIGINT,))
+
+
+def test_interrupted_before_the_first_epoch_saves_nothing(tmp_path, capsys, digits_csv,
+                                                          monkeypatch):
+    from fastbp import estimators
+
+    def interrupted(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(estimators.MLPClassifier, "partial_fit", interrupted)
+    code, _, err = run(capsys, "train", digits_csv, "--out", tmp_path / "m.npz")
+    assert code == 143 and "nothing saved" in err and os.listdir(tmp_path) == []
+
+
+def _start_training(*argv):
+    """``fastbp train`` in a subprocess, once it has printed that training begins."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    process = subprocess.Popen([sys.executable, "-m", "fastbp.cli", "train", *map(str, argv)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)
+    first = process.stdout.readline()
+    if not first.startswith("fastbp: training"):
+        process.kill()
+        raise AssertionError(first + process.communicate()[1])
+    return process
+
+
+def _signal_and_wait(process, signals):
+    try:
+        for signum in signals:
+            process.send_signal(signum)
+            time.sleep(0.05)
+        return process.communicate(timeout=120)
+    finally:
+        process.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver, signals, code", [
+    ("adam", (signal.SIGINT, signal.SIGINT), 130),
+    ("sgd", (signal.SIGTERM,), 143),
+    ("lbfgs", (signal.SIGINT,), 130),
+    ("lbfgs", (signal.SIGINT, signal.SIGINT), 130),
+    ("lbfgs", (signal.SIGTERM,), 143),
+])
+def test_real_signals_during_training_keep_a_loadable_model(tmp_path, digits_csv, solver,
+                                                            signals, code):
+    model = tmp_path / "m.npz"
+    # lbfgs fits one pixel from the others: thousands of iterations (digits take 14)
+    task = ["--target", "p30", "--task", "regress"] if solver == "lbfgs" else []
+    process = _start_training(digits_csv, *task, "--solver", solver, "--epochs", "100000",
+                              "--hidden", "128,128" if solver == "lbfgs" else "8",
+                              "--no-progress", "--out", model)
+    time.sleep(2.0)  # some epochs (iterations) finish
+    out, err = _signal_and_wait(process, signals)
+    # A later signal may find Python already shutting down, its handlers reset: it ends
+    # the process by that signal, which a shell reports as the same status (128 + n).
+    assert process.returncode in (code, -signals[-1] if len(signals) > 1 else code), out + err
+    assert signals[0] == signal.SIGTERM or "fastbp: stopping" in err  # while training
+    assert "Traceback" not in err and "kept the model of" in err
+    assert _kept_epochs(model) >= 1
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]
