@@ -62,6 +62,17 @@ def _positive(kind):
     return parse
 
 
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {2**32 - 1}; got "
+                                         f"{text!r}")
+    return value
+
+
 def _fraction(text):
     try:
         value = float(text)
@@ -97,7 +108,7 @@ def _parser():
     train.add_argument("--lr", type=_positive(float), default=1e-3,
                        help="learning rate (default 0.001)")
     train.add_argument("--alpha", type=float, default=1e-4, help="L2 penalty (default 0.0001)")
-    train.add_argument("--seed", type=int, default=0,
+    train.add_argument("--seed", type=_seed, default=0,
                        help="seed of the weights, split and batch order (default 0)")
     train.add_argument("--validation", type=_fraction, default=0.1,
                        help="share of rows held out for validation (default 0.1)")
@@ -326,6 +337,42 @@ class _Finished:
     state = None
 
 
+def _available_memory():
+    """Bytes of memory available to a new allocation, or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _bytes(count):
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1024 or unit == "TB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1024
+
+
+def _check_memory(hidden, sizes, rows, batch_size, itemsize):
+    """Refuse ``--hidden`` widths whose training would not fit in memory, before anything is
+    allocated: the weights are held about eight times (the estimator's and the engine's
+    copies, gradients, two Adam moments, the best and the last finished epoch's), the
+    activations of every row once forward and twice backward (scores on all rows)."""
+    params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    needed = 8 * params * max(itemsize, 8) + 3 * max(rows, batch_size) * sum(sizes[1:]) * itemsize
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise CommandError(f"--hidden {','.join(map(str, hidden))} is too large for memory: "
+                           f"a network of {params:,} parameters needs about {_bytes(needed)} "
+                           f"to train, and {_bytes(available)} is available")
+
+
 def _warm_up(dtype):
     """Compile (or load from numba's cache) the engine before any timing, saying so when
     it takes long, so the first epoch neither looks hung nor skews the times."""
@@ -394,6 +441,9 @@ def train_command(args):
 
     from .estimators import MLPClassifier, MLPRegressor
 
+    if args.target is not None and args.data is None:
+        raise CommandError("--target needs a data file: without DATA, train trains on the "
+                           "digits and their label")
     X, y, feature_names, target_name = _load_training_data(args)
     task = _choose_task(args.task, y)
     source = args.data or "scikit-learn's digits"
@@ -417,12 +467,15 @@ def train_command(args):
 
     cls = MLPClassifier if task == "classify" else MLPRegressor
     est = cls(hidden_layer_sizes=args.hidden, activation=args.activation, solver=args.solver,
-              alpha=args.alpha, batch_size=args.batch_size, learning_rate_init=args.lr,
+              alpha=args.alpha, batch_size=min(args.batch_size, len(y_train)),
+              learning_rate_init=args.lr,
               max_iter=args.epochs, random_state=np.random.RandomState(args.seed),
               dtype=args.dtype)
     classes = np.unique(y) if task == "classify" else None
-    _warm_up(np.dtype(args.dtype))
     n_out = 1 if task == "regress" or classes.size == 2 else classes.size
+    _check_memory(args.hidden, (X.shape[1], *args.hidden, n_out), len(y), args.batch_size,
+                  np.dtype(args.dtype).itemsize)
+    _warm_up(np.dtype(args.dtype))
     sizes = "-".join(str(s) for s in (X.shape[1], *args.hidden, n_out))
     print(f"fastbp: training a {sizes} {args.activation} network ({args.solver}, "
           f"{'classification' if task == 'classify' else 'regression'} of {target_name!r}) "
@@ -571,6 +624,9 @@ def predict_command(args):
         metadata = persistence.read_metadata(args.model)
     except FileNotFoundError as error:
         raise CommandError(str(error)) from None
+    if args.proba and str(metadata.get("task", "")) != "classify":
+        raise CommandError(f"--proba needs a classification model; {args.model} predicts "
+                           "values (regression)")
     table = read_table(args.data)
     n_in = net.layer_sizes[0]
     names = [str(n) for n in metadata.get("features", [])]

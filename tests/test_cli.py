@@ -488,3 +488,43 @@ def test_real_signals_after_training_keep_the_model(tmp_path, digits_csv, signal
     assert process.returncode in (code, -signals[-1] if len(signals) > 1 else code), out + err
     assert "speedup" not in out and "Traceback" not in err
     assert "kept the model of epoch 2 in" in err and _kept_epochs(model) == 2
+
+
+@pytest.mark.parametrize("value", ["-1", "4294967296", "x"])
+def test_a_bad_seed_is_a_usage_error_naming_seed(capsys, small_csv, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", str(small_csv), "--seed", value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --seed: expected an integer from 0 to" in err
+    assert "random_state" not in err
+
+
+def test_hidden_too_large_for_memory_is_refused_before_allocating(capsys, small_csv,
+                                                                  monkeypatch):
+    from fastbp import estimators
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the network was allocated")
+
+    monkeypatch.setattr(estimators.MLPClassifier, "partial_fit", fail)
+    code, _, err = run(capsys, "train", small_csv, "--hidden", "1000000000")
+    assert_one_line_error(code, err, "--hidden 1000000000 is too large for memory",
+                          "4,000,000,001 parameters")
+
+
+def test_options_that_do_not_apply_are_refused(tmp_path, capsys, small_csv):
+    code, _, err = run(capsys, "train", "--target", "y", "--epochs", "1")
+    assert_one_line_error(code, err, "--target needs a data file")
+    code, _, _ = run(capsys, "train", small_csv, "--task", "regress", "--epochs", "1",
+                     "--out", tmp_path / "r.npz")
+    assert code == 0
+    code, out, err = run(capsys, "predict", tmp_path / "r.npz", small_csv, "--proba")
+    assert_one_line_error(code, err, "--proba needs a classification model", "r.npz")
+    assert out == ""
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_a_batch_larger_than_the_data_is_no_warning(capsys, small_csv):
+    """The estimator's warning names its own batch_size; the command clips quietly."""
+    code, _, err = run(capsys, "train", small_csv, "--epochs", "1", "--batch-size", "1000")
+    assert code == 0 and "batch_size" not in err
