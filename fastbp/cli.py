@@ -113,7 +113,7 @@ def _parser():
     train.add_argument("--validation", type=_fraction, default=0.1,
                        help="share of rows held out for validation (default 0.1)")
     train.add_argument("--no-scale", action="store_true",
-                       help="do not standardize the features")
+                       help="do not standardize the features (nor a regression target)")
     train.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     train.add_argument("--out", help="save the model to this .npz file")
     train.add_argument("--plot", help="save the loss curves to this image, its format named "
@@ -464,6 +464,11 @@ def train_command(args):
     scale[scale == 0] = 1.0
     X_train = (X_train - mean) / scale
     X_val = None if X_val is None else (X_val - mean) / scale
+    target_scaling = None  # regression targets are standardized too; predict undoes it
+    if task == "regress" and not args.no_scale:
+        target_scaling = (float(y_train.mean()), float(y_train.std()) or 1.0)
+        y_train = (y_train - target_scaling[0]) / target_scaling[1]
+        y_val = None if y_val is None else (y_val - target_scaling[0]) / target_scaling[1]
 
     cls = MLPClassifier if task == "classify" else MLPRegressor
     est = cls(hidden_layer_sizes=args.hidden, activation=args.activation, solver=args.solver,
@@ -510,7 +515,7 @@ def train_command(args):
         seconds = time.perf_counter() - start
         if args.out:
             _save_model(est, args.out, task, feature_names, target_name, mean, scale,
-                        epochs_done)
+                        epochs_done, target_scaling)
         unit = "iteration" if args.solver == "lbfgs" else "epoch"
         kept = f"kept the model of {unit} {epochs_done} in {args.out}" if args.out else \
             "no --out, so no model saved"
@@ -584,9 +589,14 @@ def _report(est, args, task, epochs_done, seconds, X_train, y_train, X_val, y_va
               f"of 5): {ratio:.1f}x", flush=True)
 
 
-def _save_model(est, path, task, feature_names, target_name, mean, scale, epochs):
+def _save_model(est, path, task, feature_names, target_name, mean, scale, epochs,
+                target_scaling=None):
+    """Write the model with what predict needs beside it: the task, feature names and
+    scaling, class labels, and a regression target's mean and scale when standardized."""
     metadata = {"task": task, "features": np.array(feature_names), "target": target_name,
                 "mean": mean, "scale": scale, "epochs": epochs}
+    if target_scaling is not None:
+        metadata["target_mean"], metadata["target_scale"] = target_scaling
     if task == "classify":
         metadata["classes"] = np.asarray(est.classes_, dtype=np.float64)
     persistence.save(est.to_network(), path, metadata=metadata)
@@ -651,7 +661,8 @@ def predict_command(args):
         values = np.column_stack([1 - out[:, 0], out[:, 0]]) if out.shape[1] == 1 else out
         header = [f"P({_format(c)})" for c in classes]
     else:
-        values = out
+        # Models that standardized the target store its scaling; older ones predict as is.
+        values = out * metadata.get("target_scale", 1.0) + metadata.get("target_mean", 0.0)
         header = [target] if out.shape[1] == 1 else [f"{target}{i}" for i in range(out.shape[1])]
     _write(values, header, args.out)
     return 0

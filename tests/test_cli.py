@@ -528,3 +528,35 @@ def test_a_batch_larger_than_the_data_is_no_warning(capsys, small_csv):
     """The estimator's warning names its own batch_size; the command clips quietly."""
     code, _, err = run(capsys, "train", small_csv, "--epochs", "1", "--batch-size", "1000")
     assert code == 0 and "batch_size" not in err
+
+
+def test_regression_standardizes_the_target_and_predict_undoes_it(tmp_path, capsys):
+    """With the defaults the diabetes data reached a validation R^2 of -0.04 on the raw
+    target; standardized, the model learns, and predict answers on the target's scale."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.metrics import r2_score
+
+    X, y = load_diabetes(return_X_y=True)
+    data = tmp_path / "diabetes.csv"
+    np.savetxt(data, np.column_stack([X, y]), delimiter=",", comments="", fmt="%.10g",
+               header=",".join([f"f{i}" for i in range(10)] + ["y"]))
+    model = tmp_path / "d.npz"
+    code, out, _ = run(capsys, "train", data, "--no-progress", "--out", model)
+    assert code == 0
+    assert float(out.split("validation R^2 ")[1].split()[0]) > 0.2, out
+    meta = persistence.read_metadata(model)
+    assert float(meta["target_mean"]) == pytest.approx(y.mean(), rel=0.05)
+    assert float(meta["target_scale"]) == pytest.approx(y.std(), rel=0.05)
+    code, out, _ = run(capsys, "predict", model, data)
+    predicted = np.array(out.splitlines()[1:], dtype=float)
+    assert code == 0 and r2_score(y, predicted) > 0.4
+
+    # A model saved without the target's scaling predicts the network's output as is.
+    with np.load(model) as archive:
+        arrays = {k: archive[k] for k in archive.files if "target_" not in k}
+    np.savez(tmp_path / "old.npz", **arrays)
+    code, out, _ = run(capsys, "predict", tmp_path / "old.npz", data)
+    X = np.loadtxt(data, delimiter=",", skiprows=1)[:, :10]  # as the CSV holds them
+    expected = fastbp.load(model).forward((X - meta["mean"]) / meta["scale"])[:, 0]
+    np.testing.assert_allclose(np.array(out.splitlines()[1:], dtype=float), expected,
+                               rtol=1e-12)
