@@ -5,13 +5,15 @@ the digits shipped with scikit-learn), holds out a validation share, standardize
 features, trains ``fastbp.MLPClassifier`` or ``fastbp.MLPRegressor`` one epoch at a time
 with a progress bar, and prints the train and validation scores and the time (with
 ``--compare-numpy``, also the speedup over plain NumPy, ``fastbp.reference``, measured on
-a slice of the data). ``--out`` saves
-the model (``fastbp.persistence`` format, with the labels and scaling as metadata);
-Ctrl-C stops after the running epoch and still saves it.
+a slice of the data). ``--out`` saves the model (``fastbp.persistence`` format, with the
+labels and the scaling of features and regression target as metadata). Output paths are
+checked before any work starts. Ctrl-C stops after the running epoch; a second Ctrl-C or
+SIGTERM stops at once; either way the last finished epoch's model is saved.
 
 ``fastbp predict MODEL DATA`` writes one prediction per row, to stdout or ``--out``.
 
-Bad input gets a one-line error and exit status 1; an interrupted training exits 130.
+Exit status: 0 done, 1 bad input (a one-line error), 2 usage, 130 interrupted (143 by
+SIGTERM); ``EXIT_STATUS`` below is what ``--help`` shows.
 """
 
 import argparse
@@ -27,7 +29,13 @@ import numpy as np
 from . import persistence
 from ._tables import DataError, read_table
 
-EPILOG = "Without DATA, train trains on the digits shipped with scikit-learn."
+EXIT_STATUS = """exit status:
+  0    done
+  1    bad input: a data or model file, an output path, an option that does not apply
+  2    usage: an unknown option or a malformed value
+  130  interrupted by Ctrl-C (143: by SIGTERM); a model of a finished epoch is kept"""
+
+EPILOG = "Without DATA, train trains on the digits shipped with scikit-learn.\n\n" + EXIT_STATUS
 
 
 class CommandError(Exception):
@@ -85,12 +93,14 @@ def _fraction(text):
 
 def _parser():
     parser = argparse.ArgumentParser(prog="fastbp", description=__doc__.split("\n\n")[0],
-                                     epilog=EPILOG)
+                                     epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a network on a data file",
                                 description="Train a network; prints its scores and time.",
-                                epilog=EPILOG)
+                                epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("data", nargs="?", help="CSV, .npy, .npz or .parquet table")
     train.add_argument("--target", help="target column: a name or an index (default: the "
                                         "last column; a .npz with X and y uses y)")
@@ -125,7 +135,9 @@ def _parser():
                             "and print the speedup")
     train.set_defaults(run=train_command)
 
-    predict = commands.add_parser("predict", help="predict with a saved model")
+    predict = commands.add_parser("predict", help="predict with a saved model",
+                                  epilog=EXIT_STATUS,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     predict.add_argument("model", help="model file written by fastbp train --out")
     predict.add_argument("data", help="CSV, .npy, .npz or .parquet table of features")
     predict.add_argument("--out", help="write here instead of stdout: .npy, or CSV to .csv, "
@@ -137,7 +149,7 @@ def _parser():
 
 
 def main(argv=None):
-    """Run the command line; returns the exit status (0, 1 on bad input, 130 on Ctrl-C)."""
+    """Run the command line; returns the exit status (``EXIT_STATUS``)."""
     args = _parser().parse_args(argv)
     try:
         return args.run(args)

@@ -560,3 +560,12 @@ def test_regression_standardizes_the_target_and_predict_undoes_it(tmp_path, caps
     expected = fastbp.load(model).forward((X - meta["mean"]) / meta["scale"])[:, 0]
     np.testing.assert_allclose(np.array(out.splitlines()[1:], dtype=float), expected,
                                rtol=1e-12)
+
+
+def test_help_lists_the_exit_statuses(capsys):
+    for argv in (["--help"], ["train", "--help"], ["predict", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert "exit status:\n  0    done\n  1    bad input" in out
+        assert "\n  2    usage" in out and "\n  130  interrupted" in out
