@@ -115,4 +115,4 @@ def squared_weights(params, layout):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "1d292e25e37dbbd5a1ed7d8e64f3cb1f7d2c752d218287d1932340bd4e6ad96f"
+SOURCES_DIGEST = "cd21ddcbe6135147437c68aef078a791e7cfbe2b2379157e43f1487f533e7b92"
