@@ -115,4 +115,4 @@ def squared_weights(params, layout):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "cd21ddcbe6135147437c68aef078a791e7cfbe2b2379157e43f1487f533e7b92"
+SOURCES_DIGEST = "ea37c9c84a2e5b9096b5fd175d2a4cecafa341a9a66ca82e957c6da92b36525d"
