@@ -165,11 +165,26 @@ def test_ctrl_c_keeps_the_last_finished_epoch(tmp_path, capsys, digits_csv, monk
     assert int(persistence.read_metadata(tmp_path / "m.npz")["epochs"]) == 3
 
 
+def _env():
+    """The environment of a child Python that imports this checkout's fastbp."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+
+
+@pytest.mark.slow
+def test_python_dash_m_fastbp_is_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "fastbp", "--help"], capture_output=True,
+                          text=True, env=_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: fastbp")
+    assert "train" in done.stdout and "predict" in done.stdout
+
+
+@pytest.mark.slow
 def test_command_in_a_subprocess_stops_cleanly_on_sigint(tmp_path, digits_csv):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = _env()
     model = tmp_path / "m.npz"
     process = subprocess.Popen(
-        [sys.executable, "-m", "fastbp.cli", "train", str(digits_csv), "--epochs", "100000",
+        [sys.executable, "-m", "fastbp", "train", str(digits_csv), "--epochs", "100000",
          "--hidden", "8", "--no-progress", "--out", str(model)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

@@ -238,4 +238,4 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "bf38530db77066860d20a4e8f409ce5d3cb7147a51594e5e58ae8aa48553ee9b"
+SOURCES_DIGEST = "7babcf66f6d5b8b435eff426d4da582b5d0c702ae043b66dc296e6208dd3accb"
