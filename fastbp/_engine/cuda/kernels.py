@@ -883,4 +883,4 @@ def train_kernel(X, Y, labels, sw, order, norms, params, state_m, state_v, saved
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "7babcf66f6d5b8b435eff426d4da582b5d0c702ae043b66dc296e6208dd3accb"
+SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"
