@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -123,7 +124,9 @@ def main(argv=None):
     """Run the command line; returns the exit status (0, 1 on bad input, 130 on Ctrl-C)."""
     args = _parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings()
+            return args.run(args)
     except (CommandError, DataError) as error:
         return _fail(str(error))
     except ImportError as error:
@@ -134,6 +137,20 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("fastbp: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warnings():
+    """A ``warnings.showwarning`` that prints each distinct warning once, as one
+    ``fastbp: warning:`` line without the source line that raised it."""
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text not in shown:
+            shown.add(text)
+            print("fastbp: warning: " + text, file=sys.stderr)
+
+    return show
 
 
 def _fail(message):

@@ -281,3 +281,12 @@ def test_csv_quirks_read_or_refused_in_one_line(iris, capsys):
     assert_one_line_error(code, err, "ragged.csv: line 4 has 2 fields but the header has 3")
     assert "usecols" not in err
 
+
+def test_warnings_print_as_one_line_each(iris, capsys):
+    code, _, err = run(capsys, "train", iris / "iris.csv", "--epochs", "3", "--hidden", "4",
+                       "--batch-size", "100000", "--no-progress")
+    assert code == 0
+    lines = err.splitlines()
+    warned = [line for line in lines if line.startswith("fastbp: warning: ")]
+    assert len(warned) == 1 and "batch_size" in warned[0], err
+    assert not [line for line in lines if "Warning" in line or line.startswith(" ")], err
