@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -112,6 +113,9 @@ def _parser():
     predict.add_argument("--out", help="write here (.npy or CSV) instead of stdout")
     predict.add_argument("--proba", action="store_true",
                          help="class probabilities instead of labels")
+    predict.add_argument("--by-position", action="store_true",
+                         help="take DATA's columns in order, ignoring their names (by default "
+                              "they are matched to the model's by name)")
     predict.set_defaults(run=predict_command)
     return parser
 
@@ -120,7 +124,9 @@ def main(argv=None):
     """Run the command line; returns the exit status (0, 1 on bad input, 130 on Ctrl-C)."""
     args = _parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings()
+            return args.run(args)
     except (CommandError, DataError) as error:
         return _fail(str(error))
     except ImportError as error:
@@ -131,6 +137,20 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("fastbp: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warnings():
+    """A ``warnings.showwarning`` that prints each distinct warning once, as one
+    ``fastbp: warning:`` line without the source line that raised it."""
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text not in shown:
+            shown.add(text)
+            print("fastbp: warning: " + text, file=sys.stderr)
+
+    return show
 
 
 def _fail(message):
@@ -150,13 +170,16 @@ def _load_training_data(args):
         names = [f"pixel_{i}" for i in range(digits.data.shape[1])]
         return digits.data.astype(np.float64), digits.target.astype(np.float64), names, "digit"
     table = read_table(args.data)
+    # A table without column names gives a model without them: predict then matches
+    # columns by position, as there is nothing to match by name.
+    kept = table.names if table.named else []
     if table.target is not None and args.target in (None, "y"):
-        return table.values, table.target, table.names, "y"
+        return table.values, table.target, kept, "y"
     index = table.column("-1" if args.target is None else args.target)
     if len(table.names) < 2:
         raise DataError(f"{args.data} has only the target column; no features to train on")
     X = np.delete(table.values, index, axis=1)
-    names = [n for i, n in enumerate(table.names) if i != index]
+    names = [n for i, n in enumerate(kept) if i != index]
     return X, table.values[:, index], names, table.names[index]
 
 
@@ -416,15 +439,8 @@ def predict_command(args):
     except FileNotFoundError as error:
         raise CommandError(str(error)) from None
     table = read_table(args.data)
-    n_in = net.layer_sizes[0]
     names = [str(n) for n in metadata.get("features", [])]
-    if names and all(name in table.names for name in names):
-        X = table.values[:, [table.names.index(name) for name in names]]
-    elif table.values.shape[1] == n_in:
-        X = table.values
-    else:
-        raise DataError(f"{args.data} has {table.values.shape[1]} columns; the model takes "
-                        f"{n_in} features" + (f" ({', '.join(names[:5])}, ...)" if names else ""))
+    X = table.select(names, net.layer_sizes[0], by_position=args.by_position)
     if "mean" in metadata:
         X = (X - metadata["mean"]) / metadata["scale"]
     out = net.forward(X)

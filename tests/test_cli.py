@@ -200,3 +200,108 @@ def test_command_in_a_subprocess_stops_cleanly_on_sigint(tmp_path, digits_csv):
     assert "train accuracy" in out
     assert int(persistence.read_metadata(model)["epochs"]) >= 1
     assert fastbp.load(model).layer_sizes == (64, 8, 10)
+
+
+@pytest.fixture(scope="module")
+def iris(tmp_path_factory):
+    """A small four-feature CSV, the model trained on it, and a folder for more files."""
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    folder = tmp_path_factory.mktemp("iris")
+    header = "sepal_len,sepal_wid,petal_len,petal_wid,label"
+    np.savetxt(folder / "iris.csv", np.column_stack([X, y]), delimiter=",", header=header,
+               comments="", fmt="%g")
+    code = main(["train", str(folder / "iris.csv"), "--target", "label", "--hidden", "8",
+                 "--epochs", "20", "--lr", "0.02", "--no-progress",
+                 "--out", str(folder / "m.npz")])
+    assert code == 0
+    return folder
+
+
+def test_predict_matches_columns_by_name(iris, capsys):
+    model = iris / "m.npz"
+    (iris / "misnamed.csv").write_text("pw,pl,sw,sepal_len\n0.2,1.4,3.5,5.1\n")
+    code, out, err = run(capsys, "predict", model, iris / "misnamed.csv", "--proba")
+    assert_one_line_error(code, err, "misnamed.csv", "missing 'sepal_wid', 'petal_len', "
+                          "'petal_wid'", "not in the model 'pw', 'pl', 'sw'", "--by-position")
+    assert out == ""
+    code, by_position, _ = run(capsys, "predict", model, iris / "misnamed.csv", "--proba",
+                               "--by-position")
+    assert code == 0 and len(by_position.splitlines()) == 2
+
+    (iris / "ordered.csv").write_text("sepal_len,sepal_wid,petal_len,petal_wid\n"
+                                      "5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n")
+    (iris / "shuffled.csv").write_text("petal_wid,extra,sepal_len,petal_len,sepal_wid\n"
+                                       "0.2,9,5.1,1.4,3.5\n2.3,9,6.7,5.2,3.0\n")
+    code, ordered, _ = run(capsys, "predict", model, iris / "ordered.csv", "--proba")
+    assert code == 0
+    code, shuffled, _ = run(capsys, "predict", model, iris / "shuffled.csv", "--proba")
+    assert code == 0 and shuffled == ordered
+
+
+def test_predict_without_names_on_one_side_needs_by_position(iris, capsys):
+    np.save(iris / "rows.npy", np.array([[5.1, 3.5, 1.4, 0.2]]))
+    code, _, err = run(capsys, "predict", iris / "m.npz", iris / "rows.npy")
+    assert_one_line_error(code, err, "rows.npy has no column names", "--by-position")
+    code, out, _ = run(capsys, "predict", iris / "m.npz", iris / "rows.npy", "--by-position")
+    assert code == 0 and out.splitlines()[0] == "label"
+
+    X = np.loadtxt(iris / "iris.csv", delimiter=",", skiprows=1)
+    np.save(iris / "iris.npy", X)
+    code, _, _ = run(capsys, "train", iris / "iris.npy", "--epochs", "2", "--hidden", "4",
+                     "--no-progress", "--out", iris / "unnamed.npz")
+    assert code == 0 and persistence.read_metadata(iris / "unnamed.npz")["features"].size == 0
+    code, out, _ = run(capsys, "predict", iris / "unnamed.npz", iris / "rows.npy")
+    assert code == 0 and len(out.splitlines()) == 2
+    code, _, err = run(capsys, "predict", iris / "unnamed.npz", iris / "iris.csv")
+    assert_one_line_error(code, err, "trained without column names", "--by-position")
+
+
+def test_byte_order_mark(iris, capsys):
+    """A CSV saved as Excel's "CSV UTF-8": the mark is not part of the first name."""
+    plain = "label,a,b\n" + "".join(f"{i % 2},{i},{(i * 7) % 5}\n" for i in range(40))
+    (iris / "plain.csv").write_text(plain)
+    (iris / "excel.csv").write_bytes(b"\xef\xbb\xbf" + plain.encode())
+    code, out, err = run(capsys, "train", iris / "excel.csv", "--target", "label", *QUICK,
+                         "--out", iris / "excel.npz")
+    assert code == 0, err
+    assert list(persistence.read_metadata(iris / "excel.npz")["features"]) == ["a", "b"]
+    code, from_plain, _ = run(capsys, "predict", iris / "excel.npz", iris / "plain.csv")
+    assert code == 0
+    code, from_excel, _ = run(capsys, "predict", iris / "excel.npz", iris / "excel.csv")
+    assert code == 0 and from_excel == from_plain and len(from_plain.splitlines()) == 41
+
+
+def test_duplicate_names_refused_at_train_and_predict(iris, capsys):
+    (iris / "dup.csv").write_text("sepal_len,sepal_wid,petal_len,petal_wid,petal_wid,label\n"
+                                  "5.1,3.5,1.4,0.2,0.2,0\n6.7,3.0,5.2,2.3,2.3,2\n")
+    code, _, err = run(capsys, "train", iris / "dup.csv", *QUICK)
+    assert_one_line_error(code, err, "dup.csv", "duplicate column names 'petal_wid'")
+    code, _, err = run(capsys, "predict", iris / "m.npz", iris / "dup.csv")
+    assert_one_line_error(code, err, "dup.csv", "duplicate column names 'petal_wid'")
+
+
+def test_csv_quirks_read_or_refused_in_one_line(iris, capsys):
+    rows = "".join(f'"{i / 10}","{(i * 3) % 7}","{i % 2}"\n' for i in range(40))
+    (iris / "quoted.csv").write_text(rows)
+    code, out, err = run(capsys, "train", iris / "quoted.csv", *QUICK)
+    assert code == 0 and "accuracy" in out, err
+
+    (iris / "header.csv").write_text("a,b,y\n")
+    code, _, err = run(capsys, "train", iris / "header.csv", *QUICK)
+    assert_one_line_error(code, err, "header.csv has a header but no rows")
+    (iris / "ragged.csv").write_text("a,b,y\n1,2,0\n3,4,1\n5,6\n7,8,1\n")
+    code, _, err = run(capsys, "train", iris / "ragged.csv", *QUICK)
+    assert_one_line_error(code, err, "ragged.csv: line 4 has 2 fields but the header has 3")
+    assert "usecols" not in err
+
+
+def test_warnings_print_as_one_line_each(iris, capsys):
+    code, _, err = run(capsys, "train", iris / "iris.csv", "--epochs", "3", "--hidden", "4",
+                       "--batch-size", "100000", "--no-progress")
+    assert code == 0
+    lines = err.splitlines()
+    warned = [line for line in lines if line.startswith("fastbp: warning: ")]
+    assert len(warned) == 1 and "batch_size" in warned[0], err
+    assert not [line for line in lines if "Warning" in line or line.startswith(" ")], err
