@@ -2,12 +2,16 @@
 
 Every reader returns a ``Table``: column names and a float64 matrix ``(n_rows,
 n_columns)``. Anything that is not a finite numeric table raises ``DataError`` with a
-one-line message naming the file, and where possible the column and row.
+one-line message naming the file, and where possible the column and line.
+
+Columns are matched by name wherever the file has names (a CSV header, Parquet, an
+``.npz`` ``columns`` array), so names must be unique; tables without names (``.npy``, a
+CSV without header) get ``"0"``, ``"1"``, ... and ``named`` false.
 """
 
 import csv
 import os
-import re
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,11 +27,15 @@ class DataError(ValueError):
 @dataclass
 class Table:
     """Column ``names`` (str) and ``values`` ``(n_rows, n_columns)``; a ``.npz`` holding
-    ``X`` and ``y`` arrays gives its target separately in ``target`` ``(n_rows,)``."""
+    ``X`` and ``y`` arrays gives its target separately in ``target`` ``(n_rows,)``.
+    ``named`` is false where the names are only positions; ``path`` names the file in
+    messages."""
 
     names: list
     values: np.ndarray
     target: np.ndarray = None
+    named: bool = True
+    path: str = "the data"
 
     def column(self, spec):
         """Index of the column named ``spec``, else ``spec`` read as an integer index
@@ -43,6 +51,40 @@ class Table:
             raise DataError(f"column index {index} is out of range: the data has "
                             f"{len(self.names)} columns")
         return index % len(self.names)
+
+    def select(self, wanted, n_in, by_position=False):
+        """The values of the model's columns ``wanted`` (names, empty if the model has
+        none) in the model's order, taken by name; by position only when asked, or when
+        neither the table nor the model has names. Any mismatch raises ``DataError``."""
+        n_columns = self.values.shape[1]
+        if by_position or (not wanted and not self.named):
+            if n_columns != n_in:
+                raise DataError(f"{self.path} has {n_columns} columns; the model takes {n_in} "
+                                "features")
+            return self.values
+        hint = "; pass --by-position to take the columns in their order"
+        if not wanted:
+            raise DataError(f"the model was trained without column names, so the columns of "
+                            f"{self.path} cannot be matched by name{hint}")
+        if not self.named:
+            raise DataError(f"{self.path} has no column names to match the model's "
+                            f"({_shown(wanted)}){hint}")
+        if len(wanted) != n_in or len(set(wanted)) != len(wanted):
+            raise DataError(f"the model's column names ({_shown(wanted)}) do not fit its "
+                            f"{n_in} inputs{hint}")
+        missing = [name for name in wanted if name not in self.names]
+        if missing:
+            extra = [name for name in self.names if name not in wanted]
+            raise DataError(f"the columns of {self.path} do not match the model's: missing "
+                            f"{_shown(missing)}" + (f"; not in the model {_shown(extra)}"
+                                                    if extra else "") + hint)
+        return self.values[:, [self.names.index(name) for name in wanted]]
+
+
+def _shown(names, limit=8):
+    """Names quoted and comma separated, the first ``limit`` of them."""
+    shown = ", ".join(repr(name) for name in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def read_table(path):
@@ -64,8 +106,20 @@ def read_table(path):
     else:
         raise DataError(f"{path}: unknown data format {suffix or '(no suffix)'!r}; use .csv, "
                         ".npy, .npz or .parquet")
+    table.path = path
+    _check_names(path, table)
     _check_finite(path, table)
     return table
+
+
+def _check_names(path, table):
+    """Refuse repeated column names: matching by name could not tell the columns apart."""
+    if not table.named:
+        return
+    repeated = [name for name, count in Counter(table.names).items() if count > 1]
+    if repeated:
+        raise DataError(f"{path}: duplicate column names {_shown(repeated)}; each column needs "
+                        "its own name")
 
 
 def _check_finite(path, table):
@@ -82,24 +136,32 @@ def _check_finite(path, table):
 
 
 def _read_csv(path):
+    """A CSV table: a header row unless the first row is all numbers; quoted numbers are
+    numbers, a UTF-8 byte-order mark is dropped. NumPy parses; on failure a second, plain
+    Python pass finds the line at fault."""
     try:
-        with open(path, newline="", encoding="utf-8") as file:
-            first = next(csv.reader(file), None)
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            rows = csv.reader(file)
+            first = next(rows, None)
+            has_rows = next((True for row in rows if row), False)
     except UnicodeDecodeError:
         raise DataError(f"{path} is not a text CSV file") from None
+    except csv.Error as error:
+        raise DataError(f"{path} is not a readable CSV file ({error})") from None
     if not first:
         raise DataError(f"{path} is empty")
     header = not all(_is_number(field) for field in first)
+    if header and not has_rows:
+        raise DataError(f"{path} has a header but no rows")
     names = [f.strip() for f in first] if header else [str(i) for i in range(len(first))]
     try:
-        values = np.loadtxt(path, delimiter=",", skiprows=int(header), ndmin=2,
-                            dtype=np.float64, encoding="utf-8", comments=None)
+        values = np.loadtxt(path, delimiter=",", quotechar='"', skiprows=int(header), ndmin=2,
+                            dtype=np.float64, encoding="utf-8-sig", comments=None)
     except (ValueError, UnicodeDecodeError) as error:
         raise DataError(_explain_csv_error(path, names, header, error)) from None
     if values.shape[1] != len(names):
-        raise DataError(f"{path}: rows have {values.shape[1]} fields but the header names "
-                        f"{len(names)} columns")
-    return Table(names, values)
+        raise DataError(_explain_csv_error(path, names, header, None))
+    return Table(names, values, named=header)
 
 
 def _is_number(text):
@@ -111,19 +173,27 @@ def _is_number(text):
 
 
 def _explain_csv_error(path, names, header, error):
-    """One line saying which column and row of a CSV file is not a number."""
-    message = str(error)
-    found = re.search(r"could not convert string '(.*)' to float64 at row (\d+), column (\d+)",
-                      message)
-    if found:
-        text, row, col = found.group(1), int(found.group(2)), int(found.group(3)) - 1
-        name = names[col] if 0 <= col < len(names) else str(col)
-        line = row + 1 + int(header)
-        what = "an empty field" if text.strip() == "" else f"the non-numeric value {text!r}"
-        return f"{path}: column {name!r} holds {what} on line {line}; the data must be numeric"
-    if "columns" in message or "number of" in message:
-        return f"{path}: rows have different numbers of fields ({message})"
-    return f"{path} is not a numeric CSV file ({message})"
+    """One line naming the first line of a CSV file whose field count differs from the
+    first row's, or whose field is not a number; NumPy's own message if neither is found."""
+    against = "the header has" if header else "line 1 has"
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            rows = csv.reader(file)
+            for row in rows:
+                if not row or (rows.line_num == 1 and header):
+                    continue
+                if len(row) != len(names):
+                    return (f"{path}: line {rows.line_num} has {len(row)} fields but "
+                            f"{against} {len(names)}")
+                for name, text in zip(names, row, strict=True):
+                    if not _is_number(text):
+                        what = ("an empty field" if text.strip() == ""
+                                else f"the non-numeric value {text!r}")
+                        return (f"{path}: column {name!r} holds {what} on line "
+                                f"{rows.line_num}; the data must be numeric")
+    except (UnicodeDecodeError, csv.Error):
+        pass
+    return f"{path} is not a numeric CSV file" + (f" ({error})" if error else "")
 
 
 def _load_numpy(path):
@@ -154,7 +224,7 @@ def _read_npy(path):
     if not isinstance(array, np.ndarray):
         raise DataError(f"{path} is an .npz archive, not a .npy file")
     values = _numeric_2d(path, array, "the array")
-    return Table([str(i) for i in range(values.shape[1])], values)
+    return Table([str(i) for i in range(values.shape[1])], values, named=False)
 
 
 def _read_npz(path):
@@ -172,8 +242,9 @@ def _read_npz(path):
             raise DataError(f"{path}: expected arrays 'X' and 'y' or a single table; found "
                             f"{', '.join(files)}")
         names = [str(i) for i in range(values.shape[1])]
-        if "columns" in files and archive["columns"].shape == (values.shape[1],):
-            names = [str(n) for n in archive["columns"]]
+        named = "columns" in files and archive["columns"].shape == (values.shape[1],)
+        if named:
+            names = [str(n).strip() for n in archive["columns"]]
     if target is not None:
         if target.dtype.kind not in "fiub":
             raise DataError(f"{path}: y has dtype {target.dtype}; it must be numeric")
@@ -181,7 +252,7 @@ def _read_npz(path):
             raise DataError(f"{path}: y must have shape ({values.shape[0]},) to match X; got "
                             f"{target.shape}")
         target = np.asarray(target, dtype=np.float64)
-    return Table(names, values, target)
+    return Table(names, values, target, named=named)
 
 
 def _read_parquet(path):
@@ -190,8 +261,14 @@ def _read_parquet(path):
     except ImportError:
         raise DataError("reading Parquet needs pyarrow: pip install 'fastbp[parquet]'") from None
     try:
-        table = pq.read_table(path)
+        schema = pq.read_schema(path)
     except Exception as error:  # pyarrow raises its own hierarchy for corrupt files
+        raise DataError(f"{path} is not a Parquet file ({error})") from None
+    # pyarrow reads repeated names only with an obscure error: refuse them first.
+    _check_names(path, Table([str(n) for n in schema.names], np.empty((0, 0))))
+    try:
+        table = pq.read_table(path)
+    except Exception as error:
         raise DataError(f"{path} is not a Parquet file ({error})") from None
     columns = []
     for name, column in zip(table.column_names, table.columns, strict=True):

@@ -113,7 +113,7 @@ def _parser():
     train.add_argument("--solver", choices=("adam", "sgd", "lbfgs"), default="adam")
     train.add_argument("--epochs", type=_positive(int), default=30,
                        help="epochs (lbfgs: iterations); default 30")
-    train.add_argument("--batch-size", type=_positive(int), default=64,
+    train.add_argument("--batch-size", type=_positive(int), default=None,
                        help="mini-batch size (default 64)")
     train.add_argument("--lr", type=_positive(float), default=1e-3,
                        help="learning rate (default 0.001)")
@@ -144,6 +144,9 @@ def _parser():
                                        ".txt or a name without an extension")
     predict.add_argument("--proba", action="store_true",
                          help="class probabilities instead of labels")
+    predict.add_argument("--by-position", action="store_true",
+                         help="take DATA's columns in order, ignoring their names (by default "
+                              "they are matched to the model's by name)")
     predict.set_defaults(run=predict_command)
     return parser
 
@@ -152,7 +155,9 @@ def main(argv=None):
     """Run the command line; returns the exit status (``EXIT_STATUS``)."""
     args = _parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings()
+            return args.run(args)
     except (CommandError, DataError) as error:
         return _fail(str(error))
     except ImportError as error:
@@ -163,6 +168,20 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("fastbp: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warnings():
+    """A ``warnings.showwarning`` that prints each distinct warning once, as one
+    ``fastbp: warning:`` line without the source line that raised it."""
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text not in shown:
+            shown.add(text)
+            print("fastbp: warning: " + text, file=sys.stderr)
+
+    return show
 
 
 def _fail(message):
@@ -252,14 +271,26 @@ def _load_training_data(args):
         names = [f"pixel_{i}" for i in range(digits.data.shape[1])]
         return digits.data.astype(np.float64), digits.target.astype(np.float64), names, "digit"
     table = read_table(args.data)
+    # A table without column names gives a model without them: predict then matches
+    # columns by position, as there is nothing to match by name.
+    kept = table.names if table.named else []
     if table.target is not None and args.target in (None, "y"):
-        return table.values, table.target, table.names, "y"
+        return table.values, table.target, kept, "y"
     index = table.column("-1" if args.target is None else args.target)
     if len(table.names) < 2:
         raise DataError(f"{args.data} has only the target column; no features to train on")
     X = np.delete(table.values, index, axis=1)
-    names = [n for i, n in enumerate(table.names) if i != index]
+    names = [n for i, n in enumerate(kept) if i != index]
     return X, table.values[:, index], names, table.names[index]
+
+
+def _batch_size(requested, rows):
+    """The mini-batch size: ``--batch-size`` (default 64) clipped to the training rows,
+    with a warning in the option's terms where the user asked for more."""
+    if requested is not None and requested > rows:
+        warnings.warn(f"--batch-size {requested} is larger than the {rows} training rows; "
+                      f"each batch takes all {rows}", stacklevel=2)
+    return min(64 if requested is None else requested, rows)
 
 
 def _choose_task(task, y):
@@ -428,7 +459,7 @@ def _speedup(est, X, y, args, repeats=5):
     X_slice = np.ascontiguousarray(X[:n], dtype=est.coefs_[0].dtype)
     net = est.to_network()
     targets = est.engine_targets(y[:n])
-    settings = dict(epochs=2, lr=args.lr, batch_size=args.batch_size,
+    settings = dict(epochs=2, lr=args.lr, batch_size=est.batch_size,
                     optimizer=est.engine_optimizer() if args.solver != "lbfgs" else "adam")
 
     def timed(cls):
@@ -484,13 +515,13 @@ def train_command(args):
 
     cls = MLPClassifier if task == "classify" else MLPRegressor
     est = cls(hidden_layer_sizes=args.hidden, activation=args.activation, solver=args.solver,
-              alpha=args.alpha, batch_size=min(args.batch_size, len(y_train)),
+              alpha=args.alpha, batch_size=_batch_size(args.batch_size, len(y_train)),
               learning_rate_init=args.lr,
               max_iter=args.epochs, random_state=np.random.RandomState(args.seed),
               dtype=args.dtype)
     classes = np.unique(y) if task == "classify" else None
     n_out = 1 if task == "regress" or classes.size == 2 else classes.size
-    _check_memory(args.hidden, (X.shape[1], *args.hidden, n_out), len(y), args.batch_size,
+    _check_memory(args.hidden, (X.shape[1], *args.hidden, n_out), len(y), est.batch_size,
                   np.dtype(args.dtype).itemsize)
     _warm_up(np.dtype(args.dtype))
     sizes = "-".join(str(s) for s in (X.shape[1], *args.hidden, n_out))
@@ -650,15 +681,8 @@ def predict_command(args):
         raise CommandError(f"--proba needs a classification model; {args.model} predicts "
                            "values (regression)")
     table = read_table(args.data)
-    n_in = net.layer_sizes[0]
     names = [str(n) for n in metadata.get("features", [])]
-    if names and all(name in table.names for name in names):
-        X = table.values[:, [table.names.index(name) for name in names]]
-    elif table.values.shape[1] == n_in:
-        X = table.values
-    else:
-        raise DataError(f"{args.data} has {table.values.shape[1]} columns; the model takes "
-                        f"{n_in} features" + (f" ({', '.join(names[:5])}, ...)" if names else ""))
+    X = table.select(names, net.layer_sizes[0], by_position=args.by_position)
     if "mean" in metadata:
         X = (X - metadata["mean"]) / metadata["scale"]
     out = net.forward(X)

@@ -507,3 +507,59 @@ def test_outputs_that_suit_the_loss_make_no_warning(output, loss):
         warnings.simplefilter("error")
         fastbp.MLP([3, 4, 2], ["relu", output], loss)
         reference.MLP([3, 4, 2], ["relu", output], loss)
+
+
+# ---------------------------------------------------------------- FASTBP_* settings
+
+
+@pytest.fixture
+def unread_chunk_rows(monkeypatch):
+    """``config.CHUNK_ROWS`` as before its first read; restored afterwards."""
+    from fastbp._engine import config
+
+    monkeypatch.delattr(config, "CHUNK_ROWS")
+    return config
+
+
+@pytest.mark.parametrize("value, words", [("abc", "must be an integer, got 'abc'"),
+                                          ("0", "must be positive, got 0")])
+def test_a_bad_setting_fails_the_first_fit_naming_the_variable(
+        monkeypatch, unread_chunk_rows, data, value, words):
+    monkeypatch.setenv("FASTBP_CHUNK_ROWS", value)
+    net = _bce_net()
+    with pytest.raises(ValueError, match="FASTBP_CHUNK_ROWS " + re.escape(words)):
+        net.fit(*data, epochs=1, lr=0.1)
+    with pytest.raises(ValueError, match="FASTBP_CHUNK_ROWS"):  # not cached: fails again
+        _ = unread_chunk_rows.CHUNK_ROWS
+
+
+def test_a_setting_is_read_on_first_use_then_kept(monkeypatch, unread_chunk_rows):
+    monkeypatch.setenv("FASTBP_CHUNK_ROWS", "8")
+    assert unread_chunk_rows.CHUNK_ROWS == 8
+    monkeypatch.setenv("FASTBP_CHUNK_ROWS", "16")
+    assert unread_chunk_rows.CHUNK_ROWS == 8
+    assert "CHUNK_ROWS" in dir(unread_chunk_rows)
+    with pytest.raises(AttributeError, match="CHUNK_ROW"):
+        _ = unread_chunk_rows.CHUNK_ROW
+
+
+@pytest.mark.slow
+def test_import_fastbp_and_its_engine_works_with_a_bad_setting():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, FASTBP_CHUNK_ROWS="abc",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    code = ("import numpy as np, fastbp, fastbp._engine.cpu.backend\n"
+            "print('imported')\n"
+            "net = fastbp.MLP([2, 1], 'identity', 'mse', seed=0)\n"
+            "net.fit(np.zeros((4, 2)), np.zeros((4, 1)), epochs=1, lr=0.1)\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.stdout == "imported\n", done.stderr
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == ("ValueError: environment variable FASTBP_CHUNK_ROWS must be an integer, "
+                    "got 'abc'"), done.stderr

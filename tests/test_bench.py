@@ -12,6 +12,7 @@ from fastbp._grid import GRID, make_data
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quick_bench_reports_every_row():
     result = subprocess.run([sys.executable, "-m", "fastbp.bench", "--quick", "--repeats", "1"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)

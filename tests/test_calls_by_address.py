@@ -67,6 +67,7 @@ print(json.dumps(dict(counts, serial_only=serial_only)))
 """
 
 
+@pytest.mark.slow
 def test_every_kernel_compiles_once_per_dtype(tmp_path):
     """Each compiled signature costs seconds of the cold start on two cores: a call with
     a literal argument where others pass a variable compiles a function twice. From an

@@ -166,11 +166,26 @@ def test_ctrl_c_keeps_the_last_finished_epoch(tmp_path, capsys, digits_csv, monk
     assert int(persistence.read_metadata(tmp_path / "m.npz")["epochs"]) == 3
 
 
+def _env():
+    """The environment of a child Python that imports this checkout's fastbp."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+
+
+@pytest.mark.slow
+def test_python_dash_m_fastbp_is_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "fastbp", "--help"], capture_output=True,
+                          text=True, env=_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: fastbp")
+    assert "train" in done.stdout and "predict" in done.stdout
+
+
+@pytest.mark.slow
 def test_command_in_a_subprocess_stops_cleanly_on_sigint(tmp_path, digits_csv):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = _env()
     model = tmp_path / "m.npz"
     process = subprocess.Popen(
-        [sys.executable, "-m", "fastbp.cli", "train", str(digits_csv), "--epochs", "100000",
+        [sys.executable, "-m", "fastbp", "train", str(digits_csv), "--epochs", "100000",
          "--hidden", "8", "--no-progress", "--out", str(model)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -524,11 +539,14 @@ def test_options_that_do_not_apply_are_refused(tmp_path, capsys, small_csv):
     assert out == ""
 
 
-@pytest.mark.filterwarnings("error::UserWarning")
-def test_a_batch_larger_than_the_data_is_no_warning(capsys, small_csv):
-    """The estimator's warning names its own batch_size; the command clips quietly."""
+def test_a_batch_larger_than_the_data_is_clipped_in_the_options_terms(capsys, small_csv):
+    """The estimator's warning named its own batch_size, even for the default 64 on a small
+    table; the command clips the default quietly and warns about --batch-size only."""
+    code, _, err = run(capsys, "train", small_csv, "--epochs", "1")
+    assert code == 0 and "warning" not in err
     code, _, err = run(capsys, "train", small_csv, "--epochs", "1", "--batch-size", "1000")
     assert code == 0 and "batch_size" not in err
+    assert "fastbp: warning: --batch-size 1000 is larger than the 36 training rows" in err
 
 
 def test_regression_standardizes_the_target_and_predict_undoes_it(tmp_path, capsys):
@@ -570,3 +588,108 @@ def test_help_lists_the_exit_statuses(capsys):
         out = capsys.readouterr().out
         assert "exit status:\n  0    done\n  1    bad input" in out
         assert "\n  2    usage" in out and "\n  130  interrupted" in out
+
+
+@pytest.fixture(scope="module")
+def iris(tmp_path_factory):
+    """A small four-feature CSV, the model trained on it, and a folder for more files."""
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    folder = tmp_path_factory.mktemp("iris")
+    header = "sepal_len,sepal_wid,petal_len,petal_wid,label"
+    np.savetxt(folder / "iris.csv", np.column_stack([X, y]), delimiter=",", header=header,
+               comments="", fmt="%g")
+    code = main(["train", str(folder / "iris.csv"), "--target", "label", "--hidden", "8",
+                 "--epochs", "20", "--lr", "0.02", "--no-progress",
+                 "--out", str(folder / "m.npz")])
+    assert code == 0
+    return folder
+
+
+def test_predict_matches_columns_by_name(iris, capsys):
+    model = iris / "m.npz"
+    (iris / "misnamed.csv").write_text("pw,pl,sw,sepal_len\n0.2,1.4,3.5,5.1\n")
+    code, out, err = run(capsys, "predict", model, iris / "misnamed.csv", "--proba")
+    assert_one_line_error(code, err, "misnamed.csv", "missing 'sepal_wid', 'petal_len', "
+                          "'petal_wid'", "not in the model 'pw', 'pl', 'sw'", "--by-position")
+    assert out == ""
+    code, by_position, _ = run(capsys, "predict", model, iris / "misnamed.csv", "--proba",
+                               "--by-position")
+    assert code == 0 and len(by_position.splitlines()) == 2
+
+    (iris / "ordered.csv").write_text("sepal_len,sepal_wid,petal_len,petal_wid\n"
+                                      "5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n")
+    (iris / "shuffled.csv").write_text("petal_wid,extra,sepal_len,petal_len,sepal_wid\n"
+                                       "0.2,9,5.1,1.4,3.5\n2.3,9,6.7,5.2,3.0\n")
+    code, ordered, _ = run(capsys, "predict", model, iris / "ordered.csv", "--proba")
+    assert code == 0
+    code, shuffled, _ = run(capsys, "predict", model, iris / "shuffled.csv", "--proba")
+    assert code == 0 and shuffled == ordered
+
+
+def test_predict_without_names_on_one_side_needs_by_position(iris, capsys):
+    np.save(iris / "rows.npy", np.array([[5.1, 3.5, 1.4, 0.2]]))
+    code, _, err = run(capsys, "predict", iris / "m.npz", iris / "rows.npy")
+    assert_one_line_error(code, err, "rows.npy has no column names", "--by-position")
+    code, out, _ = run(capsys, "predict", iris / "m.npz", iris / "rows.npy", "--by-position")
+    assert code == 0 and out.splitlines()[0] == "label"
+
+    X = np.loadtxt(iris / "iris.csv", delimiter=",", skiprows=1)
+    np.save(iris / "iris.npy", X)
+    code, _, _ = run(capsys, "train", iris / "iris.npy", "--epochs", "2", "--hidden", "4",
+                     "--no-progress", "--out", iris / "unnamed.npz")
+    assert code == 0 and persistence.read_metadata(iris / "unnamed.npz")["features"].size == 0
+    code, out, _ = run(capsys, "predict", iris / "unnamed.npz", iris / "rows.npy")
+    assert code == 0 and len(out.splitlines()) == 2
+    code, _, err = run(capsys, "predict", iris / "unnamed.npz", iris / "iris.csv")
+    assert_one_line_error(code, err, "trained without column names", "--by-position")
+
+
+def test_byte_order_mark(iris, capsys):
+    """A CSV saved as Excel's "CSV UTF-8": the mark is not part of the first name."""
+    plain = "label,a,b\n" + "".join(f"{i % 2},{i},{(i * 7) % 5}\n" for i in range(40))
+    (iris / "plain.csv").write_text(plain)
+    (iris / "excel.csv").write_bytes(b"\xef\xbb\xbf" + plain.encode())
+    code, out, err = run(capsys, "train", iris / "excel.csv", "--target", "label", *QUICK,
+                         "--out", iris / "excel.npz")
+    assert code == 0, err
+    assert list(persistence.read_metadata(iris / "excel.npz")["features"]) == ["a", "b"]
+    code, from_plain, _ = run(capsys, "predict", iris / "excel.npz", iris / "plain.csv")
+    assert code == 0
+    code, from_excel, _ = run(capsys, "predict", iris / "excel.npz", iris / "excel.csv")
+    assert code == 0 and from_excel == from_plain and len(from_plain.splitlines()) == 41
+
+
+def test_duplicate_names_refused_at_train_and_predict(iris, capsys):
+    (iris / "dup.csv").write_text("sepal_len,sepal_wid,petal_len,petal_wid,petal_wid,label\n"
+                                  "5.1,3.5,1.4,0.2,0.2,0\n6.7,3.0,5.2,2.3,2.3,2\n")
+    code, _, err = run(capsys, "train", iris / "dup.csv", *QUICK)
+    assert_one_line_error(code, err, "dup.csv", "duplicate column names 'petal_wid'")
+    code, _, err = run(capsys, "predict", iris / "m.npz", iris / "dup.csv")
+    assert_one_line_error(code, err, "dup.csv", "duplicate column names 'petal_wid'")
+
+
+def test_csv_quirks_read_or_refused_in_one_line(iris, capsys):
+    rows = "".join(f'"{i / 10}","{(i * 3) % 7}","{i % 2}"\n' for i in range(40))
+    (iris / "quoted.csv").write_text(rows)
+    code, out, err = run(capsys, "train", iris / "quoted.csv", *QUICK)
+    assert code == 0 and "accuracy" in out, err
+
+    (iris / "header.csv").write_text("a,b,y\n")
+    code, _, err = run(capsys, "train", iris / "header.csv", *QUICK)
+    assert_one_line_error(code, err, "header.csv has a header but no rows")
+    (iris / "ragged.csv").write_text("a,b,y\n1,2,0\n3,4,1\n5,6\n7,8,1\n")
+    code, _, err = run(capsys, "train", iris / "ragged.csv", *QUICK)
+    assert_one_line_error(code, err, "ragged.csv: line 4 has 2 fields but the header has 3")
+    assert "usecols" not in err
+
+
+def test_warnings_print_as_one_line_each(iris, capsys):
+    code, _, err = run(capsys, "train", iris / "iris.csv", "--epochs", "3", "--hidden", "4",
+                       "--batch-size", "100000", "--no-progress")
+    assert code == 0
+    lines = err.splitlines()
+    warned = [line for line in lines if line.startswith("fastbp: warning: ")]
+    assert len(warned) == 1 and "--batch-size 100000 is larger than" in warned[0], err
+    assert not [line for line in lines if "Warning" in line or line.startswith(" ")], err

@@ -82,6 +82,7 @@ def _environment(**variables):
     return dict(os.environ, PYTHONPATH=path, **variables)
 
 
+@pytest.mark.slow
 def test_under_simulator():
     """Run this module's cases in a subprocess with the CUDA simulator switched on."""
     if IN_PROCESS:
@@ -308,6 +309,7 @@ def test_no_gpu_says_why(monkeypatch):
         fastbp.MLP([2, 1], "identity", "mse", device="cuda")
 
 
+@pytest.mark.slow
 def test_cpu_use_never_imports_numba_cuda():
     code = ("import sys, fastbp; fastbp.MLP([2, 1], 'identity', 'mse'); "
             "assert 'numba.cuda' not in sys.modules, 'numba.cuda was imported'")

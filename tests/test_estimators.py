@@ -547,6 +547,7 @@ def test_bad_parameters_name_the_argument_and_leave_the_model_alone(digits):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_core_imports_without_scikit_learn():
     code = ("import sys; sys.modules['sklearn'] = None\n"
             "import fastbp\n"

@@ -116,4 +116,4 @@ def transpose_weights(params, wt, layout, reads):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "4ddee230865fcde69cbf01986b2db448ea52120b185fba1a83edfaac10fe1fbd"
+SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"

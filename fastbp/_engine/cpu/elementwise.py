@@ -10,12 +10,14 @@ from numba.extending import intrinsic
 from ..codes import LEAKY_RELU, LEAKY_SLOPE, RELU, SIGMOID, TANH
 from ..sources import njit
 from .compile_options import FASTMATH, NUMPY_ERRORS
-from .scalar import sigmoid, tanh
+from .scalar import activation, derivative
 
 #
 # One loop per activation, with the branch outside: each loop runs over a contiguous
-# row and vectorizes. Transposed copies are written in a pass of their own, since a
-# strided store in the same loop would stop the vectorizer.
+# row and vectorizes. Each calls the shared formula (``formulas.py``) with its code as a
+# constant, so the inlined formula's branch folds away; the constants are of the array's
+# dtype, so float32 layers compute in float32. Transposed copies are written in a pass of
+# their own, since a strided store in the same loop would stop the vectorizer.
 
 
 @njit(cache=True, _nrt=False)
@@ -48,18 +50,16 @@ def bias_activation(work, off, rows, width, params, bias, code):
     slope = work.dtype.type(LEAKY_SLOPE)
     if code == SIGMOID:
         for t in range(n):
-            work[o + t] = sigmoid(work[o + t])
+            work[o + t] = activation(SIGMOID, work[o + t], zero, slope)
     elif code == TANH:
         for t in range(n):
-            work[o + t] = tanh(work[o + t])
+            work[o + t] = activation(TANH, work[o + t], zero, slope)
     elif code == RELU:
         for t in range(n):
-            z = work[o + t]
-            work[o + t] = z if z > 0 else zero * z
+            work[o + t] = activation(RELU, work[o + t], zero, slope)
     elif code == LEAKY_RELU:
         for t in range(n):
-            z = work[o + t]
-            work[o + t] = z if z > 0 else slope * z
+            work[o + t] = activation(LEAKY_RELU, work[o + t], zero, slope)
 
 
 @njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
@@ -73,16 +73,16 @@ def times_derivative(work, d_off, a_off, rows, width, code):
     slope = work.dtype.type(LEAKY_SLOPE)
     if code == SIGMOID:
         for i in range(n):
-            work[d + i] *= work[a + i] * (one - work[a + i])
+            work[d + i] *= derivative(SIGMOID, work[a + i], one, zero, slope)
     elif code == TANH:
         for i in range(n):
-            work[d + i] *= one - work[a + i] * work[a + i]
+            work[d + i] *= derivative(TANH, work[a + i], one, zero, slope)
     elif code == RELU:
         for i in range(n):
-            work[d + i] = work[d + i] if work[a + i] > 0 else zero * work[d + i]
+            work[d + i] *= derivative(RELU, work[a + i], one, zero, slope)
     elif code == LEAKY_RELU:
         for i in range(n):
-            work[d + i] = work[d + i] if work[a + i] > 0 else slope * work[d + i]
+            work[d + i] *= derivative(LEAKY_RELU, work[a + i], one, zero, slope)
 
 
 @intrinsic
@@ -173,4 +173,4 @@ def column_sums(work, off, rows, width, grad, out_off, accumulate):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "4ddee230865fcde69cbf01986b2db448ea52120b185fba1a83edfaac10fe1fbd"
+SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"

@@ -3,10 +3,29 @@ binary cross-entropy."""
 
 import numpy as np
 
-from ..codes import BINARY_CROSS_ENTROPY, CATEGORICAL_CROSS_ENTROPY, SIGMOID, SOFTMAX, SQUARED
+from ..codes import (
+    BINARY_CROSS_ENTROPY,
+    CATEGORICAL_CROSS_ENTROPY,
+    LEAKY_SLOPE,
+    SIGMOID,
+    SOFTMAX,
+    SQUARED,
+)
 from ..sources import njit
 from .compile_options import NUMPY_ERRORS
-from .scalar import activate, derivative_from_output, exp, sigmoid_softplus
+from .scalar import (
+    activation,
+    derivative,
+    exp,
+    sigmoid_bce_delta,
+    sigmoid_bce_loss,
+    sigmoid_softplus,
+)
+
+#
+# The output layer's row code computes the activations and derivatives with float64
+# constants (``0.0 * z``, ``1.0 - a``), as it always has: float32 outputs round through
+# float64 here, unlike the per-layer loops of ``elementwise.py``.
 
 
 @njit(cache=True, _nrt=False)
@@ -25,7 +44,7 @@ def output_activation(code, work, o, n_out):
             work[o + i] = work[o + i] / total
     else:
         for i in range(n_out):
-            work[o + i] = activate(code, work[o + i])
+            work[o + i] = activation(code, work[o + i], 0.0, LEAKY_SLOPE)
 
 
 @njit(cache=True, _nrt=False)
@@ -58,15 +77,18 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, we
         target_sum += y
         if code == SIGMOID and loss == BINARY_CROSS_ENTROPY:
             a, softplus = sigmoid_softplus(z)
-            value += softplus - z * y
-            g = a - y  # already dL/dz
+            value += sigmoid_bce_loss(z, y, softplus)
+            g = sigmoid_bce_delta(a, y)  # already dL/dz
         elif code == SOFTMAX and loss == CATEGORICAL_CROSS_ENTROPY:
             a = work[d_off + i] / total
             if y != 0.0:
                 value += y * (top + log_total - z)
             g = -y  # completed below to a * sum(y) - y
         else:
-            a = work[d_off + i] / total if code == SOFTMAX else activate(code, z)
+            if code == SOFTMAX:
+                a = work[d_off + i] / total
+            else:
+                a = activation(code, z, 0.0, LEAKY_SLOPE)
             if loss == SQUARED:
                 value += (a - y) * (a - y)
                 g = 2.0 * (a - y)
@@ -93,7 +115,7 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, we
             work[d_off + i] = work[o + i] * (work[d_off + i] - inner)
     elif not (code == SIGMOID and loss == BINARY_CROSS_ENTROPY):
         for i in range(n_out):
-            work[d_off + i] *= derivative_from_output(code, work[o + i])
+            work[d_off + i] *= derivative(code, work[o + i], 1.0, 0.0, LEAKY_SLOPE)
     scale = loss_scale * weight
     for i in range(n_out):
         work[d_off + i] *= scale
@@ -125,8 +147,8 @@ def sigmoid_bce(work, o, d_off, scratch, count, n_out, Y, order, lo, sample_weig
         for i in range(n_out):
             t = b * n_out + i
             y = Y[row, i]
-            value += work[scratch + t] - work[d_off + t] * y
-            work[d_off + t] = (work[o + t] - y) * scale
+            value += sigmoid_bce_loss(work[d_off + t], y, work[scratch + t])
+            work[d_off + t] = sigmoid_bce_delta(work[o + t], y) * scale
         total += weight * loss_scale * value
     return total
 
@@ -150,4 +172,4 @@ def block_loss(code, loss, loss_scale, clip, work, o, d_off, scratch, count, n_o
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "4ddee230865fcde69cbf01986b2db448ea52120b185fba1a83edfaac10fe1fbd"
+SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"

@@ -1,12 +1,13 @@
 """Scalar math for compiled code: exp, tanh, sigmoid and softplus without libm calls or
-branches, so loops over a layer vectorize; the activations and their derivatives."""
+branches, so loops over a layer vectorize; the shared formulas of the activations, their
+derivatives and the sigmoid/BCE loss (``formulas.py``) compiled over them."""
 
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from ..codes import LEAKY_RELU, LEAKY_SLOPE, RELU, SIGMOID, TANH
+from .. import formulas as F
 from ..sources import njit
 from .compile_options import NUMPY_ERRORS
 
@@ -258,33 +259,13 @@ sigmoid = _by_precision(sigmoid64, sigmoid32)
 sigmoid_softplus = _by_precision(sigmoid_softplus64, sigmoid_softplus32)
 
 
-@njit(cache=True, error_model=NUMPY_ERRORS)
-def activate(code, z):
-    """Elementwise activation (softmax is applied per row by ``output_loss``)."""
-    if code == SIGMOID:
-        return sigmoid(z)
-    if code == TANH:
-        return tanh(z)
-    if code == RELU:
-        return z if z > 0 else 0.0 * z
-    if code == LEAKY_RELU:
-        return z if z > 0 else LEAKY_SLOPE * z
-    return z
-
-
-@njit(cache=True)
-def derivative_from_output(code, a):
-    """d activation / dz, written in terms of the activation's output ``a``."""
-    if code == SIGMOID:
-        return a * (1.0 - a)
-    if code == TANH:
-        return 1.0 - a * a
-    if code == RELU:
-        return 1.0 if a > 0 else 0.0
-    if code == LEAKY_RELU:
-        return 1.0 if a > 0 else LEAKY_SLOPE
-    return 1.0
+# The shared formulas (``formulas.py``) over this file's scalar math, inlined into every
+# CPU kernel that calls them.
+activation = njit(inline="always", error_model=NUMPY_ERRORS)(F.activation_over(sigmoid, tanh))
+derivative = njit(inline="always")(F.derivative)
+sigmoid_bce_loss = njit(inline="always")(F.sigmoid_bce_loss)
+sigmoid_bce_delta = njit(inline="always")(F.sigmoid_bce_delta)
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "4ddee230865fcde69cbf01986b2db448ea52120b185fba1a83edfaac10fe1fbd"
+SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"

@@ -14,17 +14,20 @@ from ..codes import (
     L_FAN_IN,
     L_FAN_OUT,
     L_WEIGHT,
-    LEAKY_RELU,
     LEAKY_SLOPE,
-    RELU,
     SIGMOID,
-    TANH,
 )
 from ..shuffle import shuffle_order
 from ..sources import njit
 from .compile_options import NUMPY_ERRORS
 from .losses import output_loss
-from .scalar import sigmoid, sigmoid_softplus, tanh
+from .scalar import (
+    activation,
+    derivative,
+    sigmoid_bce_delta,
+    sigmoid_bce_loss,
+    sigmoid_softplus,
+)
 
 #
 # The networks of hand-written NumPy notebooks (one hidden layer of one or two units, a
@@ -117,34 +120,6 @@ def back_lane(row, d, fan_out, zero):
     return back
 
 
-@njit(cache=True, inline="always", error_model=NUMPY_ERRORS)
-def activate_lane(code, z, zero, slope):
-    """``bias_activation``'s expression for one value."""
-    if code == SIGMOID:
-        return sigmoid(z)
-    if code == TANH:
-        return tanh(z)
-    if code == RELU:
-        return z if z > 0 else zero * z
-    if code == LEAKY_RELU:
-        return z if z > 0 else slope * z
-    return z
-
-
-@njit(cache=True, inline="always")
-def derivative_lane(code, d, a, zero, one, slope):
-    """``times_derivative``'s expression for one value."""
-    if code == SIGMOID:
-        return d * (a * (one - a))
-    if code == TANH:
-        return d * (one - a * a)
-    if code == RELU:
-        return d if a > 0 else zero * d
-    if code == LEAKY_RELU:
-        return d if a > 0 else slope * d
-    return d
-
-
 @njit(cache=True, inline="always")
 def finite_lanes(v):
     return np.isfinite(v[0]) and np.isfinite(v[1])
@@ -227,8 +202,8 @@ def tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scal
                 row = order[start + b]
                 x = load_row_lanes(X, row, n_in, zero)
                 z1 = product_lanes(b1, x, m1, n_in)
-                a1 = (activate_lane(code1, z1[0], zero, slope),
-                      activate_lane(code1, z1[1], zero, slope) if hidden > 1 else zero)
+                a1 = (activation(code1, z1[0], zero, slope),
+                      activation(code1, z1[1], zero, slope) if hidden > 1 else zero)
                 z2 = product_lanes(b2, a1, m2, hidden)
                 weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
                 scale = loss_scale * weight
@@ -236,12 +211,12 @@ def tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scal
                     value = 0.0
                     ys = load_row_lanes(Y, row, n_out, zero)
                     a, softplus = sigmoid_softplus(z2[0])
-                    value += softplus - z2[0] * ys[0]
-                    d2 = (cast_like(zero, (a - ys[0]) * scale), zero)
+                    value += sigmoid_bce_loss(z2[0], ys[0], softplus)
+                    d2 = (cast_like(zero, sigmoid_bce_delta(a, ys[0]) * scale), zero)
                     if n_out > 1:
                         a, softplus = sigmoid_softplus(z2[1])
-                        value += softplus - z2[1] * ys[1]
-                        d2 = (d2[0], cast_like(zero, (a - ys[1]) * scale))
+                        value += sigmoid_bce_loss(z2[1], ys[1], softplus)
+                        d2 = (d2[0], cast_like(zero, sigmoid_bce_delta(a, ys[1]) * scale))
                     total += weight * loss_scale * value
                 else:
                     store_lanes(out_buffer, 0, n_out, z2)
@@ -251,10 +226,10 @@ def tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scal
                     d2 = load_lanes(out_buffer, TINY_WIDTH, n_out, zero)
                 g2 = outer_lanes(g2, a1, d2)
                 gb2 = axpy_lanes(gb2, one, d2)
-                d1 = (derivative_lane(code1, back_lane(m2[0], d2, n_out, zero), a1[0], zero,
-                                      one, slope),
-                      derivative_lane(code1, back_lane(m2[1], d2, n_out, zero), a1[1], zero,
-                                      one, slope) if hidden > 1 else zero)
+                d1 = (back_lane(m2[0], d2, n_out, zero)
+                      * derivative(code1, a1[0], one, zero, slope),
+                      back_lane(m2[1], d2, n_out, zero)
+                      * derivative(code1, a1[1], one, zero, slope) if hidden > 1 else zero)
                 g1 = outer_lanes(g1, x, d1)
                 gb1 = axpy_lanes(gb1, one, d1)
             loss_sum = 0.0
@@ -310,4 +285,4 @@ def tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scal
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "4ddee230865fcde69cbf01986b2db448ea52120b185fba1a83edfaac10fe1fbd"
+SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"

@@ -11,10 +11,10 @@ def numba_cuda():
     no other user of NumPy in the process sees it."""
     lent = not hasattr(np, "row_stack")
     if lent:
-        np.row_stack = np.vstack
+        np.row_stack = np.vstack  # noqa: NPY201 (lent on purpose, see above)
     try:
         from numba import cuda
     finally:
         if lent:
-            del np.row_stack
+            del np.row_stack  # noqa: NPY201
     return cuda

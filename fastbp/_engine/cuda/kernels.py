@@ -33,6 +33,7 @@ import math
 import numpy as np
 
 from .. import codes as K
+from .. import formulas as F
 from ..sources import CACHE
 from .importing import numba_cuda
 
@@ -97,39 +98,37 @@ S_FAILED, S_BAD = 0, 1
 
 
 # ---------------------------------------------------------------- scalar math
-# The formulas of the CPU kernels (``fastbp._engine.cpu``), with math functions the device can call.
+# The shared formulas of the activations, their derivatives and the sigmoid/BCE loss
+# (``formulas.py``), compiled for the device over libdevice's exp and tanh rather than the
+# CPU's branch-free versions: CUDA results are compared with the CPU's within tolerances,
+# not bit for bit. (numba-cuda compiles the CPU versions too, bit casts included.)
+
+
+@cuda.jit(device=True)
+def sigmoid(z):
+    """1 / (1 + exp(-z)), from an exp that never overflows."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+activation = cuda.jit(device=True)(F.activation_over(sigmoid, math.tanh))
+derivative = cuda.jit(device=True)(F.derivative)
+sigmoid_bce_loss = cuda.jit(device=True)(F.sigmoid_bce_loss)
+sigmoid_bce_delta = cuda.jit(device=True)(F.sigmoid_bce_delta)
 
 
 @cuda.jit(device=True)
 def activate(code, z):
-    """Elementwise activation, as the CPU kernels' ``activate``."""
-    if code == SIGMOID:
-        if z >= 0:
-            return 1.0 / (1.0 + math.exp(-z))
-        e = math.exp(z)
-        return e / (1.0 + e)
-    if code == TANH:
-        return math.tanh(z)
-    if code == RELU:
-        return z if z > 0 else 0.0 * z
-    if code == LEAKY_RELU:
-        return z if z > 0 else LEAKY_SLOPE * z
-    return z
+    """Elementwise activation, with the CPU output layer's float64 constants."""
+    return activation(code, z, 0.0, LEAKY_SLOPE)
 
 
 @cuda.jit(device=True)
 def derivative_from_output(code, a):
-    """d activation / dz from the output ``a``, as the CPU kernels'
-    ``derivative_from_output``."""
-    if code == SIGMOID:
-        return a * (1.0 - a)
-    if code == TANH:
-        return 1.0 - a * a
-    if code == RELU:
-        return 1.0 if a > 0 else 0.0
-    if code == LEAKY_RELU:
-        return 1.0 if a > 0 else LEAKY_SLOPE
-    return 1.0
+    """d activation / dz from the output ``a``, with float64 constants."""
+    return derivative(code, a, 1.0, 0.0, LEAKY_SLOPE)
 
 
 @cuda.jit(device=True)
@@ -178,8 +177,8 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, has_lab
             g = 2.0 * (a - y)
         elif loss == BINARY_CROSS_ENTROPY:
             if code == SIGMOID:
-                value += max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
-                g = a - y
+                value += sigmoid_bce_loss(z, y, max(z, 0.0) + math.log1p(math.exp(-abs(z))))
+                g = sigmoid_bce_delta(a, y)
             else:
                 ac = min(max(a, clip), 1.0 - clip)
                 value -= y * math.log(ac) + (1.0 - y) * math.log(1.0 - ac)
@@ -884,4 +883,4 @@ def train_kernel(X, Y, labels, sw, order, norms, params, state_m, state_v, saved
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "4ddee230865fcde69cbf01986b2db448ea52120b185fba1a83edfaac10fe1fbd"
+SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"
