@@ -3,17 +3,21 @@
 ``fastbp train [DATA]`` reads a CSV, ``.npy``, ``.npz`` or Parquet table (without DATA,
 the digits shipped with scikit-learn), holds out a validation share, standardizes the
 features, trains ``fastbp.MLPClassifier`` or ``fastbp.MLPRegressor`` one epoch at a time
-with a progress bar, and prints the train and validation scores, the time and the speedup
-over plain NumPy (``fastbp.reference``) measured on a slice of the data. ``--out`` saves
-the model (``fastbp.persistence`` format, with the labels and scaling as metadata);
-Ctrl-C stops after the running epoch and still saves it.
+with a progress bar, and prints the train and validation scores and the time (with
+``--compare-numpy``, also the speedup over plain NumPy, ``fastbp.reference``, measured on
+a slice of the data). ``--out`` saves the model (``fastbp.persistence`` format, with the
+labels and the scaling of features and regression target as metadata). Output paths are
+checked before any work starts. Ctrl-C stops after the running epoch; a second Ctrl-C or
+SIGTERM stops at once; either way the last finished epoch's model is saved.
 
 ``fastbp predict MODEL DATA`` writes one prediction per row, to stdout or ``--out``.
 
-Bad input gets a one-line error and exit status 1; an interrupted training exits 130.
+Exit status: 0 done, 1 bad input (a one-line error), 2 usage, 130 interrupted (143 by
+SIGTERM); ``EXIT_STATUS`` below is what ``--help`` shows.
 """
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -25,7 +29,13 @@ import numpy as np
 from . import persistence
 from ._tables import DataError, read_table
 
-EPILOG = "Without DATA, train trains on the digits shipped with scikit-learn."
+EXIT_STATUS = """exit status:
+  0    done
+  1    bad input: a data or model file, an output path, an option that does not apply
+  2    usage: an unknown option or a malformed value
+  130  interrupted by Ctrl-C (143: by SIGTERM); a model of a finished epoch is kept"""
+
+EPILOG = "Without DATA, train trains on the digits shipped with scikit-learn.\n\n" + EXIT_STATUS
 
 
 class CommandError(Exception):
@@ -60,6 +70,17 @@ def _positive(kind):
     return parse
 
 
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {2**32 - 1}; got "
+                                         f"{text!r}")
+    return value
+
+
 def _fraction(text):
     try:
         value = float(text)
@@ -72,12 +93,14 @@ def _fraction(text):
 
 def _parser():
     parser = argparse.ArgumentParser(prog="fastbp", description=__doc__.split("\n\n")[0],
-                                     epilog=EPILOG)
+                                     epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a network on a data file",
-                                description="Train a network; prints scores, time and "
-                                            "the speedup over plain NumPy.", epilog=EPILOG)
+                                description="Train a network; prints its scores and time.",
+                                epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("data", nargs="?", help="CSV, .npy, .npz or .parquet table")
     train.add_argument("--target", help="target column: a name or an index (default: the "
                                         "last column; a .npz with X and y uses y)")
@@ -90,27 +113,35 @@ def _parser():
     train.add_argument("--solver", choices=("adam", "sgd", "lbfgs"), default="adam")
     train.add_argument("--epochs", type=_positive(int), default=30,
                        help="epochs (lbfgs: iterations); default 30")
-    train.add_argument("--batch-size", type=_positive(int), default=64,
+    train.add_argument("--batch-size", type=_positive(int), default=None,
                        help="mini-batch size (default 64)")
     train.add_argument("--lr", type=_positive(float), default=1e-3,
                        help="learning rate (default 0.001)")
     train.add_argument("--alpha", type=float, default=1e-4, help="L2 penalty (default 0.0001)")
-    train.add_argument("--seed", type=int, default=0,
+    train.add_argument("--seed", type=_seed, default=0,
                        help="seed of the weights, split and batch order (default 0)")
     train.add_argument("--validation", type=_fraction, default=0.1,
                        help="share of rows held out for validation (default 0.1)")
     train.add_argument("--no-scale", action="store_true",
-                       help="do not standardize the features")
+                       help="do not standardize the features (nor a regression target)")
     train.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     train.add_argument("--out", help="save the model to this .npz file")
-    train.add_argument("--plot", help="save the loss curves to this image (needs matplotlib)")
+    train.add_argument("--plot", help="save the loss curves to this image, its format named "
+                                      "by the extension: .png, .pdf, .svg, ... (needs "
+                                      "matplotlib)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--compare-numpy", action="store_true",
+                       help="also time the network against plain NumPy (fastbp.reference) "
+                            "and print the speedup")
     train.set_defaults(run=train_command)
 
-    predict = commands.add_parser("predict", help="predict with a saved model")
+    predict = commands.add_parser("predict", help="predict with a saved model",
+                                  epilog=EXIT_STATUS,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     predict.add_argument("model", help="model file written by fastbp train --out")
     predict.add_argument("data", help="CSV, .npy, .npz or .parquet table of features")
-    predict.add_argument("--out", help="write here (.npy or CSV) instead of stdout")
+    predict.add_argument("--out", help="write here instead of stdout: .npy, or CSV to .csv, "
+                                       ".txt or a name without an extension")
     predict.add_argument("--proba", action="store_true",
                          help="class probabilities instead of labels")
     predict.add_argument("--by-position", action="store_true",
@@ -121,7 +152,7 @@ def _parser():
 
 
 def main(argv=None):
-    """Run the command line; returns the exit status (0, 1 on bad input, 130 on Ctrl-C)."""
+    """Run the command line; returns the exit status (``EXIT_STATUS``)."""
     args = _parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
@@ -158,6 +189,76 @@ def _fail(message):
     return 1
 
 
+# ---------------------------------------------------------------- outputs
+
+#: What ``fastbp predict --out`` writes, by extension: NumPy's format, or CSV text.
+PREDICTION_FORMATS = {".npy": "npy", ".csv": "csv", ".txt": "csv", "": "csv"}
+
+
+def _same_file(a, b):
+    """Whether paths ``a`` and ``b`` name one file (links and ``..`` resolved)."""
+    if os.path.exists(a) and os.path.exists(b):
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            pass
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def _plot_formats():
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return FigureCanvasBase.get_supported_filetypes()
+
+
+def _format_error(option, path, kind):
+    """Why ``path`` cannot hold ``kind`` (``model``, ``plot`` or ``predictions``), or None."""
+    extension = os.path.splitext(path)[1].lower()
+    if kind == "model" and extension != ".npz":
+        return f"{option} {path}: a model is saved as .npz; name a file ending in .npz"
+    if kind == "plot":
+        formats = _plot_formats()
+        if extension.lstrip(".") not in formats:
+            known = ", ".join("." + name for name in sorted(formats))
+            what = f"matplotlib cannot write {extension} images" if extension else \
+                "name the image format with an extension"
+            return f"{option} {path}: {what} (it writes {known})"
+    if kind == "predictions" and extension not in PREDICTION_FORMATS:
+        return (f"{option} {path}: predictions are written as .npy, or as CSV to .csv, .txt "
+                "or a name without an extension")
+    return None
+
+
+def _check_outputs(outputs, inputs):
+    """Refuse, before any work starts, an output that could not be written or would
+    overwrite an input or another output: ``outputs`` holds ``(option, path, kind)`` and
+    ``inputs`` ``(description, path)``, paths as the user typed them; None is skipped."""
+    outputs = [(option, path, kind) for option, path, kind in outputs if path is not None]
+    inputs = [(what, path) for what, path in inputs if path is not None]
+    for i, (option, path, kind) in enumerate(outputs):
+        folder = os.path.dirname(path) or "."
+        if not os.path.isdir(folder):
+            reason = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
+            raise CommandError(f"{option} {path}: the folder {folder} {reason}")
+        if os.path.isdir(path):
+            raise CommandError(f"{option} {path} is a folder; name a file in it")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise CommandError(f"{option} {path}: the folder {folder} is not writable")
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise CommandError(f"{option} {path}: the file is read-only")
+        for what, source in inputs:
+            if _same_file(path, source):
+                raise CommandError(f"{option} {path} is {what}; writing there would replace "
+                                   "it (choose another path)")
+        for other_option, other, _ in outputs[:i]:
+            if _same_file(path, other):
+                raise CommandError(f"{option} {path} is the same file as {other_option} "
+                                   f"{other}; give them different paths")
+        error = _format_error(option, path, kind)
+        if error:
+            raise CommandError(error)
+
+
 # ---------------------------------------------------------------- train
 
 
@@ -183,6 +284,15 @@ def _load_training_data(args):
     return X, table.values[:, index], names, table.names[index]
 
 
+def _batch_size(requested, rows):
+    """The mini-batch size: ``--batch-size`` (default 64) clipped to the training rows,
+    with a warning in the option's terms where the user asked for more."""
+    if requested is not None and requested > rows:
+        warnings.warn(f"--batch-size {requested} is larger than the {rows} training rows; "
+                      f"each batch takes all {rows}", stacklevel=2)
+    return min(64 if requested is None else requested, rows)
+
+
 def _choose_task(task, y):
     integral = bool(np.all(y == np.round(y)))
     if task == "auto":
@@ -197,31 +307,113 @@ def _choose_task(task, y):
 
 
 class _StopOnInterrupt:
-    """The first Ctrl-C asks training to stop after the running epoch; a second one
-    interrupts at once. Active in the main thread only (where signals arrive)."""
+    """Ctrl-C and SIGTERM while training, so that finished work is never lost.
 
-    def __init__(self):
-        self.requested = False
-        self.forced = False
-        self._previous = None
+    ``phase`` says what runs: ``"epochs"`` (the first Ctrl-C asks to stop after the running
+    epoch), ``"iterations"`` (lbfgs: it stops at once, keeping the last finished
+    iteration), ``"saving"`` (signals are only recorded, so the model is written whole) or
+    ``"after"`` (scores and plots, already saved: a signal stops at once). A second Ctrl-C
+    or a SIGTERM stops at once in any phase but saving. "At once" raises KeyboardInterrupt,
+    at most once per phase, so the code that handles it is not interrupted in turn.
+    Active in the main thread only (where signals arrive).
+    """
+
+    def __init__(self, phase):
+        self.phase = phase  # one assignment switches phase, so no signal sees half of it
+        self.requested = False  # stop after the running epoch
+        self.forced = False  # stop now
+        self.signum = None  # the first signal that asked to stop
+        self._raised_in = None
+        self._previous = {}
+
+    @property
+    def exit_status(self):
+        """128 plus the signal's number, as shells report it: 130 for Ctrl-C."""
+        return 128 + (self.signum or signal.SIGINT)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def _say(self, text):
+        """Print from the handler: straight to the file descriptor, as the interrupted code
+        may be amid a write to sys.stderr (the progress bar) that a buffered write would
+        re-enter."""
+        text = "\nfastbp: " + text + "\n"
+        try:
+            os.write(sys.stderr.fileno(), text.encode())
+        except (AttributeError, OSError, ValueError):  # no descriptor (captured stderr)
+            try:
+                sys.stderr.write(text)
+            except RuntimeError:
+                pass
+
     def _handle(self, signum, frame):
-        if self.requested:
-            self.forced = True
+        if self.forced:
+            return  # already stopping at once
+        self.signum = self.signum or signum
+        if signum == signal.SIGINT and not self.requested and self.phase == "epochs":
+            self.requested = True
+            self._say("stopping after this epoch (Ctrl-C again to stop now)")
+            return
+        if signum == signal.SIGINT and not self.requested and self.phase == "iterations":
+            self.requested = True
+            self._say("stopping; keeping the last finished iteration")
+        else:
+            self.requested = self.forced = True
+        if self.phase != "saving" and self._raised_in != self.phase:
+            self._raised_in = self.phase
             raise KeyboardInterrupt
-        self.requested = True
-        print("\nfastbp: stopping after this epoch (Ctrl-C again to stop now)",
-              file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
         return False
+
+
+class _Finished:
+    """The last finished epoch (or lbfgs iteration): ``(count, coefs, intercepts)``, set in
+    one assignment so that an interruption sees the old one or the new one, never half."""
+
+    state = None
+
+
+def _available_memory():
+    """Bytes of memory available to a new allocation, or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _bytes(count):
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1024 or unit == "TB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1024
+
+
+def _check_memory(hidden, sizes, rows, batch_size, itemsize):
+    """Refuse ``--hidden`` widths whose training would not fit in memory, before anything is
+    allocated: the weights are held about eight times (the estimator's and the engine's
+    copies, gradients, two Adam moments, the best and the last finished epoch's), the
+    activations of every row once forward and twice backward (scores on all rows)."""
+    params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    needed = 8 * params * max(itemsize, 8) + 3 * max(rows, batch_size) * sum(sizes[1:]) * itemsize
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise CommandError(f"--hidden {','.join(map(str, hidden))} is too large for memory: "
+                           f"a network of {params:,} parameters needs about {_bytes(needed)} "
+                           f"to train, and {_bytes(available)} is available")
 
 
 def _warm_up(dtype):
@@ -256,9 +448,10 @@ def _progress(args, epochs):
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
 
 
-def _speedup(est, X, y, args):
+def _speedup(est, X, y, args, repeats=5):
     """Time two epochs of the same network with ``fastbp.reference`` and with fastbp on
-    the first 2,000 training rows (median of three runs each); returns (rows, ratio)."""
+    the first 2,000 training rows: one untimed run of each first (compilation, caches),
+    then ``repeats`` runs of each taken in turns; returns (rows, ratio of the medians)."""
     from . import reference
     from .network import MLP
 
@@ -266,30 +459,34 @@ def _speedup(est, X, y, args):
     X_slice = np.ascontiguousarray(X[:n], dtype=est.coefs_[0].dtype)
     net = est.to_network()
     targets = est.engine_targets(y[:n])
-    settings = dict(epochs=2, lr=args.lr, batch_size=args.batch_size,
+    settings = dict(epochs=2, lr=args.lr, batch_size=est.batch_size,
                     optimizer=est.engine_optimizer() if args.solver != "lbfgs" else "adam")
 
     def timed(cls):
-        times = []
-        for _ in range(3):
-            model = cls(net.layer_sizes, net.activations, net.loss_name, dtype=net.dtype, seed=0)
-            start = time.perf_counter()
-            model.fit(X_slice, targets, **settings)
-            times.append(time.perf_counter() - start)
-        return float(np.median(times))
+        model = cls(net.layer_sizes, net.activations, net.loss_name, dtype=net.dtype, seed=0)
+        start = time.perf_counter()
+        model.fit(X_slice, targets, **settings)
+        return time.perf_counter() - start
 
-    return n, timed(reference.MLP) / timed(MLP)
+    timed(reference.MLP), timed(MLP)
+    times = np.array([(timed(reference.MLP), timed(MLP)) for _ in range(repeats)])
+    return n, float(np.median(times[:, 0]) / np.median(times[:, 1]))
 
 
 def train_command(args):
     if args.plot:
         import matplotlib  # noqa: F401  (fail before training, not after)
+    _check_outputs([("--out", args.out, "model"), ("--plot", args.plot, "plot")],
+                   [("the training data", args.data)])
     if args.alpha < 0:
         raise CommandError(f"--alpha must be non-negative; got {args.alpha}")
     from sklearn.model_selection import train_test_split
 
     from .estimators import MLPClassifier, MLPRegressor
 
+    if args.target is not None and args.data is None:
+        raise CommandError("--target needs a data file: without DATA, train trains on the "
+                           "digits and their label")
     X, y, feature_names, target_name = _load_training_data(args)
     task = _choose_task(args.task, y)
     source = args.data or "scikit-learn's digits"
@@ -310,15 +507,23 @@ def train_command(args):
     scale[scale == 0] = 1.0
     X_train = (X_train - mean) / scale
     X_val = None if X_val is None else (X_val - mean) / scale
+    target_scaling = None  # regression targets are standardized too; predict undoes it
+    if task == "regress" and not args.no_scale:
+        target_scaling = (float(y_train.mean()), float(y_train.std()) or 1.0)
+        y_train = (y_train - target_scaling[0]) / target_scaling[1]
+        y_val = None if y_val is None else (y_val - target_scaling[0]) / target_scaling[1]
 
     cls = MLPClassifier if task == "classify" else MLPRegressor
     est = cls(hidden_layer_sizes=args.hidden, activation=args.activation, solver=args.solver,
-              alpha=args.alpha, batch_size=args.batch_size, learning_rate_init=args.lr,
+              alpha=args.alpha, batch_size=_batch_size(args.batch_size, len(y_train)),
+              learning_rate_init=args.lr,
               max_iter=args.epochs, random_state=np.random.RandomState(args.seed),
               dtype=args.dtype)
     classes = np.unique(y) if task == "classify" else None
-    _warm_up(np.dtype(args.dtype))
     n_out = 1 if task == "regress" or classes.size == 2 else classes.size
+    _check_memory(args.hidden, (X.shape[1], *args.hidden, n_out), len(y), est.batch_size,
+                  np.dtype(args.dtype).itemsize)
+    _warm_up(np.dtype(args.dtype))
     sizes = "-".join(str(s) for s in (X.shape[1], *args.hidden, n_out))
     print(f"fastbp: training a {sizes} {args.activation} network ({args.solver}, "
           f"{'classification' if task == 'classify' else 'regression'} of {target_name!r}) "
@@ -326,84 +531,115 @@ def train_command(args):
           + (f", validating on {len(y_val)}" if n_val else ""), flush=True)
 
     curves = {"train": [], "validation": []}
-    stopper = _StopOnInterrupt()
-    snapshot = None
+    finished = _Finished()
+    stopper = _StopOnInterrupt("iterations" if args.solver == "lbfgs" else "epochs")
     start = time.perf_counter()
-    if args.solver == "lbfgs":
-        import warnings
+    with stopper, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="lbfgs failed to converge")
+        warnings.filterwarnings("ignore", message="Training interrupted by user")
+        try:
+            if args.solver == "lbfgs":
+                est.fit(X_train, y_train)
+            else:
+                _run_epochs(est, args, task, classes, (X_train, y_train, X_val, y_val),
+                            curves, finished, stopper, start)
+            stopper.phase = "saving"
+        except KeyboardInterrupt:
+            stopper.phase = "saving"
+        if args.solver == "lbfgs" and hasattr(est, "coefs_"):
+            finished.state = (est.n_iter_, est.coefs_, est.intercepts_)
+            curves["train"].append(est.loss_)
+        if finished.state is None:
+            print("fastbp: interrupted before the first "
+                  f"{'iteration' if args.solver == 'lbfgs' else 'epoch'} finished; nothing "
+                  "saved", file=sys.stderr)
+            return stopper.exit_status
+        epochs_done, est.coefs_, est.intercepts_ = finished.state
+        seconds = time.perf_counter() - start
+        if args.out:
+            _save_model(est, args.out, task, feature_names, target_name, mean, scale,
+                        epochs_done, target_scaling)
+        unit = "iteration" if args.solver == "lbfgs" else "epoch"
+        kept = f"kept the model of {unit} {epochs_done} in {args.out}" if args.out else \
+            "no --out, so no model saved"
+        stopper.phase = "after"
+        try:
+            if stopper.forced:
+                raise KeyboardInterrupt
+            _report(est, args, task, epochs_done, seconds, X_train, y_train, X_val, y_val)
+            if args.out:
+                print(f"  model saved to {args.out}")
+            if args.plot:
+                _plot(curves, args.plot, est.loss_curve_ if args.solver != "lbfgs" else None)
+                print(f"  loss curves saved to {args.plot}")
+        except KeyboardInterrupt:
+            print(f"fastbp: interrupted; {kept}", file=sys.stderr)
+            return stopper.exit_status
+    if stopper.requested:
+        print(f"fastbp: interrupted; {kept}", file=sys.stderr)
+        return stopper.exit_status
+    return 0
 
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="lbfgs failed to converge")
-            est.fit(X_train, y_train)
-        epochs_done = est.n_iter_
-        curves["train"].append(est.loss_)
-    else:
-        bar = _progress(args, args.epochs)
-        epochs_done = 0
-        with stopper:
-            try:
-                for _ in range(args.epochs):
-                    if stopper.requested:
-                        break
-                    if task == "classify":
-                        est.partial_fit(X_train, y_train, classes=classes)
-                    else:
-                        est.partial_fit(X_train, y_train)
-                    if stopper.forced:
-                        break
-                    epochs_done += 1
-                    snapshot = ([c.copy() for c in est.coefs_],
-                                [b.copy() for b in est.intercepts_])
-                    curves["train"].append(est.loss_)
-                    if X_val is not None:
-                        curves["validation"].append(est.validation_loss(X_val, y_val))
-                    if bar is not None:
-                        elapsed = time.perf_counter() - start
-                        postfix = {"loss": f"{est.loss_:.4f}"}
-                        if curves["validation"]:
-                            postfix["val"] = f"{curves['validation'][-1]:.4f}"
-                        postfix["samples/s"] = f"{epochs_done * len(y_train) / elapsed:,.0f}"
-                        bar.set_postfix(postfix, refresh=False)
-                        bar.update(1)
-            except KeyboardInterrupt:
-                stopper.requested = True
-            finally:
-                if bar is not None:
-                    bar.close()
-        if snapshot is None:
-            print("fastbp: interrupted before the first epoch finished; nothing saved",
-                  file=sys.stderr)
-            return 130
-        est.coefs_, est.intercepts_ = snapshot
-    seconds = time.perf_counter() - start
-    interrupted = stopper.requested or stopper.forced
 
+def _run_epochs(est, args, task, classes, data, curves, finished, stopper, start):
+    """Train one epoch at a time until ``args.epochs`` or a stop request, keeping each
+    finished epoch's parameters in ``finished``."""
+    X_train, y_train, X_val, y_val = data
+    bar = _progress(args, args.epochs)
+    try:
+        for _ in range(args.epochs):
+            if stopper.requested:
+                break
+            if task == "classify":
+                est.partial_fit(X_train, y_train, classes=classes)
+            else:
+                est.partial_fit(X_train, y_train)
+            if stopper.forced:
+                break  # interrupted within the epoch: it did not finish
+            epochs_done = (finished.state[0] if finished.state else 0) + 1
+            finished.state = (epochs_done, [c.copy() for c in est.coefs_],
+                              [b.copy() for b in est.intercepts_])
+            curves["train"].append(est.loss_)
+            if X_val is not None:
+                curves["validation"].append(est.validation_loss(X_val, y_val))
+            if bar is not None:
+                elapsed = time.perf_counter() - start
+                postfix = {"loss": f"{est.loss_:.4f}"}
+                if curves["validation"]:
+                    postfix["val"] = f"{curves['validation'][-1]:.4f}"
+                postfix["samples/s"] = f"{epochs_done * len(y_train) / elapsed:,.0f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _report(est, args, task, epochs_done, seconds, X_train, y_train, X_val, y_val):
+    """Print the time, the scores and (with ``--compare-numpy``) the speedup."""
     metric = "accuracy" if task == "classify" else "R^2"
     print(f"  epochs {epochs_done}, time {seconds:.2f} s "
           f"({epochs_done * len(y_train) / max(seconds, 1e-9):,.0f} samples/s)"
           if args.solver != "lbfgs" else f"  lbfgs iterations {epochs_done}, "
-                                          f"time {seconds:.2f} s")
+                                          f"time {seconds:.2f} s", flush=True)
     line = f"  train {metric} {est.score(X_train, y_train):.4f}"
     if X_val is not None:
         line += f", validation {metric} {est.score(X_val, y_val):.4f}"
-    print(line)
-    rows, ratio = _speedup(est, X_train, y_train, args)
-    print(f"  speedup over plain NumPy (fastbp.reference, 2 epochs on {rows} rows): {ratio:.1f}x")
-    if args.out:
-        _save_model(est, args.out, task, feature_names, target_name, mean, scale, epochs_done)
-        print(f"  model saved to {args.out}")
-    if args.plot:
-        _plot(curves, args.plot, est.loss_curve_ if args.solver != "lbfgs" else None)
-        print(f"  loss curves saved to {args.plot}")
-    if interrupted:
-        print(f"fastbp: interrupted; kept the model of epoch {epochs_done}", file=sys.stderr)
-        return 130
-    return 0
+    print(line, flush=True)
+    if args.compare_numpy:
+        rows, ratio = _speedup(est, X_train, y_train, args)
+        print(f"  speedup over plain NumPy (fastbp.reference, 2 epochs on {rows} rows, median "
+              f"of 5): {ratio:.1f}x", flush=True)
 
 
-def _save_model(est, path, task, feature_names, target_name, mean, scale, epochs):
+def _save_model(est, path, task, feature_names, target_name, mean, scale, epochs,
+                target_scaling=None):
+    """Write the model with what predict needs beside it: the task, feature names and
+    scaling, class labels, and a regression target's mean and scale when standardized."""
     metadata = {"task": task, "features": np.array(feature_names), "target": target_name,
                 "mean": mean, "scale": scale, "epochs": epochs}
+    if target_scaling is not None:
+        metadata["target_mean"], metadata["target_scale"] = target_scaling
     if task == "classify":
         metadata["classes"] = np.asarray(est.classes_, dtype=np.float64)
     persistence.save(est.to_network(), path, metadata=metadata)
@@ -425,7 +661,8 @@ def _plot(curves, path, loss_curve):
     axes.set_ylabel("loss")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path)
+    with persistence.replacing(path) as file:
+        figure.savefig(file, format=os.path.splitext(path)[1][1:].lower())
     plt.close(figure)
 
 
@@ -433,11 +670,16 @@ def _plot(curves, path, loss_curve):
 
 
 def predict_command(args):
+    _check_outputs([("--out", args.out, "predictions")],
+                   [("the model file", args.model), ("the data file", args.data)])
     try:
         net = persistence.load(args.model)
         metadata = persistence.read_metadata(args.model)
     except FileNotFoundError as error:
         raise CommandError(str(error)) from None
+    if args.proba and str(metadata.get("task", "")) != "classify":
+        raise CommandError(f"--proba needs a classification model; {args.model} predicts "
+                           "values (regression)")
     table = read_table(args.data)
     names = [str(n) for n in metadata.get("features", [])]
     X = table.select(names, net.layer_sizes[0], by_position=args.by_position)
@@ -455,7 +697,8 @@ def predict_command(args):
         values = np.column_stack([1 - out[:, 0], out[:, 0]]) if out.shape[1] == 1 else out
         header = [f"P({_format(c)})" for c in classes]
     else:
-        values = out
+        # Models that standardized the target store its scaling; older ones predict as is.
+        values = out * metadata.get("target_scale", 1.0) + metadata.get("target_mean", 0.0)
         header = [target] if out.shape[1] == 1 else [f"{target}{i}" for i in range(out.shape[1])]
     _write(values, header, args.out)
     return 0
@@ -467,14 +710,17 @@ def _format(value):
 
 
 def _write(values, header, path):
-    if path and path.lower().endswith(".npy"):
-        np.save(path, values if values.shape[1] > 1 else values.ravel())
+    """Predictions to stdout as CSV, or to ``path`` in the format its extension names
+    (``PREDICTION_FORMATS``), replacing the file at once when complete."""
+    if path and PREDICTION_FORMATS[os.path.splitext(path)[1].lower()] == "npy":
+        with persistence.replacing(path) as file:
+            np.save(file, values if values.shape[1] > 1 else values.ravel())
         return
     lines = [",".join(header)] + [",".join(_format(v) for v in row) for row in values]
     text = "\n".join(lines) + "\n"
     if path:
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(text)
+        with persistence.replacing(path) as file:
+            file.write(text.encode("utf-8"))
     else:
         sys.stdout.write(text)
 

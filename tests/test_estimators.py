@@ -556,3 +556,43 @@ def test_core_imports_without_scikit_learn():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "lazy"
+
+
+@pytest.mark.parametrize("interrupt_at", [1, 12])
+def test_lbfgs_keyboard_interrupt_keeps_the_last_finished_iteration(digits, monkeypatch,
+                                                                     interrupt_at):
+    """Ctrl-C during L-BFGS keeps the parameters of the last finished iteration (those a
+    fit stopped there by max_iter reaches); before the first one it propagates."""
+    from fastbp import network
+
+    X, y = digits
+    X, y = X[:300], y[:300]
+    calls = []
+    gradients = network.MLP.gradients
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return gradients(self, *args, **kwargs)
+
+    monkeypatch.setattr(network.MLP, "gradients", interrupted)
+    est = MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=500, random_state=0)
+    if interrupt_at == 1:
+        with pytest.raises(KeyboardInterrupt):
+            est.fit(X, y)
+        assert not hasattr(est, "coefs_")
+        return
+    with pytest.warns(UserWarning, match="interrupted"):
+        est.fit(X, y)
+    monkeypatch.setattr(network.MLP, "gradients", gradients)
+    assert 1 <= est.n_iter_ < interrupt_at
+    stopped = MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=est.n_iter_,
+                            random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        stopped.fit(X, y)
+    for ours, expected in zip(est.coefs_ + est.intercepts_,
+                              stopped.coefs_ + stopped.intercepts_, strict=True):
+        np.testing.assert_array_equal(ours, expected)
+    assert est.loss_ == pytest.approx(stopped.loss_, rel=1e-12)

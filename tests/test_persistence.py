@@ -137,3 +137,81 @@ def test_bad_loss_scale_is_an_invalid_model_naming_the_file(tmp_path, loss_scale
     rewrite(path, loss_scale=loss_scale)
     with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: invalid fastbp model: "):
         fastbp.load(path)
+
+
+@pytest.fixture
+def umask():
+    """Sets the process umask for one test and restores it afterwards."""
+    previous = os.umask(0o022)
+    yield os.umask
+    os.umask(previous)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_a_new_model_file_gets_the_mode_the_umask_gives(tmp_path, umask, mask, expected):
+    net, _ = trained([3, 2], "sigmoid", "bce")
+    umask(mask)
+    net.save(tmp_path / "m.npz")
+    assert (tmp_path / "m.npz").stat().st_mode & 0o777 == expected
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_overwriting_a_model_keeps_the_file_mode(tmp_path, umask, mode):
+    net, _ = trained([3, 2], "sigmoid", "bce")
+    path = tmp_path / "m.npz"
+    net.save(path)
+    os.chmod(path, mode)
+    umask(0o077)
+    net.save(path)
+    assert path.stat().st_mode & 0o777 == mode
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]
+
+
+def test_a_failed_save_names_the_path_and_leaves_the_old_model(tmp_path):
+    net, X = trained([3, 4, 2], ["relu", "softmax"], "cce")
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nodir" / "m.npz"))):
+        net.save(tmp_path / "nodir" / "m.npz")
+    path = tmp_path / "m.npz"
+    net.save(path)
+    before = path.read_bytes()
+    with pytest.raises(KeyboardInterrupt), persistence.replacing(path) as file:
+        file.write(b"half a model")
+        raise KeyboardInterrupt
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["m.npz"]
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(OSError, match=re.escape(str(tmp_path / "folder.npz"))):
+        net.save(tmp_path / "folder.npz")
+    assert sorted(os.listdir(tmp_path)) == ["folder.npz", "m.npz"]
+
+
+@pytest.mark.slow
+def test_kill_9_while_saving_never_leaves_a_broken_model(tmp_path):
+    """A process that saves an 8 MB model over and over is killed at several moments; the
+    file in place is always a complete model."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    path = tmp_path / "m.npz"
+    script = ("import sys, fastbp\n"
+              "net = fastbp.MLP([1000, 1000], 'identity', 'mse', seed=0)\n"
+              f"net.save({str(path)!r}); print('saved', flush=True)\n"
+              f"while True: net.save({str(path)!r})\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    for delay in (0.0, 0.021, 0.05):
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                                   text=True, env=env)
+        try:
+            assert process.stdout.readline() == "saved\n"
+            time.sleep(delay)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=60)
+        finally:
+            process.kill()
+            process.stdout.close()
+        assert fastbp.load(path).layer_sizes == (1000, 1000)
