@@ -38,22 +38,47 @@ class Row:
 
     def scaled(self, n_rows=None, epochs=None):
         """The same row with fewer rows and/or epochs (for smoke tests and quick runs)."""
-        return replace(self, n_rows=self.n_rows if n_rows is None else n_rows,
-                       epochs=self.epochs if epochs is None else epochs)
+        return replace(
+            self,
+            n_rows=self.n_rows if n_rows is None else n_rows,
+            epochs=self.epochs if epochs is None else epochs,
+        )
 
 
 GRID = (
-    Row("notebook", (2, 2, 1), ("relu", "sigmoid"), "bce", 2, None, 1000,
-        ">= 300x NumPy", lr=0.1),
+    Row("notebook", (2, 2, 1), ("relu", "sigmoid"), "bce", 2, None, 1000, ">= 300x NumPy", lr=0.1),
     Row("online", (8, 16, 4), ("tanh", "softmax"), "cce", 1_000, 1, 10, ">= 100x NumPy"),
-    Row("narrow", (32, 64, 64, 1), ("relu", "relu", "sigmoid"), "bce", 200_000, 128, 1,
-        ">= 3x NumPy"),
-    Row("mnist-like", (784, 128, 10), ("relu", "softmax"), "cce", 60_000, 128, 1,
-        ">= 1.0x NumPy"),
-    Row("wide", (1024, 1024, 1024, 10), ("relu", "relu", "softmax"), "cce", 20_000, 256, 1,
-        ">= 1.0x NumPy"),
-    Row("big-batch", (16, 16, 1), ("tanh", "sigmoid"), "bce", 1_000_000, None, 20,
-        ">= 5x NumPy; peak memory <= data + 64 MB"),
+    Row(
+        "narrow",
+        (32, 64, 64, 1),
+        ("relu", "relu", "sigmoid"),
+        "bce",
+        200_000,
+        128,
+        1,
+        ">= 3x NumPy",
+    ),
+    Row("mnist-like", (784, 128, 10), ("relu", "softmax"), "cce", 60_000, 128, 1, ">= 1.0x NumPy"),
+    Row(
+        "wide",
+        (1024, 1024, 1024, 10),
+        ("relu", "relu", "softmax"),
+        "cce",
+        20_000,
+        256,
+        1,
+        ">= 1.0x NumPy",
+    ),
+    Row(
+        "big-batch",
+        (16, 16, 1),
+        ("tanh", "sigmoid"),
+        "bce",
+        1_000_000,
+        None,
+        20,
+        ">= 5x NumPy; peak memory <= data + 64 MB",
+    ),
 )
 
 ROWS = {row.name: row for row in GRID}

@@ -48,8 +48,9 @@ class Table:
             shown = ", ".join(self.names[:8]) + (", ..." if len(self.names) > 8 else "")
             raise DataError(f"no column {spec!r} in the data (columns: {shown})") from None
         if not -len(self.names) <= index < len(self.names):
-            raise DataError(f"column index {index} is out of range: the data has "
-                            f"{len(self.names)} columns")
+            raise DataError(
+                f"column index {index} is out of range: the data has {len(self.names)} columns"
+            )
         return index % len(self.names)
 
     def select(self, wanted, n_in, by_position=False):
@@ -59,25 +60,33 @@ class Table:
         n_columns = self.values.shape[1]
         if by_position or (not wanted and not self.named):
             if n_columns != n_in:
-                raise DataError(f"{self.path} has {n_columns} columns; the model takes {n_in} "
-                                "features")
+                raise DataError(
+                    f"{self.path} has {n_columns} columns; the model takes {n_in} features"
+                )
             return self.values
         hint = "; pass --by-position to take the columns in their order"
         if not wanted:
-            raise DataError(f"the model was trained without column names, so the columns of "
-                            f"{self.path} cannot be matched by name{hint}")
+            raise DataError(
+                f"the model was trained without column names, so the columns of "
+                f"{self.path} cannot be matched by name{hint}"
+            )
         if not self.named:
-            raise DataError(f"{self.path} has no column names to match the model's "
-                            f"({_shown(wanted)}){hint}")
+            raise DataError(
+                f"{self.path} has no column names to match the model's ({_shown(wanted)}){hint}"
+            )
         if len(wanted) != n_in or len(set(wanted)) != len(wanted):
-            raise DataError(f"the model's column names ({_shown(wanted)}) do not fit its "
-                            f"{n_in} inputs{hint}")
+            raise DataError(
+                f"the model's column names ({_shown(wanted)}) do not fit its {n_in} inputs{hint}"
+            )
         missing = [name for name in wanted if name not in self.names]
         if missing:
             extra = [name for name in self.names if name not in wanted]
-            raise DataError(f"the columns of {self.path} do not match the model's: missing "
-                            f"{_shown(missing)}" + (f"; not in the model {_shown(extra)}"
-                                                    if extra else "") + hint)
+            raise DataError(
+                f"the columns of {self.path} do not match the model's: missing "
+                f"{_shown(missing)}"
+                + (f"; not in the model {_shown(extra)}" if extra else "")
+                + hint
+            )
         return self.values[:, [self.names.index(name) for name in wanted]]
 
 
@@ -104,8 +113,10 @@ def read_table(path):
     elif suffix in PARQUET_SUFFIXES:
         table = _read_parquet(path)
     else:
-        raise DataError(f"{path}: unknown data format {suffix or '(no suffix)'!r}; use .csv, "
-                        ".npy, .npz or .parquet")
+        raise DataError(
+            f"{path}: unknown data format {suffix or '(no suffix)'!r}; use .csv, "
+            ".npy, .npz or .parquet"
+        )
     table.path = path
     _check_names(path, table)
     _check_finite(path, table)
@@ -118,8 +129,9 @@ def _check_names(path, table):
         return
     repeated = [name for name, count in Counter(table.names).items() if count > 1]
     if repeated:
-        raise DataError(f"{path}: duplicate column names {_shown(repeated)}; each column needs "
-                        "its own name")
+        raise DataError(
+            f"{path}: duplicate column names {_shown(repeated)}; each column needs its own name"
+        )
 
 
 def _check_finite(path, table):
@@ -128,9 +140,11 @@ def _check_finite(path, table):
     bad = ~np.isfinite(table.values)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise DataError(f"{path}: column {table.names[col]!r} holds "
-                        f"{table.values[row, col]} in row {row + 1}; remove or fill "
-                        "missing values first")
+        raise DataError(
+            f"{path}: column {table.names[col]!r} holds "
+            f"{table.values[row, col]} in row {row + 1}; remove or fill "
+            "missing values first"
+        )
     if table.target is not None and not np.isfinite(table.target).all():
         raise DataError(f"{path}: y holds NaN or infinity")
 
@@ -155,8 +169,16 @@ def _read_csv(path):
         raise DataError(f"{path} has a header but no rows")
     names = [f.strip() for f in first] if header else [str(i) for i in range(len(first))]
     try:
-        values = np.loadtxt(path, delimiter=",", quotechar='"', skiprows=int(header), ndmin=2,
-                            dtype=np.float64, encoding="utf-8-sig", comments=None)
+        values = np.loadtxt(
+            path,
+            delimiter=",",
+            quotechar='"',
+            skiprows=int(header),
+            ndmin=2,
+            dtype=np.float64,
+            encoding="utf-8-sig",
+            comments=None,
+        )
     except (ValueError, UnicodeDecodeError) as error:
         raise DataError(_explain_csv_error(path, names, header, error)) from None
     if values.shape[1] != len(names):
@@ -183,14 +205,21 @@ def _explain_csv_error(path, names, header, error):
                 if not row or (rows.line_num == 1 and header):
                     continue
                 if len(row) != len(names):
-                    return (f"{path}: line {rows.line_num} has {len(row)} fields but "
-                            f"{against} {len(names)}")
+                    return (
+                        f"{path}: line {rows.line_num} has {len(row)} fields but "
+                        f"{against} {len(names)}"
+                    )
                 for name, text in zip(names, row, strict=True):
                     if not _is_number(text):
-                        what = ("an empty field" if text.strip() == ""
-                                else f"the non-numeric value {text!r}")
-                        return (f"{path}: column {name!r} holds {what} on line "
-                                f"{rows.line_num}; the data must be numeric")
+                        what = (
+                            "an empty field"
+                            if text.strip() == ""
+                            else f"the non-numeric value {text!r}"
+                        )
+                        return (
+                            f"{path}: column {name!r} holds {what} on line "
+                            f"{rows.line_num}; the data must be numeric"
+                        )
     except (UnicodeDecodeError, csv.Error):
         pass
     return f"{path} is not a numeric CSV file" + (f" ({error})" if error else "")
@@ -239,8 +268,9 @@ def _read_npz(path):
         elif len(files) == 1:
             values, target = _numeric_2d(path, archive[files[0]], files[0]), None
         else:
-            raise DataError(f"{path}: expected arrays 'X' and 'y' or a single table; found "
-                            f"{', '.join(files)}")
+            raise DataError(
+                f"{path}: expected arrays 'X' and 'y' or a single table; found {', '.join(files)}"
+            )
         names = [str(i) for i in range(values.shape[1])]
         named = "columns" in files and archive["columns"].shape == (values.shape[1],)
         if named:
@@ -249,8 +279,9 @@ def _read_npz(path):
         if target.dtype.kind not in "fiub":
             raise DataError(f"{path}: y has dtype {target.dtype}; it must be numeric")
         if target.shape != (values.shape[0],):
-            raise DataError(f"{path}: y must have shape ({values.shape[0]},) to match X; got "
-                            f"{target.shape}")
+            raise DataError(
+                f"{path}: y must have shape ({values.shape[0]},) to match X; got {target.shape}"
+            )
         target = np.asarray(target, dtype=np.float64)
     return Table(names, values, target, named=named)
 

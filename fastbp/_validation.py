@@ -78,11 +78,13 @@ def activations(names, n_layers):
         names = list(names)
     except TypeError:
         raise TypeError(
-            f"activations must be a name or a sequence of names; got {names!r}") from None
+            f"activations must be a name or a sequence of names; got {names!r}"
+        ) from None
     if len(names) != n_layers:
         raise ValueError(
             f"activations must be one name or {n_layers} names (one per weight layer); "
-            f"got {len(names)}")
+            f"got {len(names)}"
+        )
     for i, name in enumerate(names):
         choice(name, f"activations[{i}]", ACTIVATIONS)
         if name == "softmax" and i != n_layers - 1:
@@ -91,8 +93,12 @@ def activations(names, n_layers):
 
 
 #: Output activations that can leave [0, 1], with their ranges.
-UNBOUNDED_OUTPUTS = {"identity": "all reals", "tanh": "(-1, 1)", "relu": "[0, inf)",
-                     "leaky_relu": "all reals"}
+UNBOUNDED_OUTPUTS = {
+    "identity": "all reals",
+    "tanh": "(-1, 1)",
+    "relu": "[0, inf)",
+    "leaky_relu": "all reals",
+}
 
 
 def bce_outputs(loss, output_activation):
@@ -106,7 +112,10 @@ def bce_outputs(loss, output_activation):
             f"{output_activation!r} ranges over {UNBOUNDED_OUTPUTS[output_activation]}: "
             "outputs outside [0, 1] are clipped to [eps, 1 - eps], where the loss and its "
             "gradient are those of the clipped value. "
-            "Use 'sigmoid' (or 'softmax') on the output layer.", UserWarning, stacklevel=3)
+            "Use 'sigmoid' (or 'softmax') on the output layer.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def dtype(value):
@@ -177,7 +186,8 @@ def targets(Y, n_samples, n_out, loss, dtype):
     if Y.shape != (n_samples, n_out):
         raise ValueError(
             f"Y must have shape ({n_samples}, {n_out}) to match X and the output layer; "
-            f"got {Y.shape}")
+            f"got {Y.shape}"
+        )
     if loss == "bce" and (Y.min() < 0 or Y.max() > 1):
         raise ValueError("Y: bce targets must lie in [0, 1]")
     if loss == "cce" and Y.min() < 0:
@@ -209,7 +219,8 @@ def parameters(weights, biases, sizes, has_bias, dtype):
         if w.shape != (sizes[i], sizes[i + 1]):
             raise ValueError(
                 f"weights[{i}] must have shape {(sizes[i], sizes[i + 1])} (fan_in, fan_out); "
-                f"got {w.shape}")
+                f"got {w.shape}"
+            )
         checked_w.append(w)
     if not has_bias:
         if biases is not None:
@@ -238,12 +249,16 @@ def permutations(order, n, epochs):
     flat int64 array: the engine reads an epoch's permutation from ``epoch * n`` on."""
     array = as_array(order, "order")
     if array.dtype.kind not in "iu" or array.shape not in ((n,), (epochs, n)):
-        raise ValueError(f"order must be a permutation of 0..{n - 1}, or one per epoch "
-                         f"(integers, shape ({n},) or ({epochs}, {n}))")
+        raise ValueError(
+            f"order must be a permutation of 0..{n - 1}, or one per epoch "
+            f"(integers, shape ({n},) or ({epochs}, {n}))"
+        )
     array = np.ascontiguousarray(array, dtype=np.int64)
     if not (np.sort(array.reshape(-1, n), axis=1) == np.arange(n)).all():
-        raise ValueError(f"order must be a permutation of 0..{n - 1}"
-                         + (" in every row" if array.ndim == 2 else ""))
+        raise ValueError(
+            f"order must be a permutation of 0..{n - 1}"
+            + (" in every row" if array.ndim == 2 else "")
+        )
     return array.reshape(-1)
 
 
@@ -251,19 +266,28 @@ def optimizer_state(state, n_params, dtype):
     """``(name, m, v, step)`` from a dict of ``MLP.optimizer_state``, checked whole and
     copied (``step`` as int64 ``[step]``), so a bad state changes nothing."""
     if not isinstance(state, dict) or set(state) != {"optimizer", "m", "v", "step"}:
-        raise TypeError("state must be a dict from optimizer_state(), with the keys "
-                        "'optimizer', 'm', 'v' and 'step'")
+        raise TypeError(
+            "state must be a dict from optimizer_state(), with the keys "
+            "'optimizer', 'm', 'v' and 'step'"
+        )
     name = state["optimizer"]
     if name is not None:
         name = choice(name, "state['optimizer']", OPTIMIZERS)
-    kept = {None: (0, 0), "sgd": (0, 0), "momentum": (n_params, 0), "nesterov": (n_params, 0),
-            "adam": (n_params, n_params)}[name]
+    kept = {
+        None: (0, 0),
+        "sgd": (0, 0),
+        "momentum": (n_params, 0),
+        "nesterov": (n_params, 0),
+        "adam": (n_params, n_params),
+    }[name]
     moments = []
     for key, size in zip(("m", "v"), kept, strict=True):
         array = np.asarray(state[key])
         if array.shape != (size,) or array.dtype != dtype:
-            raise ValueError(f"state[{key!r}] must be a {dtype} array of shape ({size},) for "
-                             f"optimizer {name!r}; got {array.dtype} {array.shape}")
+            raise ValueError(
+                f"state[{key!r}] must be a {dtype} array of shape ({size},) for "
+                f"optimizer {name!r}; got {array.dtype} {array.shape}"
+            )
         if not np.isfinite(array).all():
             raise ValueError(f"state[{key!r}] holds NaN or infinity")
         moments.append(array.copy())

@@ -74,6 +74,7 @@ def fastbp_timer(row, X, Y, dtype, repeats, min_seconds=MIN_TIMED_S):
     """``(fit, count, scale)``: a timed fastbp fit, how many to time (``_repeats``) and
     the factor from a fit's seconds to the row's; the warm-up fits (the first also loads
     or compiles the kernels) happen here."""
+
     def fit():
         return _fit_seconds(MLP, row, X, Y, dtype)
 
@@ -88,8 +89,7 @@ def _slice_rows(row, n):
     return min(row.n_rows, n)
 
 
-def reference_timer(row, X, Y, dtype, repeats, budget=REFERENCE_BUDGET_S,
-                    min_seconds=MIN_TIMED_S):
+def reference_timer(row, X, Y, dtype, repeats, budget=REFERENCE_BUDGET_S, min_seconds=MIN_TIMED_S):
     """``(fit, count, scale)`` of the NumPy fit: of the whole row when it fits in
     ``budget`` (as many fits as fit in ``budget``, at most ``_repeats``), otherwise one fit
     of a leading slice of the rows, ``scale`` taking its time to the whole row's."""
@@ -99,8 +99,9 @@ def reference_timer(row, X, Y, dtype, repeats, budget=REFERENCE_BUDGET_S,
     estimate = t_probe * n / probe
     part, count = n, 1
     if estimate <= budget or probe == n:
-        count = max(1, min(_repeats(estimate, repeats, min_seconds),
-                           int(budget / max(estimate, 1e-9))))
+        count = max(
+            1, min(_repeats(estimate, repeats, min_seconds), int(budget / max(estimate, 1e-9)))
+        )
     else:
         part = max(probe, _slice_rows(row, int(n * budget / estimate)))
 
@@ -120,8 +121,7 @@ def interleaved(timers, rounds=ROUNDS):
             if share:
                 time.sleep(IDLE_S)
                 out += [fit() for _ in range(share)]
-    return [float(np.median(t)) * scale
-            for t, (_, _, scale) in zip(times, timers, strict=True)]
+    return [float(np.median(t)) * scale for t, (_, _, scale) in zip(times, timers, strict=True)]
 
 
 def _torch():
@@ -144,8 +144,12 @@ def torch_timer(torch, row, X, Y, dtype, repeats, min_seconds=MIN_TIMED_S):
     weights, biases = start_net.get_params()
     Xt = torch.from_numpy(np.ascontiguousarray(X))
     Yt = torch.from_numpy(np.ascontiguousarray(Y))
-    hidden = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
-              "identity": lambda z: z}
+    hidden = {
+        "relu": torch.relu,
+        "tanh": torch.tanh,
+        "sigmoid": torch.sigmoid,
+        "identity": lambda z: z,
+    }
     acts = [hidden[name] for name in row.activations[:-1]]
     if row.loss == "cce":
         loss_fn = F.cross_entropy
@@ -163,11 +167,11 @@ def torch_timer(torch, row, X, Y, dtype, repeats, min_seconds=MIN_TIMED_S):
         start = time.perf_counter()
         for _ in range(row.epochs):
             for lo in range(0, n, batch):
-                a = Xt[lo:lo + batch]
+                a = Xt[lo : lo + batch]
                 for (w, b), act in zip(pairs[:-1], acts, strict=True):
                     a = act(torch.addmm(b, a, w))
                 z = torch.addmm(pairs[-1][1], a, pairs[-1][0])
-                loss = loss_fn(z, Yt[lo:lo + batch])
+                loss = loss_fn(z, Yt[lo : lo + batch])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -203,8 +207,10 @@ def measure(row, dtype, repeats, torch=None, peak=None, judge=True, min_seconds=
     row's target (memory targets are the asv suite's ``peakmem_fit``); fits shorter than
     ``min_seconds`` are repeated (``_repeats``)."""
     X, Y = make_data(row, dtype)
-    timers = [fastbp_timer(row, X, Y, dtype, repeats, min_seconds),
-              reference_timer(row, X, Y, dtype, repeats, min_seconds=min_seconds)]
+    timers = [
+        fastbp_timer(row, X, Y, dtype, repeats, min_seconds),
+        reference_timer(row, X, Y, dtype, repeats, min_seconds=min_seconds),
+    ]
     if torch is not None:
         timers.append(torch_timer(torch, row, X, Y, dtype, repeats, min_seconds))
     t_fast, t_ref, *t_torch = interleaved(timers)
@@ -213,8 +219,13 @@ def measure(row, dtype, repeats, torch=None, peak=None, judge=True, min_seconds=
     speedup = t_ref / t_fast
     factor = _target_factor(row.target) if judge else None
     return {
-        "row": row, "dtype": np.dtype(dtype).name, "fastbp": t_fast, "numpy": t_ref,
-        "scaled": scaled, "speedup": speedup, "torch": t_torch,
+        "row": row,
+        "dtype": np.dtype(dtype).name,
+        "fastbp": t_fast,
+        "numpy": t_ref,
+        "scaled": scaled,
+        "speedup": speedup,
+        "torch": t_torch,
         "vs_torch": None if t_torch is None else t_fast / t_torch,
         "peak_fraction": None if peak is None else row.train_flops() / t_fast / peak,
         "meets": None if factor is None else speedup >= factor,
@@ -232,25 +243,42 @@ def format_seconds(t):
     return f"{t:.2f} s"
 
 
-COLUMNS = ("row", "dtype", "fastbp", "NumPy", "speedup", "target", "speedup met", "torch",
-           "fastbp/torch", "% peak")
+COLUMNS = (
+    "row",
+    "dtype",
+    "fastbp",
+    "NumPy",
+    "speedup",
+    "target",
+    "speedup met",
+    "torch",
+    "fastbp/torch",
+    "% peak",
+)
 
 
 def _cells(r):
-    return (r["row"].name, r["dtype"], format_seconds(r["fastbp"]),
-            format_seconds(r["numpy"]) + (" (scaled)" if r["scaled"] else ""),
-            f"{r['speedup']:.1f}x", r["row"].target,
-            "-" if r["meets"] is None else ("yes" if r["meets"] else "NO"),
-            format_seconds(r["torch"]),
-            "-" if r["vs_torch"] is None else f"{r['vs_torch']:.2f}",
-            "-" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.1f}%")
+    return (
+        r["row"].name,
+        r["dtype"],
+        format_seconds(r["fastbp"]),
+        format_seconds(r["numpy"]) + (" (scaled)" if r["scaled"] else ""),
+        f"{r['speedup']:.1f}x",
+        r["row"].target,
+        "-" if r["meets"] is None else ("yes" if r["meets"] else "NO"),
+        format_seconds(r["torch"]),
+        "-" if r["vs_torch"] is None else f"{r['vs_torch']:.2f}",
+        "-" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.1f}%",
+    )
 
 
 def format_text(results):
     rows = [COLUMNS] + [_cells(r) for r in results]
     widths = [max(len(line[i]) for line in rows) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
-                     .rstrip() for line in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in rows
+    )
 
 
 def format_markdown(results):
@@ -273,30 +301,42 @@ def cpu_model():
 def machine_header(torch, argv, peaks):
     command = "python -m fastbp.bench" + "".join(" " + shlex.quote(a) for a in argv)
     torch_version = "not installed" if torch is None else torch.__version__
-    return "\n".join([
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores",
-        f"- threads: numba {numba.get_num_threads()}"
-        + ("" if torch is None else f", torch {numba.get_num_threads()}"),
-        f"- numpy {np.__version__}, numba {numba.__version__}, torch {torch_version}, "
-        f"Python {platform.python_version()}",
-        "- np.dot 2048 x 2048 peak: " + ", ".join(f"{d} {p / 1e9:.1f} GFLOP/s"
-                                                  for d, p in peaks.items()),
-        f"- command: `{command}`",
-    ])
+    return "\n".join(
+        [
+            f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores",
+            f"- threads: numba {numba.get_num_threads()}"
+            + ("" if torch is None else f", torch {numba.get_num_threads()}"),
+            f"- numpy {np.__version__}, numba {numba.__version__}, torch {torch_version}, "
+            f"Python {platform.python_version()}",
+            "- np.dot 2048 x 2048 peak: "
+            + ", ".join(f"{d} {p / 1e9:.1f} GFLOP/s" for d, p in peaks.items()),
+            f"- command: `{command}`",
+        ]
+    )
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m fastbp.bench",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", default=",".join(r.name for r in GRID),
-                        help="comma-separated grid rows (default: all)")
+    parser = argparse.ArgumentParser(
+        prog="python -m fastbp.bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--rows",
+        default=",".join(r.name for r in GRID),
+        help="comma-separated grid rows (default: all)",
+    )
     parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="float64")
     parser.add_argument("--repeats", type=int, default=3, help="timed fits per median")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"every row cut to {QUICK_ROWS} rows and {QUICK_EPOCHS} epoch "
-                             "(a smoke test, not a measurement)")
-    parser.add_argument("--markdown", action="store_true",
-                        help="a markdown table under a header describing the machine")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"every row cut to {QUICK_ROWS} rows and {QUICK_EPOCHS} epoch "
+        "(a smoke test, not a measurement)",
+    )
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="a markdown table under a header describing the machine",
+    )
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if present")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -321,8 +361,17 @@ def main(argv=None):
         peak = peaks[dtype] = peak_flops(dtype)
         print(f"{dtype}: np.dot peak {peak / 1e9:.1f} GFLOP/s", file=sys.stderr, flush=True)
         for row in rows:
-            results.append(measure(row, dtype, args.repeats, torch, peak, judge=not args.quick,
-                                   min_seconds=0.0 if args.quick else MIN_TIMED_S))
+            results.append(
+                measure(
+                    row,
+                    dtype,
+                    args.repeats,
+                    torch,
+                    peak,
+                    judge=not args.quick,
+                    min_seconds=0.0 if args.quick else MIN_TIMED_S,
+                )
+            )
             print(f"  {row.name} done", file=sys.stderr, flush=True)
     if args.markdown:
         print(machine_header(torch, argv, peaks) + "\n")

@@ -23,15 +23,30 @@ from . import MLP
 from ._grid import GRID, Row, make_data
 
 #: The CPU grid (``fastbp._grid``) and a large-batch row for the GPU.
-ROWS = [*GRID, Row("large-batch", (784, 1024, 1024, 10), ("relu", "relu", "softmax"), "cce",
-                   1_000_000, 4096, 1, ">= 20x the 2-core CPU engine (on an H100)")]
+ROWS = [
+    *GRID,
+    Row(
+        "large-batch",
+        (784, 1024, 1024, 10),
+        ("relu", "relu", "softmax"),
+        "cce",
+        1_000_000,
+        4096,
+        1,
+        ">= 20x the 2-core CPU engine (on an H100)",
+    ),
+]
 
 
 def quick(row):
     """A tiny version of ``row``: a smoke test of every code path, not a measurement."""
-    return replace(row, sizes=tuple(min(s, 24) for s in row.sizes), n_rows=min(row.n_rows, 64),
-                   batch_size=None if row.batch_size is None else min(row.batch_size, 16),
-                   epochs=min(row.epochs, 2))
+    return replace(
+        row,
+        sizes=tuple(min(s, 24) for s in row.sizes),
+        n_rows=min(row.n_rows, 64),
+        batch_size=None if row.batch_size is None else min(row.batch_size, 16),
+        epochs=min(row.epochs, 2),
+    )
 
 
 def describe(row):
@@ -51,8 +66,7 @@ def median_time(run, repeats):
 
 def fastbp_run(row, X, Y, dtype, device):
     """One whole training run of a fresh network; returns its loss history."""
-    net = MLP(list(row.sizes), list(row.activations), row.loss, seed=0, dtype=dtype,
-              device=device)
+    net = MLP(list(row.sizes), list(row.activations), row.loss, seed=0, dtype=dtype, device=device)
     return net.fit(X, Y, epochs=row.epochs, lr=row.lr, batch_size=row.batch_size)
 
 
@@ -86,9 +100,15 @@ def torch_model(row, dtype, torch):
     for i, name in enumerate(row.activations):
         layers.append(torch.nn.Linear(row.sizes[i], row.sizes[i + 1]))
         if i < len(row.activations) - 1:
-            layers.append({"relu": torch.nn.ReLU(), "tanh": torch.nn.Tanh(),
-                           "sigmoid": torch.nn.Sigmoid(), "leaky_relu": torch.nn.LeakyReLU(),
-                           "identity": torch.nn.Identity()}[name])
+            layers.append(
+                {
+                    "relu": torch.nn.ReLU(),
+                    "tanh": torch.nn.Tanh(),
+                    "sigmoid": torch.nn.Sigmoid(),
+                    "leaky_relu": torch.nn.LeakyReLU(),
+                    "identity": torch.nn.Identity(),
+                }[name]
+            )
     return torch.nn.Sequential(*layers).to(device="cuda", dtype=dtype)
 
 
@@ -116,8 +136,8 @@ def time_torch(row, X, Y, dtype, repeats):
         for _ in range(row.epochs):
             for start in range(0, row.n_rows, batch):
                 optimizer.zero_grad(set_to_none=True)
-                output = model(features[start:start + batch])
-                loss_fn(output, targets[start:start + batch]).backward()
+                output = model(features[start : start + batch])
+                loss_fn(output, targets[start : start + batch]).backward()
                 optimizer.step()
         torch.cuda.synchronize()
 
@@ -165,38 +185,56 @@ def measure_row(row, dtype, args, repeats, errors):
     """One line of the table: the three times and their ratios."""
     X, Y = make_data(row, dtype)
     label = f"{row.name} {np.dtype(dtype).name}"
-    gpu, _ = guarded(errors, label + " fastbp cuda",
-                     lambda: time_fastbp(row, X, Y, dtype, "cuda", repeats))
+    gpu, _ = guarded(
+        errors, label + " fastbp cuda", lambda: time_fastbp(row, X, Y, dtype, "cuda", repeats)
+    )
     if args.no_cpu:
         cpu, cpu_note = None, "skipped"
     else:
-        cpu, cpu_note = guarded(errors, label + " cpu",
-                                lambda: time_cpu(row, X, Y, dtype, repeats, args.cpu_limit))
+        cpu, cpu_note = guarded(
+            errors, label + " cpu", lambda: time_cpu(row, X, Y, dtype, repeats, args.cpu_limit)
+        )
     if args.no_torch:
         torch_t, torch_note = None, "skipped"
     else:
-        torch_t, torch_note = guarded(errors, label + " torch",
-                                      lambda: time_torch(row, X, Y, dtype, repeats))
+        torch_t, torch_note = guarded(
+            errors, label + " torch", lambda: time_torch(row, X, Y, dtype, repeats)
+        )
     cpu_cell = fmt_time(cpu, cpu_note) if cpu is not None else cpu_note or "n/a"
     torch_cell = fmt_time(torch_t) if torch_t is not None else torch_note or "n/a"
-    return (f"  {describe(row):58s} {fmt_time(gpu):>12s} {cpu_cell:>12s} {torch_cell:>13s} "
-            f"{fmt_ratio(cpu, gpu):>9s} {fmt_ratio(torch_t, gpu):>10s}")
+    return (
+        f"  {describe(row):58s} {fmt_time(gpu):>12s} {cpu_cell:>12s} {torch_cell:>13s} "
+        f"{fmt_ratio(cpu, gpu):>9s} {fmt_ratio(torch_t, gpu):>10s}"
+    )
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fastbp.bench_gpu",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", default="",
-                        help="comma-separated names (or parts of names) of the rows to run; "
-                             "default all: " + ", ".join(r.name for r in ROWS))
+    parser = argparse.ArgumentParser(
+        prog="python -m fastbp.bench_gpu", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--rows",
+        default="",
+        help="comma-separated names (or parts of names) of the rows to run; "
+        "default all: " + ", ".join(r.name for r in ROWS),
+    )
     parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per median")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes and one repeat: a smoke test of every path")
-    parser.add_argument("--cpu-threads", type=int, default=2,
-                        help="threads of the CPU engine (default 2, the reference machine)")
-    parser.add_argument("--cpu-limit", type=float, default=60.0,
-                        help="seconds past which a CPU run is scaled from a slice")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes and one repeat: a smoke test of every path"
+    )
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=2,
+        help="threads of the CPU engine (default 2, the reference machine)",
+    )
+    parser.add_argument(
+        "--cpu-limit",
+        type=float,
+        default=60.0,
+        help="seconds past which a CPU run is scaled from a slice",
+    )
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU engine")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     args = parser.parse_args(argv)
@@ -204,13 +242,13 @@ def main(argv=None):
     wanted = [w.strip().lower() for w in args.rows.split(",") if w.strip()]
     rows = [r for r in ROWS if not wanted or any(w in r.name.lower() for w in wanted)]
     if not rows:
-        parser.error(f"--rows {args.rows!r} matches none of: "
-                     + ", ".join(r.name for r in ROWS))
+        parser.error(f"--rows {args.rows!r} matches none of: " + ", ".join(r.name for r in ROWS))
     if args.quick:
         rows = [quick(r) for r in rows]
     repeats = 1 if args.quick else max(1, args.repeats)
-    dtypes = {"float32": [np.float32], "float64": [np.float64],
-              "both": [np.float32, np.float64]}[args.dtype]
+    dtypes = {"float32": [np.float32], "float64": [np.float64], "both": [np.float32, np.float64]}[
+        args.dtype
+    ]
 
     import numba
 
@@ -218,23 +256,30 @@ def main(argv=None):
         sys.setswitchinterval(1e-5)  # the simulator's threads wait on the GIL otherwise
     threads = min(args.cpu_threads, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(threads)
-    print(f"GPU: {gpu_name()}; CPU engine: {threads} threads; median of {repeats} run(s)"
-          f"{'; --quick sizes (not a measurement)' if args.quick else ''}", flush=True)
+    print(
+        f"GPU: {gpu_name()}; CPU engine: {threads} threads; median of {repeats} run(s)"
+        f"{'; --quick sizes (not a measurement)' if args.quick else ''}",
+        flush=True,
+    )
 
     errors = []
     for dtype in dtypes:
         dname = np.dtype(dtype).name
         print(f"\n{dname}")
-        header = (f"  {'row':58s} {'fastbp cuda':>12s} {'CPU engine':>12s} "
-                  f"{'PyTorch cuda':>13s} {'CPU/cuda':>9s} {'torch/cuda':>10s}")
+        header = (
+            f"  {'row':58s} {'fastbp cuda':>12s} {'CPU engine':>12s} "
+            f"{'PyTorch cuda':>13s} {'CPU/cuda':>9s} {'torch/cuda':>10s}"
+        )
         print(header)
         print("  " + "-" * (len(header) - 2), flush=True)
         for row in rows:
             print(measure_row(row, dtype, args, repeats, errors), flush=True)
-    print("\n  CPU/cuda and torch/cuda: how many times faster fastbp on the GPU is. A time "
-          "marked ~ is\n  the CPU engine on a slice of the rows, scaled to all of them. "
-          "PyTorch: plain SGD,\n  torch.nn.Linear layers, loss on logits, data copied to the "
-          "GPU inside the timed run.")
+    print(
+        "\n  CPU/cuda and torch/cuda: how many times faster fastbp on the GPU is. A time "
+        "marked ~ is\n  the CPU engine on a slice of the rows, scaled to all of them. "
+        "PyTorch: plain SGD,\n  torch.nn.Linear layers, loss on logits, data copied to the "
+        "GPU inside the timed run."
+    )
     if errors:
         print(f"\n{len(errors)} measurement(s) failed:")
         for error in errors:

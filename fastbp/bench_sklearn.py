@@ -35,8 +35,7 @@ def _fit(make, X, y):
     return time.perf_counter() - start, estimator
 
 
-def compare(name, X, y, repeats, max_iter=200, stream=print, solver="adam",
-            early_stopping=False):
+def compare(name, X, y, repeats, max_iter=200, stream=print, solver="adam", early_stopping=False):
     """Time both estimators on a 75/25 split of ``X``, ``y``; returns a result dict.
 
     Fits alternate between the two libraries, so load from other processes on a shared
@@ -52,34 +51,49 @@ def compare(name, X, y, repeats, max_iter=200, stream=print, solver="adam",
     for _ in range(repeats):
         for label, cls in (("fastbp", MLPClassifier), ("sklearn", SklearnMLP)):
             seconds, fitted = _fit(
-                lambda cls=cls: cls(random_state=0, max_iter=max_iter, solver=solver,
-                                    early_stopping=early_stopping),
-                X_train, y_train)
+                lambda cls=cls: cls(
+                    random_state=0, max_iter=max_iter, solver=solver, early_stopping=early_stopping
+                ),
+                X_train,
+                y_train,
+            )
             times[label].append(seconds)
             row[label + "_accuracy"] = float(fitted.score(X_test, y_test))
             row[label + "_epochs"] = fitted.n_iter_
     for label, values in times.items():
         row[label] = float(np.median(values))
     row["ratio"] = row["sklearn"] / row["fastbp"]
-    stream(f"  {name:28s} {row['rows']:7d} {row['fastbp_epochs']:6d} "
-           f"{format_seconds(row['fastbp']):>11s} {format_seconds(row['sklearn']):>10s} "
-           f"{row['ratio']:7.1f}x   "
-           f"{row['fastbp_accuracy']:.4f} / {row['sklearn_accuracy']:.4f}")
+    stream(
+        f"  {name:28s} {row['rows']:7d} {row['fastbp_epochs']:6d} "
+        f"{format_seconds(row['fastbp']):>11s} {format_seconds(row['sklearn']):>10s} "
+        f"{row['ratio']:7.1f}x   "
+        f"{row['fastbp_accuracy']:.4f} / {row['sklearn_accuracy']:.4f}"
+    )
     return row
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fastbp.bench_sklearn",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=100_000,
-                        help="rows of the generated problem (default 100000)")
+    parser = argparse.ArgumentParser(
+        prog="python -m fastbp.bench_sklearn", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--rows", type=int, default=100_000, help="rows of the generated problem (default 100000)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed fits per estimator")
-    parser.add_argument("--max-iter", type=int, default=200,
-                        help="epoch limit (scikit-learn's default 200)")
-    parser.add_argument("--solver", choices=("adam", "sgd", "lbfgs"), default="adam",
-                        help="both estimators' solver (scikit-learn's default adam)")
-    parser.add_argument("--early-stopping", action="store_true",
-                        help="hold out 10%% of the training rows and stop on their score")
+    parser.add_argument(
+        "--max-iter", type=int, default=200, help="epoch limit (scikit-learn's default 200)"
+    )
+    parser.add_argument(
+        "--solver",
+        choices=("adam", "sgd", "lbfgs"),
+        default="adam",
+        help="both estimators' solver (scikit-learn's default adam)",
+    )
+    parser.add_argument(
+        "--early-stopping",
+        action="store_true",
+        help="hold out 10%% of the training rows and stop on their score",
+    )
     args = parser.parse_args(argv)
     options = {"solver": args.solver, "early_stopping": args.early_stopping}
 
@@ -97,21 +111,25 @@ def main(argv=None):
     print(f"Engine ready in {time.perf_counter() - start:.1f} s (compiled once, then cached)")
     print(f"CPU threads: fastbp (numba) {numba.get_num_threads()}")
     stopping = ", early stopping" if args.early_stopping else ""
-    print(f"MLPClassifier, scikit-learn's defaults: (100,) relu, {args.solver}, batch 200, "
-          f"max_iter {args.max_iter}, tol 1e-4{stopping}; median of {args.repeats} fits\n")
-    print("  problem                         rows epochs    fastbp    sklearn   ratio"
-          "   accuracy fastbp / sklearn")
+    print(
+        f"MLPClassifier, scikit-learn's defaults: (100,) relu, {args.solver}, batch 200, "
+        f"max_iter {args.max_iter}, tol 1e-4{stopping}; median of {args.repeats} fits\n"
+    )
+    print(
+        "  problem                         rows epochs    fastbp    sklearn   ratio"
+        "   accuracy fastbp / sklearn"
+    )
     rows = []
     for name, load in (("iris", load_iris), ("breast_cancer", load_breast_cancer)):
         X, y = load(return_X_y=True)
         X = (X - X.mean(axis=0)) / X.std(axis=0)
-        rows.append(compare(f"{name} (standardized)", X, y, args.repeats, args.max_iter,
-                            **options))
+        rows.append(compare(f"{name} (standardized)", X, y, args.repeats, args.max_iter, **options))
     X, y = load_digits(return_X_y=True)
     rows.append(compare("digits", X, y, args.repeats, args.max_iter, **options))
     X, y = make_classification(n_samples=args.rows, random_state=0)
-    rows.append(compare(f"make_classification {args.rows}", X, y, args.repeats,
-                        args.max_iter, **options))
+    rows.append(
+        compare(f"make_classification {args.rows}", X, y, args.repeats, args.max_iter, **options)
+    )
     return rows
 
 

@@ -76,8 +76,7 @@ def _seed(text):
     except ValueError:
         value = -1
     if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {2**32 - 1}; got "
-                                         f"{text!r}")
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {2**32 - 1}; got {text!r}")
     return value
 
 
@@ -92,61 +91,108 @@ def _fraction(text):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="fastbp", description=__doc__.split("\n\n")[0],
-                                     epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fastbp",
+        description=__doc__.split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a network on a data file",
-                                description="Train a network; prints its scores and time.",
-                                epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    train = commands.add_parser(
+        "train",
+        help="train a network on a data file",
+        description="Train a network; prints its scores and time.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     train.add_argument("data", nargs="?", help="CSV, .npy, .npz or .parquet table")
-    train.add_argument("--target", help="target column: a name or an index (default: the "
-                                        "last column; a .npz with X and y uses y)")
-    train.add_argument("--task", choices=("auto", "classify", "regress"), default="auto",
-                       help="auto: classify integer targets with at most 50 values")
-    train.add_argument("--hidden", type=_hidden_sizes, default=(64, 64),
-                       help="hidden layer widths, comma separated (default 64,64)")
-    train.add_argument("--activation", choices=("relu", "tanh", "logistic", "identity"),
-                       default="relu")
+    train.add_argument(
+        "--target",
+        help="target column: a name or an index (default: the "
+        "last column; a .npz with X and y uses y)",
+    )
+    train.add_argument(
+        "--task",
+        choices=("auto", "classify", "regress"),
+        default="auto",
+        help="auto: classify integer targets with at most 50 values",
+    )
+    train.add_argument(
+        "--hidden",
+        type=_hidden_sizes,
+        default=(64, 64),
+        help="hidden layer widths, comma separated (default 64,64)",
+    )
+    train.add_argument(
+        "--activation", choices=("relu", "tanh", "logistic", "identity"), default="relu"
+    )
     train.add_argument("--solver", choices=("adam", "sgd", "lbfgs"), default="adam")
-    train.add_argument("--epochs", type=_positive(int), default=30,
-                       help="epochs (lbfgs: iterations); default 30")
-    train.add_argument("--batch-size", type=_positive(int), default=None,
-                       help="mini-batch size (default 64)")
-    train.add_argument("--lr", type=_positive(float), default=1e-3,
-                       help="learning rate (default 0.001)")
+    train.add_argument(
+        "--epochs", type=_positive(int), default=30, help="epochs (lbfgs: iterations); default 30"
+    )
+    train.add_argument(
+        "--batch-size", type=_positive(int), default=None, help="mini-batch size (default 64)"
+    )
+    train.add_argument(
+        "--lr", type=_positive(float), default=1e-3, help="learning rate (default 0.001)"
+    )
     train.add_argument("--alpha", type=float, default=1e-4, help="L2 penalty (default 0.0001)")
-    train.add_argument("--seed", type=_seed, default=0,
-                       help="seed of the weights, split and batch order (default 0)")
-    train.add_argument("--validation", type=_fraction, default=0.1,
-                       help="share of rows held out for validation (default 0.1)")
-    train.add_argument("--no-scale", action="store_true",
-                       help="do not standardize the features (nor a regression target)")
+    train.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help="seed of the weights, split and batch order (default 0)",
+    )
+    train.add_argument(
+        "--validation",
+        type=_fraction,
+        default=0.1,
+        help="share of rows held out for validation (default 0.1)",
+    )
+    train.add_argument(
+        "--no-scale",
+        action="store_true",
+        help="do not standardize the features (nor a regression target)",
+    )
     train.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     train.add_argument("--out", help="save the model to this .npz file")
-    train.add_argument("--plot", help="save the loss curves to this image, its format named "
-                                      "by the extension: .png, .pdf, .svg, ... (needs "
-                                      "matplotlib)")
+    train.add_argument(
+        "--plot",
+        help="save the loss curves to this image, its format named "
+        "by the extension: .png, .pdf, .svg, ... (needs "
+        "matplotlib)",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--compare-numpy", action="store_true",
-                       help="also time the network against plain NumPy (fastbp.reference) "
-                            "and print the speedup")
+    train.add_argument(
+        "--compare-numpy",
+        action="store_true",
+        help="also time the network against plain NumPy (fastbp.reference) and print the speedup",
+    )
     train.set_defaults(run=train_command)
 
-    predict = commands.add_parser("predict", help="predict with a saved model",
-                                  epilog=EXIT_STATUS,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict = commands.add_parser(
+        "predict",
+        help="predict with a saved model",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     predict.add_argument("model", help="model file written by fastbp train --out")
     predict.add_argument("data", help="CSV, .npy, .npz or .parquet table of features")
-    predict.add_argument("--out", help="write here instead of stdout: .npy, or CSV to .csv, "
-                                       ".txt or a name without an extension")
-    predict.add_argument("--proba", action="store_true",
-                         help="class probabilities instead of labels")
-    predict.add_argument("--by-position", action="store_true",
-                         help="take DATA's columns in order, ignoring their names (by default "
-                              "they are matched to the model's by name)")
+    predict.add_argument(
+        "--out",
+        help="write here instead of stdout: .npy, or CSV to .csv, "
+        ".txt or a name without an extension",
+    )
+    predict.add_argument(
+        "--proba", action="store_true", help="class probabilities instead of labels"
+    )
+    predict.add_argument(
+        "--by-position",
+        action="store_true",
+        help="take DATA's columns in order, ignoring their names (by default "
+        "they are matched to the model's by name)",
+    )
     predict.set_defaults(run=predict_command)
     return parser
 
@@ -161,8 +207,7 @@ def main(argv=None):
     except (CommandError, DataError) as error:
         return _fail(str(error))
     except ImportError as error:
-        return _fail(f"{error.name or error} is needed for this command: "
-                     "pip install 'fastbp[cli]'")
+        return _fail(f"{error.name or error} is needed for this command: pip install 'fastbp[cli]'")
     except (ValueError, TypeError, OSError) as error:
         return _fail(str(error))
     except KeyboardInterrupt:
@@ -220,12 +265,17 @@ def _format_error(option, path, kind):
         formats = _plot_formats()
         if extension.lstrip(".") not in formats:
             known = ", ".join("." + name for name in sorted(formats))
-            what = f"matplotlib cannot write {extension} images" if extension else \
-                "name the image format with an extension"
+            what = (
+                f"matplotlib cannot write {extension} images"
+                if extension
+                else "name the image format with an extension"
+            )
             return f"{option} {path}: {what} (it writes {known})"
     if kind == "predictions" and extension not in PREDICTION_FORMATS:
-        return (f"{option} {path}: predictions are written as .npy, or as CSV to .csv, .txt "
-                "or a name without an extension")
+        return (
+            f"{option} {path}: predictions are written as .npy, or as CSV to .csv, .txt "
+            "or a name without an extension"
+        )
     return None
 
 
@@ -248,12 +298,16 @@ def _check_outputs(outputs, inputs):
             raise CommandError(f"{option} {path}: the file is read-only")
         for what, source in inputs:
             if _same_file(path, source):
-                raise CommandError(f"{option} {path} is {what}; writing there would replace "
-                                   "it (choose another path)")
+                raise CommandError(
+                    f"{option} {path} is {what}; writing there would replace "
+                    "it (choose another path)"
+                )
         for other_option, other, _ in outputs[:i]:
             if _same_file(path, other):
-                raise CommandError(f"{option} {path} is the same file as {other_option} "
-                                   f"{other}; give them different paths")
+                raise CommandError(
+                    f"{option} {path} is the same file as {other_option} "
+                    f"{other}; give them different paths"
+                )
         error = _format_error(option, path, kind)
         if error:
             raise CommandError(error)
@@ -288,8 +342,11 @@ def _batch_size(requested, rows):
     """The mini-batch size: ``--batch-size`` (default 64) clipped to the training rows,
     with a warning in the option's terms where the user asked for more."""
     if requested is not None and requested > rows:
-        warnings.warn(f"--batch-size {requested} is larger than the {rows} training rows; "
-                      f"each batch takes all {rows}", stacklevel=2)
+        warnings.warn(
+            f"--batch-size {requested} is larger than the {rows} training rows; "
+            f"each batch takes all {rows}",
+            stacklevel=2,
+        )
     return min(64 if requested is None else requested, rows)
 
 
@@ -299,8 +356,10 @@ def _choose_task(task, y):
         task = "classify" if integral and np.unique(y).size <= 50 else "regress"
     if task == "classify":
         if not integral:
-            raise DataError("the target column holds non-integer values; classification "
-                            "needs class labels (use --task regress)")
+            raise DataError(
+                "the target column holds non-integer values; classification "
+                "needs class labels (use --task regress)"
+            )
         if np.unique(y).size < 2:
             raise DataError("the target column holds a single value; nothing to classify")
     return task
@@ -411,9 +470,11 @@ def _check_memory(hidden, sizes, rows, batch_size, itemsize):
     needed = 8 * params * max(itemsize, 8) + 3 * max(rows, batch_size) * sum(sizes[1:]) * itemsize
     available = _available_memory()
     if available is not None and needed > available:
-        raise CommandError(f"--hidden {','.join(map(str, hidden))} is too large for memory: "
-                           f"a network of {params:,} parameters needs about {_bytes(needed)} "
-                           f"to train, and {_bytes(available)} is available")
+        raise CommandError(
+            f"--hidden {','.join(map(str, hidden))} is too large for memory: "
+            f"a network of {params:,} parameters needs about {_bytes(needed)} "
+            f"to train, and {_bytes(available)} is available"
+        )
 
 
 def _warm_up(dtype):
@@ -422,17 +483,28 @@ def _warm_up(dtype):
     from ._engine import config
     from .network import MLP
 
-    notice = threading.Timer(2.0, lambda: print(
-        "fastbp: compiling the engine (first run only; later runs load it from the cache)",
-        file=sys.stderr, flush=True))
+    notice = threading.Timer(
+        2.0,
+        lambda: print(
+            "fastbp: compiling the engine (first run only; later runs load it from the cache)",
+            file=sys.stderr,
+            flush=True,
+        ),
+    )
     notice.start()
     try:
         net = MLP([2, 2, 2], ["relu", "softmax"], "cce", dtype=dtype)
         # One batch large enough to spread over threads, so that the parallel region
         # compiles here too (the engine compiles it only for runs that may use it).
         rows = max(4096, -(-config.PARALLEL_MIN_MACS // (3 * net.n_params)))
-        net.fit(np.zeros((rows, 2)), np.arange(rows) % 2, epochs=1, lr=0.1,
-                order=np.arange(rows), optimizer="adam")
+        net.fit(
+            np.zeros((rows, 2)),
+            np.arange(rows) % 2,
+            epochs=1,
+            lr=0.1,
+            order=np.arange(rows),
+            optimizer="adam",
+        )
     finally:
         notice.cancel()
 
@@ -444,8 +516,14 @@ def _progress(args, epochs):
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=epochs, unit="epoch", delay=1.0, file=sys.stderr, dynamic_ncols=True,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+    return tqdm(
+        total=epochs,
+        unit="epoch",
+        delay=1.0,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
+    )
 
 
 def _speedup(est, X, y, args, repeats=5):
@@ -459,8 +537,12 @@ def _speedup(est, X, y, args, repeats=5):
     X_slice = np.ascontiguousarray(X[:n], dtype=est.coefs_[0].dtype)
     net = est.to_network()
     targets = est.engine_targets(y[:n])
-    settings = dict(epochs=2, lr=args.lr, batch_size=est.batch_size,
-                    optimizer=est.engine_optimizer() if args.solver != "lbfgs" else "adam")
+    settings = dict(
+        epochs=2,
+        lr=args.lr,
+        batch_size=est.batch_size,
+        optimizer=est.engine_optimizer() if args.solver != "lbfgs" else "adam",
+    )
 
     def timed(cls):
         model = cls(net.layer_sizes, net.activations, net.loss_name, dtype=net.dtype, seed=0)
@@ -476,8 +558,10 @@ def _speedup(est, X, y, args, repeats=5):
 def train_command(args):
     if args.plot:
         import matplotlib  # noqa: F401  (fail before training, not after)
-    _check_outputs([("--out", args.out, "model"), ("--plot", args.plot, "plot")],
-                   [("the training data", args.data)])
+    _check_outputs(
+        [("--out", args.out, "model"), ("--plot", args.plot, "plot")],
+        [("the training data", args.data)],
+    )
     if args.alpha < 0:
         raise CommandError(f"--alpha must be non-negative; got {args.alpha}")
     from sklearn.model_selection import train_test_split
@@ -485,8 +569,9 @@ def train_command(args):
     from .estimators import MLPClassifier, MLPRegressor
 
     if args.target is not None and args.data is None:
-        raise CommandError("--target needs a data file: without DATA, train trains on the "
-                           "digits and their label")
+        raise CommandError(
+            "--target needs a data file: without DATA, train trains on the digits and their label"
+        )
     X, y, feature_names, target_name = _load_training_data(args)
     task = _choose_task(args.task, y)
     source = args.data or "scikit-learn's digits"
@@ -499,7 +584,8 @@ def train_command(args):
         n_val, stratify = 0, None
     if n_val:
         X_train, X_val, y_train, y_val = train_test_split(
-            X, y, test_size=n_val, random_state=args.seed, stratify=stratify)
+            X, y, test_size=n_val, random_state=args.seed, stratify=stratify
+        )
     else:
         X_train, y_train, X_val, y_val = X, y, None, None
     mean = np.zeros(X.shape[1]) if args.no_scale else X_train.mean(axis=0)
@@ -514,21 +600,34 @@ def train_command(args):
         y_val = None if y_val is None else (y_val - target_scaling[0]) / target_scaling[1]
 
     cls = MLPClassifier if task == "classify" else MLPRegressor
-    est = cls(hidden_layer_sizes=args.hidden, activation=args.activation, solver=args.solver,
-              alpha=args.alpha, batch_size=_batch_size(args.batch_size, len(y_train)),
-              learning_rate_init=args.lr,
-              max_iter=args.epochs, random_state=np.random.RandomState(args.seed),
-              dtype=args.dtype)
+    est = cls(
+        hidden_layer_sizes=args.hidden,
+        activation=args.activation,
+        solver=args.solver,
+        alpha=args.alpha,
+        batch_size=_batch_size(args.batch_size, len(y_train)),
+        learning_rate_init=args.lr,
+        max_iter=args.epochs,
+        random_state=np.random.RandomState(args.seed),
+        dtype=args.dtype,
+    )
     classes = np.unique(y) if task == "classify" else None
     n_out = 1 if task == "regress" or classes.size == 2 else classes.size
-    _check_memory(args.hidden, (X.shape[1], *args.hidden, n_out), len(y), est.batch_size,
-                  np.dtype(args.dtype).itemsize)
+    _check_memory(
+        args.hidden,
+        (X.shape[1], *args.hidden, n_out),
+        len(y),
+        est.batch_size,
+        np.dtype(args.dtype).itemsize,
+    )
     _warm_up(np.dtype(args.dtype))
     sizes = "-".join(str(s) for s in (X.shape[1], *args.hidden, n_out))
-    print(f"fastbp: training a {sizes} {args.activation} network ({args.solver}, "
-          f"{'classification' if task == 'classify' else 'regression'} of {target_name!r}) "
-          f"on {len(y_train)} rows of {source}"
-          + (f", validating on {len(y_val)}" if n_val else ""), flush=True)
+    print(
+        f"fastbp: training a {sizes} {args.activation} network ({args.solver}, "
+        f"{'classification' if task == 'classify' else 'regression'} of {target_name!r}) "
+        f"on {len(y_train)} rows of {source}" + (f", validating on {len(y_val)}" if n_val else ""),
+        flush=True,
+    )
 
     curves = {"train": [], "validation": []}
     finished = _Finished()
@@ -541,8 +640,17 @@ def train_command(args):
             if args.solver == "lbfgs":
                 est.fit(X_train, y_train)
             else:
-                _run_epochs(est, args, task, classes, (X_train, y_train, X_val, y_val),
-                            curves, finished, stopper, start)
+                _run_epochs(
+                    est,
+                    args,
+                    task,
+                    classes,
+                    (X_train, y_train, X_val, y_val),
+                    curves,
+                    finished,
+                    stopper,
+                    start,
+                )
             stopper.phase = "saving"
         except KeyboardInterrupt:
             stopper.phase = "saving"
@@ -550,18 +658,33 @@ def train_command(args):
             finished.state = (est.n_iter_, est.coefs_, est.intercepts_)
             curves["train"].append(est.loss_)
         if finished.state is None:
-            print("fastbp: interrupted before the first "
-                  f"{'iteration' if args.solver == 'lbfgs' else 'epoch'} finished; nothing "
-                  "saved", file=sys.stderr)
+            print(
+                "fastbp: interrupted before the first "
+                f"{'iteration' if args.solver == 'lbfgs' else 'epoch'} finished; nothing "
+                "saved",
+                file=sys.stderr,
+            )
             return stopper.exit_status
         epochs_done, est.coefs_, est.intercepts_ = finished.state
         seconds = time.perf_counter() - start
         if args.out:
-            _save_model(est, args.out, task, feature_names, target_name, mean, scale,
-                        epochs_done, target_scaling)
+            _save_model(
+                est,
+                args.out,
+                task,
+                feature_names,
+                target_name,
+                mean,
+                scale,
+                epochs_done,
+                target_scaling,
+            )
         unit = "iteration" if args.solver == "lbfgs" else "epoch"
-        kept = f"kept the model of {unit} {epochs_done} in {args.out}" if args.out else \
-            "no --out, so no model saved"
+        kept = (
+            f"kept the model of {unit} {epochs_done} in {args.out}"
+            if args.out
+            else "no --out, so no model saved"
+        )
         stopper.phase = "after"
         try:
             if stopper.forced:
@@ -597,8 +720,11 @@ def _run_epochs(est, args, task, classes, data, curves, finished, stopper, start
             if stopper.forced:
                 break  # interrupted within the epoch: it did not finish
             epochs_done = (finished.state[0] if finished.state else 0) + 1
-            finished.state = (epochs_done, [c.copy() for c in est.coefs_],
-                              [b.copy() for b in est.intercepts_])
+            finished.state = (
+                epochs_done,
+                [c.copy() for c in est.coefs_],
+                [b.copy() for b in est.intercepts_],
+            )
             curves["train"].append(est.loss_)
             if X_val is not None:
                 curves["validation"].append(est.validation_loss(X_val, y_val))
@@ -618,26 +744,39 @@ def _run_epochs(est, args, task, classes, data, curves, finished, stopper, start
 def _report(est, args, task, epochs_done, seconds, X_train, y_train, X_val, y_val):
     """Print the time, the scores and (with ``--compare-numpy``) the speedup."""
     metric = "accuracy" if task == "classify" else "R^2"
-    print(f"  epochs {epochs_done}, time {seconds:.2f} s "
-          f"({epochs_done * len(y_train) / max(seconds, 1e-9):,.0f} samples/s)"
-          if args.solver != "lbfgs" else f"  lbfgs iterations {epochs_done}, "
-                                          f"time {seconds:.2f} s", flush=True)
+    print(
+        f"  epochs {epochs_done}, time {seconds:.2f} s "
+        f"({epochs_done * len(y_train) / max(seconds, 1e-9):,.0f} samples/s)"
+        if args.solver != "lbfgs"
+        else f"  lbfgs iterations {epochs_done}, time {seconds:.2f} s",
+        flush=True,
+    )
     line = f"  train {metric} {est.score(X_train, y_train):.4f}"
     if X_val is not None:
         line += f", validation {metric} {est.score(X_val, y_val):.4f}"
     print(line, flush=True)
     if args.compare_numpy:
         rows, ratio = _speedup(est, X_train, y_train, args)
-        print(f"  speedup over plain NumPy (fastbp.reference, 2 epochs on {rows} rows, median "
-              f"of 5): {ratio:.1f}x", flush=True)
+        print(
+            f"  speedup over plain NumPy (fastbp.reference, 2 epochs on {rows} rows, median "
+            f"of 5): {ratio:.1f}x",
+            flush=True,
+        )
 
 
-def _save_model(est, path, task, feature_names, target_name, mean, scale, epochs,
-                target_scaling=None):
+def _save_model(
+    est, path, task, feature_names, target_name, mean, scale, epochs, target_scaling=None
+):
     """Write the model with what predict needs beside it: the task, feature names and
     scaling, class labels, and a regression target's mean and scale when standardized."""
-    metadata = {"task": task, "features": np.array(feature_names), "target": target_name,
-                "mean": mean, "scale": scale, "epochs": epochs}
+    metadata = {
+        "task": task,
+        "features": np.array(feature_names),
+        "target": target_name,
+        "mean": mean,
+        "scale": scale,
+        "epochs": epochs,
+    }
     if target_scaling is not None:
         metadata["target_mean"], metadata["target_scale"] = target_scaling
     if task == "classify":
@@ -655,8 +794,11 @@ def _plot(curves, path, loss_curve):
     train = curves["train"] if loss_curve is None else loss_curve
     axes.plot(np.arange(1, len(train) + 1), train, label="training loss")
     if curves["validation"]:
-        axes.plot(np.arange(1, len(curves["validation"]) + 1), curves["validation"],
-                  label="validation loss")
+        axes.plot(
+            np.arange(1, len(curves["validation"]) + 1),
+            curves["validation"],
+            label="validation loss",
+        )
     axes.set_xlabel("epoch")
     axes.set_ylabel("loss")
     axes.legend()
@@ -670,16 +812,19 @@ def _plot(curves, path, loss_curve):
 
 
 def predict_command(args):
-    _check_outputs([("--out", args.out, "predictions")],
-                   [("the model file", args.model), ("the data file", args.data)])
+    _check_outputs(
+        [("--out", args.out, "predictions")],
+        [("the model file", args.model), ("the data file", args.data)],
+    )
     try:
         net = persistence.load(args.model)
         metadata = persistence.read_metadata(args.model)
     except FileNotFoundError as error:
         raise CommandError(str(error)) from None
     if args.proba and str(metadata.get("task", "")) != "classify":
-        raise CommandError(f"--proba needs a classification model; {args.model} predicts "
-                           "values (regression)")
+        raise CommandError(
+            f"--proba needs a classification model; {args.model} predicts values (regression)"
+        )
     table = read_table(args.data)
     names = [str(n) for n in metadata.get("features", [])]
     X = table.select(names, net.layer_sizes[0], by_position=args.by_position)

@@ -72,19 +72,24 @@ def generated_problem(n_samples, epochs, repeats, dtype):
     (net, history), t_fast = _timed(lambda: fit(MLP))
     (ref, expected), t_slow = _timed(lambda: fit(reference.MLP))
     accuracy = np.mean(net.predict(X_test).argmax(axis=1) == labels_test)
-    print(f"\nGenerated problem: {sizes[0]}-{sizes[1]}-{sizes[2]}-{sizes[3]} tanh/softmax, "
-          f"CCE, {n_samples} spiral points, batch 32, {epochs} epochs, momentum SGD, "
-          f"{np.dtype(dtype).name}")
-    print(f"  loss: epoch 1 {history[0]:.4f} -> epoch {epochs} {history[-1]:.4f}; "
-          f"test accuracy {accuracy:.3f}")
+    print(
+        f"\nGenerated problem: {sizes[0]}-{sizes[1]}-{sizes[2]}-{sizes[3]} tanh/softmax, "
+        f"CCE, {n_samples} spiral points, batch 32, {epochs} epochs, momentum SGD, "
+        f"{np.dtype(dtype).name}"
+    )
+    print(
+        f"  loss: epoch 1 {history[0]:.4f} -> epoch {epochs} {history[-1]:.4f}; "
+        f"test accuracy {accuracy:.3f}"
+    )
     agree = np.max(np.abs(history - expected) / np.abs(expected))
     t_fast = _median_time(lambda: fit(MLP), repeats)
     return (f"spirals {n_samples} rows, {epochs} epochs", t_fast, t_slow, agree)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fastbp.demo",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fastbp.demo", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--samples", type=int, default=50_000, help="spiral points (default 50000)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs on the spirals (default 10)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats for medians")
@@ -93,18 +98,27 @@ def main(argv=None):
 
     start = time.perf_counter()
     MLP([1, 1], "identity", "mse", dtype=np.float32 if args.float32 else np.float64).fit(
-        np.zeros((1, 1)), np.zeros((1, 1)), epochs=1, lr=0.1)
-    print(f"Engine ready in {time.perf_counter() - start:.1f} s "
-          "(compiles once per dtype, then loads from numba's cache)\n")
-    rows = [notebook_example(args.repeats),
-            generated_problem(args.samples, args.epochs, args.repeats,
-                              np.float32 if args.float32 else np.float64)]
+        np.zeros((1, 1)), np.zeros((1, 1)), epochs=1, lr=0.1
+    )
+    print(
+        f"Engine ready in {time.perf_counter() - start:.1f} s "
+        "(compiles once per dtype, then loads from numba's cache)\n"
+    )
+    rows = [
+        notebook_example(args.repeats),
+        generated_problem(
+            args.samples, args.epochs, args.repeats, np.float32 if args.float32 else np.float64
+        ),
+    ]
     print("\n  run                                 fastbp      NumPy   speedup  max rel. diff")
     for name, t_fast, t_slow, agree in rows:
-        print(f"  {name:34s} {t_fast * 1e3:8.1f} ms {t_slow * 1e3:8.1f} ms "
-              f"{t_slow / t_fast:7.0f}x  {agree:.1e}")
-    print("  (fastbp: median of repeats; NumPy: fastbp.reference, the same training in "
-          "plain NumPy)")
+        print(
+            f"  {name:34s} {t_fast * 1e3:8.1f} ms {t_slow * 1e3:8.1f} ms "
+            f"{t_slow / t_fast:7.0f}x  {agree:.1e}"
+        )
+    print(
+        "  (fastbp: median of repeats; NumPy: fastbp.reference, the same training in plain NumPy)"
+    )
 
 
 if __name__ == "__main__":

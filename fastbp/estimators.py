@@ -58,8 +58,13 @@ except ImportError:  # scikit-learn < 1.6
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
-_ENGINE_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh",
-                       "relu": "relu", "softmax": "softmax"}
+_ENGINE_ACTIVATIONS = {
+    "identity": "identity",
+    "logistic": "sigmoid",
+    "tanh": "tanh",
+    "relu": "relu",
+    "softmax": "softmax",
+}
 _STOCHASTIC = ("sgd", "adam")
 
 
@@ -76,8 +81,11 @@ def _check_real(value, name, low, high, *, low_open=False, high_open=False):
     below = value <= low if low_open else value < low
     above = high is not None and (value >= high if high_open else value > high)
     if np.isnan(value) or below or above:
-        interval = ("(" if low_open else "[") + f"{low}, " + (
-            "inf)" if high is None else f"{high}" + (")" if high_open else "]"))
+        interval = (
+            ("(" if low_open else "[")
+            + f"{low}, "
+            + ("inf)" if high is None else f"{high}" + (")" if high_open else "]"))
+        )
         raise ValueError(f"{name} must lie in {interval}; got {value!r}")
     return value
 
@@ -98,7 +106,8 @@ def _check_hidden(sizes):
         sizes = [sizes]
     if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
         raise TypeError(
-            f"hidden_layer_sizes must be a positive integer or a sequence of them; got {sizes!r}")
+            f"hidden_layer_sizes must be a positive integer or a sequence of them; got {sizes!r}"
+        )
     return [check.positive_int(s, f"hidden_layer_sizes[{i}]") for i, s in enumerate(sizes)]
 
 
@@ -114,7 +123,8 @@ def _check_sample_weight(sample_weight, n_samples, dtype):
     weights = check.numeric_array(sample_weight, "sample_weight", dtype, 1).copy()
     if weights.shape != (n_samples,):
         raise ValueError(
-            f"sample_weight must have shape ({n_samples},) to match X; got {weights.shape}")
+            f"sample_weight must have shape ({n_samples},) to match X; got {weights.shape}"
+        )
     if weights.min() < 0:
         raise ValueError("sample_weight must be non-negative")
     if not weights.any():
@@ -169,11 +179,35 @@ def _loss_value(out_activation, y, prob, sample_weight):
 class _BaseMLP(BaseEstimator):
     """Training procedure shared by the classifier and the regressor."""
 
-    def __init__(self, hidden_layer_sizes, activation, solver, alpha, batch_size,
-                 learning_rate, learning_rate_init, power_t, max_iter, loss, shuffle,
-                 random_state, tol, verbose, warm_start, momentum, nesterovs_momentum,
-                 early_stopping, validation_fraction, beta_1, beta_2, epsilon,
-                 n_iter_no_change, max_fun, dtype, device):
+    def __init__(
+        self,
+        hidden_layer_sizes,
+        activation,
+        solver,
+        alpha,
+        batch_size,
+        learning_rate,
+        learning_rate_init,
+        power_t,
+        max_iter,
+        loss,
+        shuffle,
+        random_state,
+        tol,
+        verbose,
+        warm_start,
+        momentum,
+        nesterovs_momentum,
+        early_stopping,
+        validation_fraction,
+        beta_1,
+        beta_2,
+        epsilon,
+        n_iter_no_change,
+        max_fun,
+        dtype,
+        device,
+    ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -212,8 +246,9 @@ class _BaseMLP(BaseEstimator):
         _check_real(self.alpha, "alpha", 0, None)
         if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
             if isinstance(self.batch_size, str):
-                raise ValueError(f"batch_size must be 'auto' or a positive integer; "
-                                 f"got {self.batch_size!r}")
+                raise ValueError(
+                    f"batch_size must be 'auto' or a positive integer; got {self.batch_size!r}"
+                )
             check.positive_int(self.batch_size, "batch_size")
         check.choice(self.learning_rate, "learning_rate", ("constant", "invscaling", "adaptive"))
         _check_real(self.learning_rate_init, "learning_rate_init", 0, None, low_open=True)
@@ -246,7 +281,8 @@ class _BaseMLP(BaseEstimator):
         if self.solver not in _STOCHASTIC:
             raise AttributeError(
                 f"partial_fit is only available for stochastic optimizers. {self.solver} is "
-                "not stochastic.")
+                "not stochastic."
+            )
         return True
 
     # ------------------------------------------------------------ the engine network
@@ -272,8 +308,10 @@ class _BaseMLP(BaseEstimator):
         acts = self._engine_activations()
         for i, (coef, intercept) in enumerate(zip(self.coefs_, self.intercepts_, strict=True)):
             if coef.shape != (sizes[i], sizes[i + 1]) or intercept.shape != (sizes[i + 1],):
-                raise ValueError(f"coefs_[{i}] and intercepts_[{i}] do not fit the network "
-                                 f"{sizes}: shapes {coef.shape} and {intercept.shape}")
+                raise ValueError(
+                    f"coefs_[{i}] and intercepts_[{i}] do not fit the network "
+                    f"{sizes}: shapes {coef.shape} and {intercept.shape}"
+                )
         key = (tuple(sizes), tuple(acts), dtype, device)
         net = getattr(self, "_net", None)
         if net is None or self._net_key != key:
@@ -351,7 +389,8 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(
                 f"hidden_layer_sizes {hidden} and the data ({X.shape[1]} features, "
                 f"{self.n_outputs_} outputs) do not match the fitted network; refit "
-                "without warm_start")
+                "without warm_start"
+            )
         net = self._sync_net(dtype, self.device)
         self._fit_device = self.device
         if self.solver in _STOCHASTIC:
@@ -359,8 +398,10 @@ class _BaseMLP(BaseEstimator):
         else:
             self._fit_lbfgs(net, X, y, sample_weight)
         if not all(np.isfinite(w).all() for w in self.coefs_ + self.intercepts_):
-            raise ValueError("Solver produced non-finite parameter weights. The input data may"
-                             " contain large values and need to be preprocessed.")
+            raise ValueError(
+                "Solver produced non-finite parameter weights. The input data may"
+                " contain large values and need to be preprocessed."
+            )
         return self
 
     def _initialize(self, y, layer_units, dtype, random_state):
@@ -381,8 +422,14 @@ class _BaseMLP(BaseEstimator):
             self.intercepts_.append(intercept.astype(dtype, copy=False))
         self._best_coefs = [c.copy() for c in self.coefs_]
         self._best_intercepts = [i.copy() for i in self.intercepts_]
-        for name in ("loss_curve_", "validation_scores_", "validation_loss_curve_",
-                     "best_loss_", "best_validation_score_", "_learning_rate"):
+        for name in (
+            "loss_curve_",
+            "validation_scores_",
+            "validation_loss_curve_",
+            "best_loss_",
+            "best_validation_score_",
+            "_learning_rate",
+        ):
             self.__dict__.pop(name, None)
         if self.solver in _STOCHASTIC:
             self.loss_curve_ = []
@@ -420,13 +467,19 @@ class _BaseMLP(BaseEstimator):
             # column itself is split as text, a join per row (150 ms for 75,000 rows).
             stratify = y[:, 0] if self._is_classifier() and self.n_outputs_ == 1 else None
             arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
-            split = train_test_split(*arrays, random_state=random_state,
-                                     test_size=self.validation_fraction, stratify=stratify)
+            split = train_test_split(
+                *arrays,
+                random_state=random_state,
+                test_size=self.validation_fraction,
+                stratify=stratify,
+            )
             X_train, X_val, y_train, y_val = split[:4]
             sw_train, sw_val = split[4:] if sample_weight is not None else (None, None)
             if X_val.shape[0] < 2:
-                raise ValueError("The validation set is too small. Increase "
-                                 "'validation_fraction' or the size of your dataset.")
+                raise ValueError(
+                    "The validation set is too small. Increase "
+                    "'validation_fraction' or the size of your dataset."
+                )
             validation = (X_val, y_val, sw_val)
         else:
             X_train, y_train, sw_train = X, y, sample_weight
@@ -436,13 +489,21 @@ class _BaseMLP(BaseEstimator):
             batch_size = min(200, n_samples)
         else:
             if self.batch_size > n_samples:
-                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
-                              "going to be clipped", stacklevel=3)
+                warnings.warn(
+                    "Got `batch_size` less than 1 or larger than sample size. It is "
+                    "going to be clipped",
+                    stacklevel=3,
+                )
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
         # Checked once here, not by every epoch's call.
         X_fit = check.features(X_train, net.layer_sizes[0], net.dtype)
-        Y_fit, labels = check.targets(self._engine_targets(y_train, net.dtype), X_fit.shape[0],
-                                      net.layer_sizes[-1], net.loss_name, net.dtype)
+        Y_fit, labels = check.targets(
+            self._engine_targets(y_train, net.dtype),
+            X_fit.shape[0],
+            net.layer_sizes[-1],
+            net.loss_name,
+            net.dtype,
+        )
         Y_fit = labels if labels.shape[0] else Y_fit
         sw_fit = None if sw_train is None else check.sample_weights(sw_train, X_fit.shape[0])
         sample_idx = np.arange(n_samples, dtype=np.int64)
@@ -452,25 +513,37 @@ class _BaseMLP(BaseEstimator):
             stop = False
             while not stop and self.n_iter_ < self.max_iter:
                 epochs = self._epochs_per_call(
-                    n_samples, one=incremental or early_stopping or self._invscaling())
+                    n_samples, one=incremental or early_stopping or self._invscaling()
+                )
                 orders = []
                 for _ in range(epochs if self.shuffle else 0):
                     sample_idx = _shuffled(sample_idx, random_state)
                     orders.append(sample_idx)
                 try:
                     history = net.fit(
-                        X_fit, Y_fit, sample_weight=sw_fit, epochs=epochs,
-                        lr=self._learning_rate, batch_size=batch_size, shuffle=False,
+                        X_fit,
+                        Y_fit,
+                        sample_weight=sw_fit,
+                        epochs=epochs,
+                        lr=self._learning_rate,
+                        batch_size=batch_size,
+                        shuffle=False,
                         order=np.concatenate(orders) if orders else None,
-                        optimizer=optimizer, momentum=self.momentum, beta1=self.beta_1,
-                        beta2=self.beta_2, epsilon=self.epsilon, l2=self.alpha,
-                        check_input=False)
+                        optimizer=optimizer,
+                        momentum=self.momentum,
+                        beta1=self.beta_1,
+                        beta2=self.beta_2,
+                        epsilon=self.epsilon,
+                        l2=self.alpha,
+                        check_input=False,
+                    )
                 except FloatingPointError as error:
                     for loss in error.history:  # the epochs that ended finite
                         self._end_epoch(net, loss, n_samples, validation)
                     raise ValueError(
                         "Solver produced non-finite parameter weights. The input data may "
-                        "contain large values and need to be preprocessed.") from error
+                        "contain large values and need to be preprocessed."
+                    ) from error
                 for loss in history:
                     stop = self._end_epoch(net, loss, n_samples, validation) or incremental
                     if stop:
@@ -479,7 +552,9 @@ class _BaseMLP(BaseEstimator):
                     warnings.warn(
                         "Stochastic Optimizer: Maximum iterations (%d) reached and the "
                         "optimization hasn't converged yet." % self.max_iter,
-                        ConvergenceWarning, stacklevel=3)
+                        ConvergenceWarning,
+                        stacklevel=3,
+                    )
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=3)
         self._read_net()
@@ -500,8 +575,14 @@ class _BaseMLP(BaseEstimator):
         score, an ``invscaling`` step size, a ``partial_fit``."""
         if one:
             return 1
-        return max(1, min(self.n_iter_no_change + 1 - self._no_improvement_count,
-                          self.max_iter - self.n_iter_, (1 << 21) // n_samples))
+        return max(
+            1,
+            min(
+                self.n_iter_no_change + 1 - self._no_improvement_count,
+                self.max_iter - self.n_iter_,
+                (1 << 21) // n_samples,
+            ),
+        )
 
     def _end_epoch(self, net, loss, n_samples, validation):
         """scikit-learn's bookkeeping after an epoch of mean loss ``loss``; True when its
@@ -514,15 +595,18 @@ class _BaseMLP(BaseEstimator):
             print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
         self._update_no_improvement_count(net, validation)
         if self._invscaling():
-            self._learning_rate = (float(self.learning_rate_init)
-                                   / (self.t_ + 1) ** self.power_t)
+            self._learning_rate = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
         if self._no_improvement_count > self.n_iter_no_change:
             if validation is not None:
-                msg = ("Validation score did not improve more than tol=%f for %d "
-                       "consecutive epochs." % (self.tol, self.n_iter_no_change))
+                msg = (
+                    "Validation score did not improve more than tol=%f for %d "
+                    "consecutive epochs." % (self.tol, self.n_iter_no_change)
+                )
             else:
-                msg = ("Training loss did not improve more than tol=%f for %d "
-                       "consecutive epochs." % (self.tol, self.n_iter_no_change))
+                msg = (
+                    "Training loss did not improve more than tol=%f for %d "
+                    "consecutive epochs." % (self.tol, self.n_iter_no_change)
+                )
             if self._trigger_stopping(msg):
                 return True
             self._no_improvement_count = 0
@@ -555,8 +639,7 @@ class _BaseMLP(BaseEstimator):
             return
         X_val, y_val, sw_val = validation
         prob = net.forward(X_val)
-        self.validation_loss_curve_.append(
-            _loss_value(self.out_activation_, y_val, prob, sw_val))
+        self.validation_loss_curve_.append(_loss_value(self.out_activation_, y_val, prob, sw_val))
         score = self._score_output(prob, y_val, sw_val)
         self.validation_scores_.append(score)
         if self.verbose:
@@ -581,18 +664,21 @@ class _BaseMLP(BaseEstimator):
 
         def unpack(packed):
             for i, (view, bias) in enumerate(zip(net.weights, net.biases, strict=True)):
-                view[...] = packed[bounds[i]:bounds[i + 1]].reshape(shapes[i])
-                bias[...] = packed[bounds[n_layers + i]:bounds[n_layers + i + 1]]
+                view[...] = packed[bounds[i] : bounds[i + 1]].reshape(shapes[i])
+                bias[...] = packed[bounds[n_layers + i] : bounds[n_layers + i + 1]]
 
         def loss_and_gradient(packed):
             unpack(packed)
-            loss, dWs, dbs = net.gradients(X, targets, sample_weight=sample_weight,
-                                           l2=self.alpha)
+            loss, dWs, dbs = net.gradients(X, targets, sample_weight=sample_weight, l2=self.alpha)
             if self.out_activation_ == "identity" and n_out > 1:
                 # scikit-learn reports the squared error averaged over the outputs while
                 # following the gradient of its sum; L-BFGS-B sees the same pair.
-                penalty = 0.5 * self.alpha * sum(
-                    float(np.dot(w.ravel(), w.ravel())) for w in net.weights) / weight_total
+                penalty = (
+                    0.5
+                    * self.alpha
+                    * sum(float(np.dot(w.ravel(), w.ravel())) for w in net.weights)
+                    / weight_total
+                )
                 loss = (loss - penalty) / n_out + penalty
             grad = np.concatenate([g.ravel() for g in dWs] + [g.ravel() for g in dbs])
             return loss, grad.astype(np.float64, copy=False)
@@ -612,8 +698,14 @@ class _BaseMLP(BaseEstimator):
 
         try:
             with one_blas_thread():
-                result = scipy.optimize.minimize(loss_and_gradient, packed, method="L-BFGS-B",
-                                                 jac=True, options=options, callback=keep)
+                result = scipy.optimize.minimize(
+                    loss_and_gradient,
+                    packed,
+                    method="L-BFGS-B",
+                    jac=True,
+                    options=options,
+                    callback=keep,
+                )
         except KeyboardInterrupt:
             # As the stochastic solvers do: keep what the finished iterations reached.
             iterations, parameters = finished
@@ -626,13 +718,19 @@ class _BaseMLP(BaseEstimator):
             return
         self.n_iter_ = min(result.nit, self.max_iter)
         if result.status != 0:
-            message = (f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
-                       f"(status={result.status}):\n{result.message}\n")
+            message = (
+                f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
+                f"(status={result.status}):\n{result.message}\n"
+            )
             if self.n_iter_ == self.max_iter:
-                message += ("\nIncrease the number of iterations to improve the convergence "
-                            f"(max_iter={self.max_iter}).")
-            message += ("\nYou might also want to scale the data as shown in:\n"
-                        "    https://scikit-learn.org/stable/modules/preprocessing.html")
+                message += (
+                    "\nIncrease the number of iterations to improve the convergence "
+                    f"(max_iter={self.max_iter})."
+                )
+            message += (
+                "\nYou might also want to scale the data as shown in:\n"
+                "    https://scikit-learn.org/stable/modules/preprocessing.html"
+            )
             warnings.warn(message, ConvergenceWarning, stacklevel=4)
         self.loss_ = float(result.fun)
         unpack(result.x)
@@ -659,11 +757,18 @@ class _BaseMLP(BaseEstimator):
         it on its own; changing it leaves the estimator as it was."""
         check_is_fitted(self, "coefs_")
         fitted = self._sync_net(self.coefs_[0].dtype, self._fitted_device())
-        net = MLP(fitted.layer_sizes, fitted.activations, fitted.loss_name,
-                  dtype=fitted.dtype, device=fitted.device, seed=0)
+        net = MLP(
+            fitted.layer_sizes,
+            fitted.activations,
+            fitted.loss_name,
+            dtype=fitted.dtype,
+            device=fitted.device,
+            seed=0,
+        )
         net.loss_scale = fitted.loss_scale
-        for view, value in zip(net.weights + net.biases, fitted.weights + fitted.biases,
-                               strict=True):
+        for view, value in zip(
+            net.weights + net.biases, fitted.weights + fitted.biases, strict=True
+        ):
             view[...] = value
         return net
 
@@ -792,32 +897,76 @@ _PARAMETER_DOC = """
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
-    __doc__ = ("""Multilayer perceptron classifier (log loss) trained by fastbp's engine.
+    __doc__ = (
+        """Multilayer perceptron classifier (log loss) trained by fastbp's engine.
 
     A drop-in replacement of ``sklearn.neural_network.MLPClassifier``: softmax output for
     several classes, a logistic output per column for two classes and for multi-label
     targets.
-""" + _PARAMETER_DOC + """    classes_ : ndarray or list of ndarray
+"""
+        + _PARAMETER_DOC
+        + """    classes_ : ndarray or list of ndarray
         Class labels.
-""")
+"""
+    )
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
-                 alpha=0.0001, batch_size="auto", learning_rate="constant",
-                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
-                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
-                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype=np.float64, device="cpu"):
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        dtype=np.float64,
+        device="cpu",
+    ):
         super().__init__(
-            hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
-            alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
-            learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
-            loss="log_loss", shuffle=shuffle, random_state=random_state, tol=tol,
-            verbose=verbose, warm_start=warm_start, momentum=momentum,
-            nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
-            validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
-            epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
-            dtype=dtype, device=device)
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            loss="log_loss",
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun,
+            dtype=dtype,
+            device=device,
+        )
 
     def _is_classifier(self):
         return True
@@ -834,8 +983,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return
         if getattr(self, "classes_", None) is not None:
             if not np.array_equal(self.classes_, unique_labels(classes)):
-                raise ValueError(f"`classes={classes!r}` is not the same as on last call to "
-                                 f"partial_fit, was: {self.classes_!r}")
+                raise ValueError(
+                    f"`classes={classes!r}` is not the same as on last call to "
+                    f"partial_fit, was: {self.classes_!r}"
+                )
             return
         self.classes_ = unique_labels(classes)
         self._label_binarizer = LabelBinarizer()
@@ -859,10 +1010,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                     raise ValueError(
                         "warm_start can only be used where `y` has the same classes as in "
                         f"the previous call to fit. Previously got {self.classes_}, `y` has "
-                        f"{classes}")
+                        f"{classes}"
+                    )
             elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
-                raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
-                                 f"{self.classes_}. 'y' has {classes}.")
+                raise ValueError(
+                    f"`y` has classes not in `self.classes_`. `self.classes_` has "
+                    f"{self.classes_}. 'y' has {classes}."
+                )
         return X, self._binarized(y)
 
     def _binarized(self, y):
@@ -875,7 +1029,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             try:
                 index = np.searchsorted(classes, y)
                 known = (index < len(classes)).all() and (
-                    classes[np.minimum(index, len(classes) - 1)] == y).all()
+                    classes[np.minimum(index, len(classes) - 1)] == y
+                ).all()
             except TypeError:  # labels that do not compare with the classes
                 known = False
             if known and binarizer.y_type_ == "binary":
@@ -960,7 +1115,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    __doc__ = ("""Multilayer perceptron regressor (squared error) trained by fastbp's engine.
+    __doc__ = (
+        """Multilayer perceptron regressor (squared error) trained by fastbp's engine.
 
     A drop-in replacement of ``sklearn.neural_network.MLPRegressor`` with an identity
     output; several targets are fitted at once.
@@ -968,30 +1124,75 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     loss : {'squared_error'}, default='squared_error'
         Half the squared error; scikit-learn's ``'poisson'`` needs an exponential output
         the engine does not have.
-""" + _PARAMETER_DOC)
+"""
+        + _PARAMETER_DOC
+    )
 
-    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
-                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
-                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
-                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
-                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype=np.float64, device="cpu"):
+    def __init__(
+        self,
+        loss="squared_error",
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        dtype=np.float64,
+        device="cpu",
+    ):
         super().__init__(
-            hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
-            alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
-            learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
-            loss=loss, shuffle=shuffle, random_state=random_state, tol=tol,
-            verbose=verbose, warm_start=warm_start, momentum=momentum,
-            nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
-            validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
-            epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
-            dtype=dtype, device=device)
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            loss=loss,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun,
+            dtype=dtype,
+            device=device,
+        )
 
     def _check_params(self):
         if self.loss == "poisson":
-            raise ValueError("loss='poisson' is not supported by fastbp (its engine has no "
-                             "exponential output); use loss='squared_error'")
+            raise ValueError(
+                "loss='poisson' is not supported by fastbp (its engine has no "
+                "exponential output); use loss='squared_error'"
+            )
         check.choice(self.loss, "loss", ("squared_error",))
         return super()._check_params()
 
@@ -1005,8 +1206,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         pass
 
     def _validate_input(self, X, y, incremental, reset, dtype):
-        X, y = _validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=dtype,
-                              reset=reset)
+        X, y = _validate_data(
+            self, X, y, multi_output=True, y_numeric=True, dtype=dtype, reset=reset
+        )
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, y
@@ -1034,7 +1236,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             weight = sample_weight[:, None]
         numerator = np.sum(weight * (y - prob) ** 2, axis=0)
         denominator = np.sum(
-            weight * (y - np.average(y, axis=0, weights=sample_weight)) ** 2, axis=0)
+            weight * (y - np.average(y, axis=0, weights=sample_weight)) ** 2, axis=0
+        )
         scores = np.ones(y.shape[1], dtype)
         valid = (numerator != 0) & (denominator != 0)
         scores[valid] = 1 - numerator[valid] / denominator[valid]

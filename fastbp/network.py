@@ -21,6 +21,7 @@ from ._init import initial_weights
 #: Optimizer names and their engine codes.
 OPTIMIZER_CODES = _layout.OPTIMIZER_CODES
 
+
 class MLP:
     """A fully connected network trained by backpropagation.
 
@@ -47,10 +48,18 @@ class MLP:
     device : {"cpu", "cuda"}
     """
 
-    def __init__(self, layer_sizes: Sequence[int], activations: str | Sequence[str],
-                 loss: str, *, bias: bool = True, reduction: str = "mean",
-                 dtype: DTypeLike = np.float64, seed: int | None = None,
-                 device: str = "cpu"):
+    def __init__(
+        self,
+        layer_sizes: Sequence[int],
+        activations: str | Sequence[str],
+        loss: str,
+        *,
+        bias: bool = True,
+        reduction: str = "mean",
+        dtype: DTypeLike = np.float64,
+        seed: int | None = None,
+        device: str = "cpu",
+    ):
         self.layer_sizes = check.layer_sizes(layer_sizes)
         self.activations = check.activations(activations, len(self.layer_sizes) - 1)
         self.loss_name = check.choice(loss, "loss", check.LOSSES)
@@ -61,10 +70,8 @@ class MLP:
         self.device = check.choice(device, "device", check.DEVICES)
         self._backend = backend(self.device)
         self.seed = check.seed(seed)
-        self._layout, n_params = _layout.build_layout(self.layer_sizes, self.activations,
-                                                      self.bias)
-        self._loss_code, self._loss_scale = _layout.loss_code(self.loss_name,
-                                                              self.layer_sizes[-1])
+        self._layout, n_params = _layout.build_layout(self.layer_sizes, self.activations, self.bias)
+        self._loss_code, self._loss_scale = _layout.loss_code(self.loss_name, self.layer_sizes[-1])
         rng = np.random.default_rng(seed)
         self._params = np.zeros(n_params, self.dtype)
         initial = initial_weights(self.layer_sizes, self.activations, rng)
@@ -90,8 +97,9 @@ class MLP:
         """Number of weights and biases."""
         return self._params.shape[0]
 
-    def set_params(self, weights: Sequence[ArrayLike],
-                   biases: Sequence[ArrayLike] | None = None) -> MLP:
+    def set_params(
+        self, weights: Sequence[ArrayLike], biases: Sequence[ArrayLike] | None = None
+    ) -> MLP:
         """Copy user weights (and biases, if given; otherwise they stay as they are) in,
         after checking every shape and value; resets the optimizer state."""
         new_w, new_b = check.parameters(weights, biases, self.layer_sizes, self.bias, self.dtype)
@@ -108,8 +116,10 @@ class MLP:
     def get_params(self) -> tuple[list[NDArray], list[NDArray] | None]:
         """Copies of ``(weights, biases)``."""
         biases = self.biases
-        return ([w.copy() for w in self.weights],
-                None if biases is None else [b.copy() for b in biases])
+        return (
+            [w.copy() for w in self.weights],
+            None if biases is None else [b.copy() for b in biases],
+        )
 
     def reset_optimizer(self) -> None:
         """Forget momentum and Adam moments; the next ``fit`` starts them from zero."""
@@ -121,8 +131,12 @@ class MLP:
         ``load_optimizer_state``: ``{"optimizer": name or None, "m": first moments (or
         momentum), "v": second moments, "step": updates taken}``; moments are arrays shaped
         like the flat parameters, empty where the optimizer keeps none."""
-        return {"optimizer": self._optimizer, "m": self._state.m.copy(),
-                "v": self._state.v.copy(), "step": int(self._state.step[0])}
+        return {
+            "optimizer": self._optimizer,
+            "m": self._state.m.copy(),
+            "v": self._state.v.copy(),
+            "step": int(self._state.step[0]),
+        }
 
     def load_optimizer_state(self, state: dict) -> None:
         """Restore a state from ``optimizer_state`` (of this network or one of the same
@@ -144,8 +158,10 @@ class MLP:
 
     def _check_finite_params(self):
         if not np.isfinite(self._params).all():
-            raise ValueError("the network's weights or biases contain NaN or infinity; "
-                             "set finite values with set_params")
+            raise ValueError(
+                "the network's weights or biases contain NaN or infinity; "
+                "set finite values with set_params"
+            )
 
     # ---------------------------------------------------------------- evaluation
 
@@ -157,10 +173,20 @@ class MLP:
             X = check.features(X, self.layer_sizes[0], self.dtype)
         self._check_finite_params()
         out = np.empty((X.shape[0], self.layer_sizes[-1]), self.dtype)
-        self._backend.run(Request(
-            Mode.FORWARD, X, np.empty((0, self.layer_sizes[-1]), self.dtype),
-            np.empty(0, np.int64), np.empty(0), self._params, self._layout, self._loss_code,
-            self._loss_scale, out=out))
+        self._backend.run(
+            Request(
+                Mode.FORWARD,
+                X,
+                np.empty((0, self.layer_sizes[-1]), self.dtype),
+                np.empty(0, np.int64),
+                np.empty(0),
+                self._params,
+                self._layout,
+                self._loss_code,
+                self._loss_scale,
+                out=out,
+            )
+        )
         return out
 
     predict = forward
@@ -173,8 +199,7 @@ class MLP:
                 return X, np.empty((0, self.layer_sizes[-1]), self.dtype), Y, weights
             return X, Y, np.empty(0, np.int64), weights
         X = check.features(X, self.layer_sizes[0], self.dtype)
-        Y, labels = check.targets(Y, X.shape[0], self.layer_sizes[-1], self.loss_name,
-                                  self.dtype)
+        Y, labels = check.targets(Y, X.shape[0], self.layer_sizes[-1], self.loss_name, self.dtype)
         return X, Y, labels, check.sample_weights(sample_weight, X.shape[0])
 
     def _gradient(self, X, Y, labels, sample_weight, l2):
@@ -182,24 +207,49 @@ class MLP:
         self._check_finite_params()
         grad = np.empty_like(self._params)
         history = np.zeros(1)
-        self._backend.run(Request(
-            Mode.GRADIENT, X, Y, labels, sample_weight, self._params, self._layout,
-            self._loss_code, self._loss_scale, self.reduction == "sum",
-            hyper=Hyperparameters(l2=l2), history=history, out=grad))
+        self._backend.run(
+            Request(
+                Mode.GRADIENT,
+                X,
+                Y,
+                labels,
+                sample_weight,
+                self._params,
+                self._layout,
+                self._loss_code,
+                self._loss_scale,
+                self.reduction == "sum",
+                hyper=Hyperparameters(l2=l2),
+                history=history,
+                out=grad,
+            )
+        )
         return float(history[0]), grad
 
-    def loss(self, X: ArrayLike, Y: ArrayLike, *, sample_weight: ArrayLike | None = None,
-             l2: float = 0.0, check_input: bool = True) -> float:
+    def loss(
+        self,
+        X: ArrayLike,
+        Y: ArrayLike,
+        *,
+        sample_weight: ArrayLike | None = None,
+        l2: float = 0.0,
+        check_input: bool = True,
+    ) -> float:
         """Loss of the whole data set, reduced over samples as ``reduction`` says; ``l2``
         adds ``0.5 * l2 * sum(W**2)`` divided like the data term. ``check_input`` as in
         ``fit``."""
         l2 = check.positive_float(l2, "l2", allow_zero=True)
         return self._gradient(*self._data(X, Y, sample_weight, check_input), l2)[0]
 
-    def gradients(self, X: ArrayLike, Y: ArrayLike, *,
-                  sample_weight: ArrayLike | None = None, l2: float = 0.0,
-                  check_input: bool = True
-                  ) -> tuple[float, list[NDArray], list[NDArray] | None]:
+    def gradients(
+        self,
+        X: ArrayLike,
+        Y: ArrayLike,
+        *,
+        sample_weight: ArrayLike | None = None,
+        l2: float = 0.0,
+        check_input: bool = True,
+    ) -> tuple[float, list[NDArray], list[NDArray] | None]:
         """``(loss, dWs, dbs)`` of the whole data set as one batch; parameters unchanged.
         ``dbs`` is None for a network without biases. ``check_input`` as in ``fit``."""
         l2 = check.positive_float(l2, "l2", allow_zero=True)
@@ -209,11 +259,25 @@ class MLP:
 
     # ---------------------------------------------------------------- training
 
-    def fit(self, X: ArrayLike, Y: ArrayLike, *, epochs: int, lr: float,
-            batch_size: int | None = None, shuffle: bool = False, optimizer: str = "sgd",
-            momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.999,
-            epsilon: float = 1e-8, l2: float = 0.0, sample_weight: ArrayLike | None = None,
-            order: ArrayLike | None = None, check_input: bool = True) -> NDArray[np.float64]:
+    def fit(
+        self,
+        X: ArrayLike,
+        Y: ArrayLike,
+        *,
+        epochs: int,
+        lr: float,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        optimizer: str = "sgd",
+        momentum: float = 0.9,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        epsilon: float = 1e-8,
+        l2: float = 0.0,
+        sample_weight: ArrayLike | None = None,
+        order: ArrayLike | None = None,
+        check_input: bool = True,
+    ) -> NDArray[np.float64]:
         """Train in place; returns the loss of every epoch (the mean, or with
         ``reduction="sum"`` the sum, over the epoch's samples, each measured before the
         update of its batch).
@@ -271,18 +335,35 @@ class MLP:
                 v = np.zeros_like(self._params) if optimizer == "adam" else self._state.v
                 self._state = OptimizerState(m, v, self._state.step)
         history = np.full(epochs, np.nan)
-        failed = self._backend.run(Request(
-            Mode.TRAIN, X, Y, labels, sample_weight, self._params, self._layout,
-            self._loss_code, self._loss_scale, self.reduction == "sum", order=order,
-            epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-            shuffle_state=self._shuffle_state, optimizer=OPTIMIZER_CODES[optimizer],
-            hyper=Hyperparameters(lr, momentum, beta1, beta2, epsilon, l2),
-            state=self._state, history=history))
+        failed = self._backend.run(
+            Request(
+                Mode.TRAIN,
+                X,
+                Y,
+                labels,
+                sample_weight,
+                self._params,
+                self._layout,
+                self._loss_code,
+                self._loss_scale,
+                self.reduction == "sum",
+                order=order,
+                epochs=epochs,
+                batch_size=batch_size,
+                shuffle=shuffle,
+                shuffle_state=self._shuffle_state,
+                optimizer=OPTIMIZER_CODES[optimizer],
+                hyper=Hyperparameters(lr, momentum, beta1, beta2, epsilon, l2),
+                state=self._state,
+                history=history,
+            )
+        )
         if failed >= 0:
             error = FloatingPointError(
                 f"training diverged in epoch {failed + 1} of {epochs}: the loss or the "
                 f"parameters became NaN or infinite; the parameters are those at the end of "
-                f"epoch {failed} (lower lr?)")
+                f"epoch {failed} (lower lr?)"
+            )
             error.history = history[:failed]
             raise error
         return history
@@ -295,6 +376,8 @@ class MLP:
         save(self, path)
 
     def __repr__(self):
-        return (f"MLP({list(self.layer_sizes)}, {list(self.activations)}, "
-                f"{self.loss_name!r}, bias={self.bias}, reduction={self.reduction!r}, "
-                f"dtype={self.dtype.name}, device={self.device!r})")
+        return (
+            f"MLP({list(self.layer_sizes)}, {list(self.activations)}, "
+            f"{self.loss_name!r}, bias={self.bias}, reduction={self.reduction!r}, "
+            f"dtype={self.dtype.name}, device={self.device!r})"
+        )

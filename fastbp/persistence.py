@@ -43,8 +43,9 @@ FORMAT_VERSION = 1
 _META = "meta."
 
 
-def save(net: MLP, path: str | os.PathLike, *,
-         metadata: dict[str, ArrayLike] | None = None) -> None:
+def save(
+    net: MLP, path: str | os.PathLike, *, metadata: dict[str, ArrayLike] | None = None
+) -> None:
     """Write ``net`` to ``path`` (no ``.npz`` is appended) in format version 1.
 
     ``metadata`` maps names to numeric or string arrays stored beside the network (a
@@ -72,8 +73,9 @@ def save(net: MLP, path: str | os.PathLike, *,
     for name, value in (metadata or {}).items():
         value = np.asarray(value)
         if value.dtype.kind not in "biufU":
-            raise TypeError(f"metadata[{name!r}] must hold numbers or strings; got dtype "
-                            f"{value.dtype}")
+            raise TypeError(
+                f"metadata[{name!r}] must hold numbers or strings; got dtype {value.dtype}"
+            )
         arrays[_META + name] = value
     with replacing(path) as file:
         np.savez(file, **arrays)
@@ -147,8 +149,10 @@ def _field(arrays, name, path, kind):
         raise ValueError(f"{path} is not a fastbp model file: entry {name!r} is missing")
     value = arrays[name]
     if value.dtype.kind not in kind:
-        raise ValueError(f"{path}: entry {name!r} has dtype {value.dtype}, which a fastbp "
-                         "model file never holds there")
+        raise ValueError(
+            f"{path}: entry {name!r} has dtype {value.dtype}, which a fastbp "
+            "model file never holds there"
+        )
     return value
 
 
@@ -161,24 +165,34 @@ def load(path: str | os.PathLike, *, device: str = "cpu") -> MLP:
     reason, for a file that is not a fastbp model or comes from a newer format version.
     """
     arrays = _open(path)
-    if "format" not in arrays or arrays["format"].dtype.kind != "U" or \
-            str(arrays["format"]) != FORMAT:
-        raise ValueError(f"{path} is not a fastbp model file: no 'format' entry saying "
-                         f"{FORMAT!r}")
+    if (
+        "format" not in arrays
+        or arrays["format"].dtype.kind != "U"
+        or str(arrays["format"]) != FORMAT
+    ):
+        raise ValueError(f"{path} is not a fastbp model file: no 'format' entry saying {FORMAT!r}")
     version = _field(arrays, "format_version", path, "iu")
     if version.shape != () or int(version) < 1:
         raise ValueError(f"{path}: invalid format_version {version!r}")
     if int(version) > FORMAT_VERSION:
-        raise ValueError(f"{path} was written in model format version {int(version)}; this "
-                         f"fastbp reads versions up to {FORMAT_VERSION} (upgrade fastbp)")
+        raise ValueError(
+            f"{path} was written in model format version {int(version)}; this "
+            f"fastbp reads versions up to {FORMAT_VERSION} (upgrade fastbp)"
+        )
     sizes = _field(arrays, "layer_sizes", path, "iu")
     activations = _field(arrays, "activations", path, "U")
     n_layers = sizes.shape[0] - 1
     bias = bool(_field(arrays, "bias", path, "b"))
     try:
-        net = MLP(sizes.tolist(), activations.tolist(), str(_field(arrays, "loss", path, "U")),
-                  bias=bias, reduction=str(_field(arrays, "reduction", path, "U")),
-                  dtype=str(_field(arrays, "dtype", path, "U")), device=device)
+        net = MLP(
+            sizes.tolist(),
+            activations.tolist(),
+            str(_field(arrays, "loss", path, "U")),
+            bias=bias,
+            reduction=str(_field(arrays, "reduction", path, "U")),
+            dtype=str(_field(arrays, "dtype", path, "U")),
+            device=device,
+        )
         weights = [_field(arrays, f"W{i}", path, "f") for i in range(n_layers)]
         biases = [_field(arrays, f"b{i}", path, "f") for i in range(n_layers)] if bias else None
         for i, w in enumerate(weights + (biases or [])):
@@ -196,5 +210,4 @@ def load(path: str | os.PathLike, *, device: str = "cpu") -> MLP:
 def read_metadata(path: str | os.PathLike) -> dict[str, NDArray]:
     """The ``metadata`` stored with ``save``, as a dict of arrays (empty if none)."""
     arrays = _open(path)
-    return {name[len(_META):]: value for name, value in arrays.items()
-            if name.startswith(_META)}
+    return {name[len(_META) :]: value for name, value in arrays.items() if name.startswith(_META)}

@@ -105,8 +105,18 @@ def shuffled_order(n, state):
 class MLP:
     """The network of ``fastbp.MLP`` in plain NumPy; same arguments, same results."""
 
-    def __init__(self, layer_sizes, activations, loss, *, bias=True, reduction="mean",
-                 dtype=np.float64, seed=None, device="cpu"):
+    def __init__(
+        self,
+        layer_sizes,
+        activations,
+        loss,
+        *,
+        bias=True,
+        reduction="mean",
+        dtype=np.float64,
+        seed=None,
+        device="cpu",
+    ):
         self.layer_sizes = check.layer_sizes(layer_sizes)
         self.activations = check.activations(activations, len(self.layer_sizes) - 1)
         self.loss_name = check.choice(loss, "loss", check.LOSSES)
@@ -116,10 +126,10 @@ class MLP:
         self.dtype = check.dtype(dtype)
         self.seed = check.seed(seed)
         rng = np.random.default_rng(seed)
-        self.weights = [w.astype(self.dtype)
-                        for w in initial_weights(self.layer_sizes, self.activations, rng)]
-        self.biases = ([np.zeros(n, self.dtype) for n in self.layer_sizes[1:]]
-                       if self.bias else None)
+        self.weights = [
+            w.astype(self.dtype) for w in initial_weights(self.layer_sizes, self.activations, rng)
+        ]
+        self.biases = [np.zeros(n, self.dtype) for n in self.layer_sizes[1:]] if self.bias else None
         self._shuffle_state = int(rng.integers(0, 2**63))
         self.reset_optimizer()
 
@@ -132,8 +142,10 @@ class MLP:
         return self
 
     def get_params(self):
-        return ([w.copy() for w in self.weights],
-                None if self.biases is None else [b.copy() for b in self.biases])
+        return (
+            [w.copy() for w in self.weights],
+            None if self.biases is None else [b.copy() for b in self.biases],
+        )
 
     def reset_optimizer(self):
         self._optimizer = None
@@ -172,8 +184,9 @@ class MLP:
         if weights is not None:
             values = values * weights
             delta = delta * weights[:, None]
-        norm = 1.0 if self.reduction == "sum" else (
-            X.shape[0] if weights is None else weights.sum())
+        norm = (
+            1.0 if self.reduction == "sum" else (X.shape[0] if weights is None else weights.sum())
+        )
         loss = values.sum() / norm
         if l2 > 0:
             loss += 0.5 * l2 * sum((W.astype(np.float64) ** 2).sum() for W in self.weights) / norm
@@ -212,8 +225,23 @@ class MLP:
             v += (1 - beta2) * g * g
             p -= lr_t * m / (np.sqrt(v) + epsilon)
 
-    def fit(self, X, Y, *, epochs, lr, batch_size=None, shuffle=False, optimizer="sgd",
-            momentum=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8, l2=0.0, sample_weight=None):
+    def fit(
+        self,
+        X,
+        Y,
+        *,
+        epochs,
+        lr,
+        batch_size=None,
+        shuffle=False,
+        optimizer="sgd",
+        momentum=0.9,
+        beta1=0.9,
+        beta2=0.999,
+        epsilon=1e-8,
+        l2=0.0,
+        sample_weight=None,
+    ):
         X, Y, weights = self._targets(X, Y, sample_weight)
         optimizer = check.choice(optimizer, "optimizer", check.OPTIMIZERS)
         n = X.shape[0]
@@ -230,7 +258,7 @@ class MLP:
                 order, self._shuffle_state = shuffled_order(n, self._shuffle_state)
             epoch_loss = epoch_weight = 0.0
             for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 w = None if weights is None else weights[idx]
                 if w is not None and self.reduction == "mean" and w.sum() == 0:
                     continue  # a batch of zero total weight carries nothing to learn
@@ -239,7 +267,8 @@ class MLP:
                 epoch_loss += loss * norm
                 epoch_weight += norm
                 self._step += 1
-                self._step_params(params, dWs + (dbs or []), optimizer, lr, momentum, beta1,
-                                  beta2, epsilon)
+                self._step_params(
+                    params, dWs + (dbs or []), optimizer, lr, momentum, beta1, beta2, epsilon
+                )
             history[epoch] = epoch_loss if self.reduction == "sum" else epoch_loss / epoch_weight
         return history

@@ -45,12 +45,21 @@ def _own_names(tree):
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
-        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and \
-                isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("self", "cls")
+        ):
             names.add(node.attr)
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else \
-            [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign)
+            else []
+        )
         names.update(t.id for t in targets if isinstance(t, ast.Name))
     return {name for name in names if _private(name)}
 
@@ -86,9 +95,13 @@ def violations(path):
         elif isinstance(node, ast.ImportFrom):
             for alias in node.names:
                 if _private(alias.name) and not _is_module(path, node, alias.name):
-                    found.append((node.lineno, alias.name,
-                                  f"from {'.' * node.level}{node.module or ''} import "
-                                  f"{alias.name}"))
+                    found.append(
+                        (
+                            node.lineno,
+                            alias.name,
+                            f"from {'.' * node.level}{node.module or ''} import {alias.name}",
+                        )
+                    )
     return found
 
 
@@ -101,9 +114,12 @@ def _relative(path):
 
 
 def test_modules_use_only_public_names_of_other_modules():
-    problems = [f"{_relative(path)}:{line}: {text}"
-                for path in _modules() for line, name, text in violations(path)
-                if (_relative(path), name) not in PENDING]
+    problems = [
+        f"{_relative(path)}:{line}: {text}"
+        for path in _modules()
+        for line, name, text in violations(path)
+        if (_relative(path), name) not in PENDING
+    ]
     assert not problems, "private names used across modules:\n" + "\n".join(problems)
 
 
@@ -112,14 +128,17 @@ def test_pending_list_is_exact():
     assert PENDING <= found, f"fixed, remove from PENDING: {sorted(PENDING - found)}"
 
 
-@pytest.mark.parametrize("code, expected", [
-    ("def f(est):\n    return est._net\n", ["_net"]),
-    ("import numpy as np\nnp._core\n", ["_core"]),
-    ("from .estimators import _loss_value\n", ["_loss_value"]),
-    ("class A:\n    def f(self, other):\n        self._x = 1\n        return other._x\n", []),
-    ("class A:\n    def f(self):\n        return self._y, type(self).__name__\n", []),
-    ("from . import _validation as check\n", []),
-])
+@pytest.mark.parametrize(
+    "code, expected",
+    [
+        ("def f(est):\n    return est._net\n", ["_net"]),
+        ("import numpy as np\nnp._core\n", ["_core"]),
+        ("from .estimators import _loss_value\n", ["_loss_value"]),
+        ("class A:\n    def f(self, other):\n        self._x = 1\n        return other._x\n", []),
+        ("class A:\n    def f(self):\n        return self._y, type(self).__name__\n", []),
+        ("from . import _validation as check\n", []),
+    ],
+)
 def test_rule_on_examples(tmp_path, code, expected):
     path = tmp_path / "fastbp" / "example.py"
     path.parent.mkdir()

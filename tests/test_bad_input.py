@@ -498,8 +498,10 @@ def test_bce_on_outputs_that_can_leave_the_unit_interval_warns(cls, output):
         cls([3, 4, 1], ["relu", output], "bce")
 
 
-@pytest.mark.parametrize("output, loss", [("sigmoid", "bce"), ("softmax", "bce"),
-                                          ("tanh", "mse"), ("identity", "half_mse")])
+@pytest.mark.parametrize(
+    "output, loss",
+    [("sigmoid", "bce"), ("softmax", "bce"), ("tanh", "mse"), ("identity", "half_mse")],
+)
 def test_outputs_that_suit_the_loss_make_no_warning(output, loss):
     import warnings
 
@@ -521,10 +523,12 @@ def unread_chunk_rows(monkeypatch):
     return config
 
 
-@pytest.mark.parametrize("value, words", [("abc", "must be an integer, got 'abc'"),
-                                          ("0", "must be positive, got 0")])
+@pytest.mark.parametrize(
+    "value, words", [("abc", "must be an integer, got 'abc'"), ("0", "must be positive, got 0")]
+)
 def test_a_bad_setting_fails_the_first_fit_naming_the_variable(
-        monkeypatch, unread_chunk_rows, data, value, words):
+    monkeypatch, unread_chunk_rows, data, value, words
+):
     monkeypatch.setenv("FASTBP_CHUNK_ROWS", value)
     net = _bce_net()
     with pytest.raises(ValueError, match="FASTBP_CHUNK_ROWS " + re.escape(words)):
@@ -550,16 +554,23 @@ def test_import_fastbp_and_its_engine_works_with_a_bad_setting():
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, FASTBP_CHUNK_ROWS="abc",
-               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    code = ("import numpy as np, fastbp, fastbp._engine.cpu.backend\n"
-            "print('imported')\n"
-            "net = fastbp.MLP([2, 1], 'identity', 'mse', seed=0)\n"
-            "net.fit(np.zeros((4, 2)), np.zeros((4, 1)), epochs=1, lr=0.1)\n")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=300)
+    env = dict(
+        os.environ,
+        FASTBP_CHUNK_ROWS="abc",
+        PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    )
+    code = (
+        "import numpy as np, fastbp, fastbp._engine.cpu.backend\n"
+        "print('imported')\n"
+        "net = fastbp.MLP([2, 1], 'identity', 'mse', seed=0)\n"
+        "net.fit(np.zeros((4, 2)), np.zeros((4, 1)), epochs=1, lr=0.1)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.stdout == "imported\n", done.stderr
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
-    assert last == ("ValueError: environment variable FASTBP_CHUNK_ROWS must be an integer, "
-                    "got 'abc'"), done.stderr
+    assert last == (
+        "ValueError: environment variable FASTBP_CHUNK_ROWS must be an integer, got 'abc'"
+    ), done.stderr

@@ -14,8 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_quick_bench_reports_every_row():
-    result = subprocess.run([sys.executable, "-m", "fastbp.bench", "--quick", "--repeats", "1"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "fastbp.bench", "--quick", "--repeats", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     for row in GRID:
         assert row.name in result.stdout
@@ -63,10 +68,16 @@ def test_libraries_take_turns_and_every_fit_counts(monkeypatch):
         def fit():
             calls.append(name)
             return seconds.pop(0)
+
         return fit, count, scale
 
-    medians = bench.interleaved([timer("a", [1.0, 2.0, 9.0, 3.0], 4, 1.0),
-                                 timer("b", [5.0], 1, 10.0),
-                                 timer("c", [1.0, 1.0, 1.0], 3, 1.0)], rounds=3)
+    medians = bench.interleaved(
+        [
+            timer("a", [1.0, 2.0, 9.0, 3.0], 4, 1.0),
+            timer("b", [5.0], 1, 10.0),
+            timer("c", [1.0, 1.0, 1.0], 3, 1.0),
+        ],
+        rounds=3,
+    )
     assert calls == ["a", "c", "a", "c", "a", "a", "b", "c"]
     assert medians == [2.5, 50.0, 1.0]

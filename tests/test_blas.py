@@ -48,10 +48,12 @@ def _uses_blas(net):
 def blas_layers(request, monkeypatch):
     """Put every layer, or the widest one alone, on the BLAS path; yields a function of
     the layer sizes that sets the threshold for them."""
+
     def threshold(sizes):
         value = 1 if request.param == "all" else _widest(sizes)
         monkeypatch.setattr(_config, "BLAS_MIN_ENTRIES", value)
         return value
+
     return threshold
 
 
@@ -63,17 +65,25 @@ def test_blas_training_matches_reference(rng, blas_layers, name, optimizer, dtyp
     fast, slow = _pair(name, dtype)
     assert _uses_blas(fast)
     X, Y, sample_weight = _data(rng, name, n=150)
-    kwargs = dict(lr=0.01, batch_size=40, shuffle=True, optimizer=optimizer, l2=1e-3,
-                  sample_weight=sample_weight)
-    np.testing.assert_allclose(fast.fit(X, Y, epochs=15, **kwargs),
-                               slow.fit(X, Y, epochs=15, **kwargs), rtol=_tolerance(dtype))
+    kwargs = dict(
+        lr=0.01,
+        batch_size=40,
+        shuffle=True,
+        optimizer=optimizer,
+        l2=1e-3,
+        sample_weight=sample_weight,
+    )
+    np.testing.assert_allclose(
+        fast.fit(X, Y, epochs=15, **kwargs),
+        slow.fit(X, Y, epochs=15, **kwargs),
+        rtol=_tolerance(dtype),
+    )
     _assert_close(_flat(fast), _flat(slow), dtype, "parameters")
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
-def test_blas_forward_and_gradients_match_the_loops(rng, blas_layers, monkeypatch, name,
-                                                    dtype):
+def test_blas_forward_and_gradients_match_the_loops(rng, blas_layers, monkeypatch, name, dtype):
     """600 rows through both paths of the same weights: on the BLAS path, 10 chunks of 64
     in 2 groups, so that weight gradients accumulate across a group's chunks."""
     net, _ = _pair(name, dtype, seed=3)
@@ -94,8 +104,9 @@ def test_blas_forward_and_gradients_match_the_loops(rng, blas_layers, monkeypatc
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_blas_reads_consecutive_rows_in_place_with_the_bits_of_gathered_ones(rng, blas_layers,
-                                                                             dtype):
+def test_blas_reads_consecutive_rows_in_place_with_the_bits_of_gathered_ones(
+    rng, blas_layers, dtype
+):
     """A BLAS first layer multiplies chunks of consecutive rows straight from X, and
     gathers shuffled ones: the two give the same bits (only the last batch shuffled, so
     one fit takes both paths)."""
@@ -113,8 +124,7 @@ def test_blas_reads_consecutive_rows_in_place_with_the_bits_of_gathered_ones(rng
     np.testing.assert_array_equal(_flat(a), _flat(b))
 
 
-@pytest.mark.parametrize("output,loss", [("softmax", "cce"), ("sigmoid", "bce"),
-                                         ("tanh", "mse")])
+@pytest.mark.parametrize("output,loss", [("softmax", "cce"), ("sigmoid", "bce"), ("tanh", "mse")])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_blas_gradients_match_finite_differences(rng, blas_layers, output, loss, bias):
     sizes, activations = (3, 4, 5, 3), ("tanh", "sigmoid", output)
@@ -125,11 +135,17 @@ def test_blas_gradients_match_finite_differences(rng, blas_layers, output, loss,
 def test_fit_leaves_the_blas_thread_setting_alone(rng, monkeypatch):
     monkeypatch.setattr(_config, "BLAS_MIN_ENTRIES", 1)
     net = fastbp.MLP([4, 6, 2], ["relu", "identity"], "mse", seed=0)
-    before = [(lib["filepath"], lib["num_threads"]) for lib in threadpoolctl.threadpool_info()
-              if lib["user_api"] == "blas"]
+    before = [
+        (lib["filepath"], lib["num_threads"])
+        for lib in threadpoolctl.threadpool_info()
+        if lib["user_api"] == "blas"
+    ]
     net.fit(rng.normal(size=(50, 4)), rng.normal(size=(50, 2)), epochs=2, lr=0.1)
-    after = [(lib["filepath"], lib["num_threads"]) for lib in threadpoolctl.threadpool_info()
-             if lib["user_api"] == "blas"]
+    after = [
+        (lib["filepath"], lib["num_threads"])
+        for lib in threadpoolctl.threadpool_info()
+        if lib["user_api"] == "blas"
+    ]
     assert after == before
 
 
@@ -142,8 +158,13 @@ def test_blas_runs_on_one_thread_while_the_kernels_run(rng, monkeypatch):
     run = cpu_backend._run_planned
 
     def spy(*args):
-        seen.append({lib["filepath"]: lib["num_threads"]
-                     for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"})
+        seen.append(
+            {
+                lib["filepath"]: lib["num_threads"]
+                for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas"
+            }
+        )
         return run(*args)
 
     monkeypatch.setattr(cpu_backend, "_run_planned", spy)
@@ -184,11 +205,16 @@ print(json.dumps(result))
 def test_blas_path_gives_the_same_bits_with_one_and_two_threads():
     runs = []
     for threads in ("1", "2"):
-        env = dict(os.environ, NUMBA_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
-                   FASTBP_BLAS_MIN_ENTRIES="10000",
-                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-        done = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env,
-                              capture_output=True, text=True)
+        env = dict(
+            os.environ,
+            NUMBA_NUM_THREADS=threads,
+            OPENBLAS_NUM_THREADS=threads,
+            FASTBP_BLAS_MIN_ENTRIES="10000",
+            PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     assert [run["threads"] for run in runs] == [1, 2]

@@ -78,8 +78,14 @@ def test_every_kernel_compiles_once_per_dtype(tmp_path):
     import sys
 
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    done = subprocess.run([sys.executable, "-c", COMPILE_COUNT_CHILD], env=env,
-                          capture_output=True, text=True, timeout=600, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE_COUNT_CHILD],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     counts = json.loads(done.stdout.strip().splitlines()[-1])
     assert counts["group_pass"] == counts["dot_nn"] == counts["sample_pass"] == 1
     assert counts.pop("serial_only") == 0
@@ -87,8 +93,7 @@ def test_every_kernel_compiles_once_per_dtype(tmp_path):
     assert {name: n for name, n in counts.items() if n > 1} == {}
 
 
-def test_runs_either_side_of_the_parallel_threshold_find_the_code_they_need(rng,
-                                                                             monkeypatch):
+def test_runs_either_side_of_the_parallel_threshold_find_the_code_they_need(rng, monkeypatch):
     """``run`` compiles ``parallel_groups`` only for runs that may use it, by the same
     test as ``compiled_run`` applies to each batch: at the threshold the batch runs in
     parallel, one multiply-add below it serially, and both train to the same bits

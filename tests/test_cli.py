@@ -28,8 +28,14 @@ def digits_csv(tmp_path_factory):
     X, y = load_digits(return_X_y=True)
     path = tmp_path_factory.mktemp("data") / "digits.csv"
     header = ",".join([f"p{i}" for i in range(64)] + ["digit"])
-    np.savetxt(path, np.column_stack([X[:600], y[:600]]), delimiter=",", header=header,
-               comments="", fmt="%g")
+    np.savetxt(
+        path,
+        np.column_stack([X[:600], y[:600]]),
+        delimiter=",",
+        header=header,
+        comments="",
+        fmt="%g",
+    )
     return path
 
 
@@ -56,8 +62,9 @@ def test_train_and_predict_csv(tmp_path, capsys, digits_csv):
         plot = ["--plot", tmp_path / "curve.png"]
     except ImportError:
         pass
-    code, out, _ = run(capsys, "train", digits_csv, "--target", "digit", *QUICK, "--out", model,
-                       *plot)
+    code, out, _ = run(
+        capsys, "train", digits_csv, "--target", "digit", *QUICK, "--out", model, *plot
+    )
     assert code == 0, out
     assert "train accuracy" in out and "validation accuracy" in out
     assert "speedup" not in out  # a timing that varies from run to run: on request only
@@ -85,14 +92,33 @@ def test_numpy_inputs_and_regression(tmp_path, capsys):
     X = rng.normal(size=(300, 4))
     y = X @ [1.0, -2.0, 0.5, 0.0] + 0.1 * rng.normal(size=300)
     np.save(tmp_path / "table.npy", np.column_stack([y, X]))
-    code, out, _ = run(capsys, "train", tmp_path / "table.npy", "--target", "0", *QUICK,
-                       "--out", tmp_path / "r.npz")
+    code, out, _ = run(
+        capsys,
+        "train",
+        tmp_path / "table.npy",
+        "--target",
+        "0",
+        *QUICK,
+        "--out",
+        tmp_path / "r.npz",
+    )
     assert code == 0 and "R^2" in out
     np.savez(tmp_path / "xy.npz", X=X, y=(y > 0).astype(int))
     code, out, _ = run(capsys, "train", tmp_path / "xy.npz", *QUICK, "--solver", "sgd")
     assert code == 0 and "accuracy" in out
-    code, out, _ = run(capsys, "train", tmp_path / "xy.npz", "--epochs", "5", "--solver",
-                       "lbfgs", "--hidden", "8", "--dtype", "float32")
+    code, out, _ = run(
+        capsys,
+        "train",
+        tmp_path / "xy.npz",
+        "--epochs",
+        "5",
+        "--solver",
+        "lbfgs",
+        "--hidden",
+        "8",
+        "--dtype",
+        "float32",
+    )
     assert code == 0 and "lbfgs iterations" in out
     np.save(tmp_path / "features.npy", X[:7])
     code, out, _ = run(capsys, "predict", tmp_path / "r.npz", tmp_path / "features.npy")
@@ -106,8 +132,16 @@ def test_parquet(tmp_path, capsys):
     X, y = load_digits(return_X_y=True)
     table = pa.table({**{f"p{i}": X[:300, i] for i in range(64)}, "label": y[:300]})
     pq.write_table(table, tmp_path / "digits.parquet")
-    code, out, _ = run(capsys, "train", tmp_path / "digits.parquet", "--target", "label",
-                       *QUICK, "--out", tmp_path / "m.npz")
+    code, out, _ = run(
+        capsys,
+        "train",
+        tmp_path / "digits.parquet",
+        "--target",
+        "label",
+        *QUICK,
+        "--out",
+        tmp_path / "m.npz",
+    )
     assert code == 0, out
     code, out, _ = run(capsys, "predict", tmp_path / "m.npz", tmp_path / "digits.parquet")
     assert code == 0 and len(out.splitlines()) == 301
@@ -160,8 +194,18 @@ def test_ctrl_c_keeps_the_last_finished_epoch(tmp_path, capsys, digits_csv, monk
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(estimators.MLPClassifier, "partial_fit", partial_fit)
-    code, out, err = run(capsys, "train", digits_csv, "--epochs", "50", "--hidden", "8",
-                         "--no-progress", "--out", tmp_path / "m.npz")
+    code, out, err = run(
+        capsys,
+        "train",
+        digits_csv,
+        "--epochs",
+        "50",
+        "--hidden",
+        "8",
+        "--no-progress",
+        "--out",
+        tmp_path / "m.npz",
+    )
     assert code == 130 and "stopping after this epoch" in err
     assert int(persistence.read_metadata(tmp_path / "m.npz")["epochs"]) == 3
 
@@ -173,8 +217,13 @@ def _env():
 
 @pytest.mark.slow
 def test_python_dash_m_fastbp_is_the_command_line():
-    done = subprocess.run([sys.executable, "-m", "fastbp", "--help"], capture_output=True,
-                          text=True, env=_env(), timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "fastbp", "--help"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: fastbp")
     assert "train" in done.stdout and "predict" in done.stdout
@@ -185,9 +234,25 @@ def test_command_in_a_subprocess_stops_cleanly_on_sigint(tmp_path, digits_csv):
     env = _env()
     model = tmp_path / "m.npz"
     process = subprocess.Popen(
-        [sys.executable, "-m", "fastbp", "train", str(digits_csv), "--epochs", "100000",
-         "--hidden", "8", "--no-progress", "--out", str(model)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "fastbp",
+            "train",
+            str(digits_csv),
+            "--epochs",
+            "100000",
+            "--hidden",
+            "8",
+            "--no-progress",
+            "--out",
+            str(model),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         first = process.stdout.readline()  # printed once training has begun
         assert first.startswith("fastbp: training"), first + process.stderr.read()
@@ -209,34 +274,46 @@ def small_csv(tmp_path):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(40, 2))
     path = tmp_path / "v.csv"
-    np.savetxt(path, np.column_stack([X, X[:, 0] > 0]), delimiter=",", header="a,b,y",
-               comments="", fmt="%g")
+    np.savetxt(
+        path,
+        np.column_stack([X, X[:, 0] > 0]),
+        delimiter=",",
+        header="a,b,y",
+        comments="",
+        fmt="%g",
+    )
     return path
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["train", "{data}", "--out", "nodir/m.npz"], "--out nodir/m.npz: the folder nodir does"),
-    (["train", "{data}", "--out", "afile/m.npz"], "--out afile/m.npz: the folder afile is a"),
-    (["train", "{data}", "--out", "adir"], "--out adir is a folder"),
-    (["train", "{data}", "--out", "m.pkl"], "--out m.pkl: a model is saved as .npz"),
-    (["train", "{data}", "--out", "m"], "--out m: a model is saved as .npz"),
-    (["train", "{data}", "--plot", "nodir/c.png"], "--plot nodir/c.png: the folder nodir"),
-    (["train", "{data}", "--plot", "adir"], "--plot adir is a folder"),
-    (["train", "{data}", "--plot", "curve.xyz"], "--plot curve.xyz: matplotlib cannot write"),
-    (["train", "{data}", "--plot", "curve"], "--plot curve: name the image format"),
-    (["train", "{data}", "--out", "{data}"], "--out {data} is the training data"),
-    (["train", "{data}", "--out", "same.npz", "--plot", "./same.npz"],
-     "--plot ./same.npz is the same file as --out same.npz"),
-    (["train", "missing.csv", "--out", "nodir/m.npz"], "--out nodir/m.npz"),
-    (["predict", "m.npz", "{data}", "--out", "{data}"], "--out {data} is the data file"),
-    (["predict", "m.npz", "{data}", "--out", "adir/../m.npz"],
-     "--out adir/../m.npz is the model file"),
-    (["predict", "m.npz", "{data}", "--out", "x.npz"], "--out x.npz: predictions are written"),
-    (["predict", "m.npz", "{data}", "--out", "nodir/p.csv"], "--out nodir/p.csv: the folder"),
-    (["predict", "m.npz", "{data}", "--out", "afile/p.csv"], "--out afile/p.csv: the folder"),
-])
-def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch, small_csv, argv,
-                                             words):
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "{data}", "--out", "nodir/m.npz"], "--out nodir/m.npz: the folder nodir does"),
+        (["train", "{data}", "--out", "afile/m.npz"], "--out afile/m.npz: the folder afile is a"),
+        (["train", "{data}", "--out", "adir"], "--out adir is a folder"),
+        (["train", "{data}", "--out", "m.pkl"], "--out m.pkl: a model is saved as .npz"),
+        (["train", "{data}", "--out", "m"], "--out m: a model is saved as .npz"),
+        (["train", "{data}", "--plot", "nodir/c.png"], "--plot nodir/c.png: the folder nodir"),
+        (["train", "{data}", "--plot", "adir"], "--plot adir is a folder"),
+        (["train", "{data}", "--plot", "curve.xyz"], "--plot curve.xyz: matplotlib cannot write"),
+        (["train", "{data}", "--plot", "curve"], "--plot curve: name the image format"),
+        (["train", "{data}", "--out", "{data}"], "--out {data} is the training data"),
+        (
+            ["train", "{data}", "--out", "same.npz", "--plot", "./same.npz"],
+            "--plot ./same.npz is the same file as --out same.npz",
+        ),
+        (["train", "missing.csv", "--out", "nodir/m.npz"], "--out nodir/m.npz"),
+        (["predict", "m.npz", "{data}", "--out", "{data}"], "--out {data} is the data file"),
+        (
+            ["predict", "m.npz", "{data}", "--out", "adir/../m.npz"],
+            "--out adir/../m.npz is the model file",
+        ),
+        (["predict", "m.npz", "{data}", "--out", "x.npz"], "--out x.npz: predictions are written"),
+        (["predict", "m.npz", "{data}", "--out", "nodir/p.csv"], "--out nodir/p.csv: the folder"),
+        (["predict", "m.npz", "{data}", "--out", "afile/p.csv"], "--out afile/p.csv: the folder"),
+    ],
+)
+def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch, small_csv, argv, words):
     """A bad output path stops the command at once with one line naming it as typed, and
     nothing is read, trained or written."""
     if "--plot" in argv:
@@ -244,8 +321,7 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch, smal
     monkeypatch.chdir(tmp_path)
     (tmp_path / "adir").mkdir()
     (tmp_path / "afile").write_text("a file\n")
-    code, out, _ = run(capsys, "train", "v.csv", "--epochs", "1", "--no-progress", "--out",
-                       "m.npz")
+    code, out, _ = run(capsys, "train", "v.csv", "--epochs", "1", "--no-progress", "--out", "m.npz")
     assert code == 0
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
 
@@ -254,16 +330,20 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch, smal
 
     monkeypatch.setattr("fastbp.cli.read_table", fail)
     monkeypatch.setattr("fastbp.persistence.load", fail)
-    code, out, err = run(capsys, *[a.format(data="v.csv") for a in argv], "--no-progress"
-                         if argv[0] == "train" else "--proba")
+    code, out, err = run(
+        capsys,
+        *[a.format(data="v.csv") for a in argv],
+        "--no-progress" if argv[0] == "train" else "--proba",
+    )
     assert_one_line_error(code, err, words.format(data="v.csv"))
     assert out == ""
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     assert after == before and sorted(p.name for p in (tmp_path / "adir").iterdir()) == []
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
-                    reason="permission bits do not stop root")
+@pytest.mark.skipif(
+    os.name != "posix" or os.geteuid() == 0, reason="permission bits do not stop root"
+)
 def test_a_read_only_folder_is_refused_before_training(tmp_path, capsys, small_csv):
     folder = tmp_path / "locked"
     folder.mkdir()
@@ -272,18 +352,21 @@ def test_a_read_only_folder_is_refused_before_training(tmp_path, capsys, small_c
         code, _, err = run(capsys, "train", small_csv, "--out", folder / "m.npz")
     finally:
         folder.chmod(0o755)
-    assert_one_line_error(code, err, f"--out {folder / 'm.npz'}: the folder {folder} is not "
-                                     "writable")
+    assert_one_line_error(
+        code, err, f"--out {folder / 'm.npz'}: the folder {folder} is not writable"
+    )
 
 
-def test_outputs_are_written_in_the_format_their_extension_names(tmp_path, capsys, small_csv,
-                                                                 monkeypatch):
+def test_outputs_are_written_in_the_format_their_extension_names(
+    tmp_path, capsys, small_csv, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     plot = []
     if importlib.util.find_spec("matplotlib"):
         plot = ["--plot", "curve.svg"]
-    code, _, _ = run(capsys, "train", "v.csv", "--epochs", "2", "--no-progress", "--out",
-                     "m.npz", *plot)
+    code, _, _ = run(
+        capsys, "train", "v.csv", "--epochs", "2", "--no-progress", "--out", "m.npz", *plot
+    )
     assert code == 0
     if plot:
         assert (tmp_path / "curve.svg").read_text().lstrip().startswith("<?xml")
@@ -317,21 +400,25 @@ def _kept_epochs(path):
 
 
 @pytest.mark.parametrize("where", ["engine", "estimator"])
-@pytest.mark.parametrize("signals, code, kept", [
-    ((signal.SIGINT,), 130, 3),  # the running epoch finishes
-    ((signal.SIGINT, signal.SIGINT), 130, 2),  # stops at once: the epoch before
-    ((signal.SIGTERM,), 143, 2),
-    ((signal.SIGINT, signal.SIGTERM, signal.SIGINT), 130, 2),
-])
-def test_interrupting_an_epoch_keeps_the_last_finished_one(tmp_path, capsys, digits_csv,
-                                                           monkeypatch, where, signals, code,
-                                                           kept):
+@pytest.mark.parametrize(
+    "signals, code, kept",
+    [
+        ((signal.SIGINT,), 130, 3),  # the running epoch finishes
+        ((signal.SIGINT, signal.SIGINT), 130, 2),  # stops at once: the epoch before
+        ((signal.SIGTERM,), 143, 2),
+        ((signal.SIGINT, signal.SIGTERM, signal.SIGINT), 130, 2),
+    ],
+)
+def test_interrupting_an_epoch_keeps_the_last_finished_one(
+    tmp_path, capsys, digits_csv, monkeypatch, where, signals, code, kept
+):
     """Signals inside the third epoch, in the compiled engine's call or around it."""
     from fastbp import estimators, network
 
     calls = []
-    owner, name = (network.MLP, "fit") if where == "engine" else \
-        (estimators.MLPClassifier, "partial_fit")
+    owner, name = (
+        (network.MLP, "fit") if where == "engine" else (estimators.MLPClassifier, "partial_fit")
+    )
     original = getattr(owner, name)
 
     def interrupted(self, *args, **kwargs):
@@ -339,8 +426,18 @@ def test_interrupting_an_epoch_keeps_the_last_finished_one(tmp_path, capsys, dig
         return original(self, *args, **kwargs)  # is the warm-up's
 
     monkeypatch.setattr(owner, name, interrupted)
-    out_code, out, err = run(capsys, "train", digits_csv, "--epochs", "50", "--hidden", "8",
-                             "--no-progress", "--out", tmp_path / "m.npz")
+    out_code, out, err = run(
+        capsys,
+        "train",
+        digits_csv,
+        "--epochs",
+        "50",
+        "--hidden",
+        "8",
+        "--no-progress",
+        "--out",
+        tmp_path / "m.npz",
+    )
     assert out_code == code, err
     assert f"kept the model of epoch {kept} in" in err and "Traceback" not in err
     assert "interrupted by user" not in err
@@ -348,14 +445,17 @@ def test_interrupting_an_epoch_keeps_the_last_finished_one(tmp_path, capsys, dig
     assert ("train accuracy" in out) == (signals == (signal.SIGINT,))
 
 
-@pytest.mark.parametrize("before, during, code", [
-    ((), (signal.SIGINT,), 130),
-    ((signal.SIGINT,), (signal.SIGINT,), 130),  # the second Ctrl-C, while scoring
-    ((), (signal.SIGTERM,), 143),
-])
-def test_interrupting_the_scores_after_training_keeps_the_model(tmp_path, capsys, digits_csv,
-                                                                monkeypatch, before, during,
-                                                                code):
+@pytest.mark.parametrize(
+    "before, during, code",
+    [
+        ((), (signal.SIGINT,), 130),
+        ((signal.SIGINT,), (signal.SIGINT,), 130),  # the second Ctrl-C, while scoring
+        ((), (signal.SIGTERM,), 143),
+    ],
+)
+def test_interrupting_the_scores_after_training_keeps_the_model(
+    tmp_path, capsys, digits_csv, monkeypatch, before, during, code
+):
     from fastbp import estimators
 
     fits, scores = [], []
@@ -371,19 +471,32 @@ def test_interrupting_the_scores_after_training_keeps_the_model(tmp_path, capsys
 
     monkeypatch.setattr(estimators.MLPClassifier, "partial_fit", fit)
     monkeypatch.setattr(estimators.MLPClassifier, "score", scored)
-    out_code, out, err = run(capsys, "train", digits_csv, "--epochs", "3", "--hidden", "8",
-                             "--no-progress", "--out", tmp_path / "m.npz", "--plot",
-                             tmp_path / "c.png")
+    out_code, out, err = run(
+        capsys,
+        "train",
+        digits_csv,
+        "--epochs",
+        "3",
+        "--hidden",
+        "8",
+        "--no-progress",
+        "--out",
+        tmp_path / "m.npz",
+        "--plot",
+        tmp_path / "c.png",
+    )
     assert out_code == code and "Traceback" not in err
     assert _kept_epochs(tmp_path / "m.npz") == (2 if before else 3)
     assert "accuracy" not in out and not (tmp_path / "c.png").exists()
 
 
-@pytest.mark.parametrize("signals, code", [((signal.SIGINT,), 130),
-                                           ((signal.SIGINT, signal.SIGINT), 130),
-                                           ((signal.SIGTERM,), 143)])
-def test_signals_while_saving_wait_until_the_model_is_written(tmp_path, capsys, digits_csv,
-                                                              monkeypatch, signals, code):
+@pytest.mark.parametrize(
+    "signals, code",
+    [((signal.SIGINT,), 130), ((signal.SIGINT, signal.SIGINT), 130), ((signal.SIGTERM,), 143)],
+)
+def test_signals_while_saving_wait_until_the_model_is_written(
+    tmp_path, capsys, digits_csv, monkeypatch, signals, code
+):
     calls = []
     savez = np.savez
 
@@ -392,17 +505,30 @@ def test_signals_while_saving_wait_until_the_model_is_written(tmp_path, capsys, 
         return savez(*args, **kwargs)
 
     monkeypatch.setattr(np, "savez", interrupted)
-    out_code, out, err = run(capsys, "train", digits_csv, "--epochs", "3", "--hidden", "8",
-                             "--no-progress", "--out", tmp_path / "m.npz")
+    out_code, out, err = run(
+        capsys,
+        "train",
+        digits_csv,
+        "--epochs",
+        "3",
+        "--hidden",
+        "8",
+        "--no-progress",
+        "--out",
+        tmp_path / "m.npz",
+    )
     assert calls and out_code == code and "kept the model of epoch 3" in err
     assert _kept_epochs(tmp_path / "m.npz") == 3
     assert sorted(os.listdir(tmp_path)) == ["m.npz"]
 
 
-@pytest.mark.parametrize("signals, code", [((signal.SIGINT,), 130), ((signal.SIGTERM,), 143),
-                                           ((signal.SIGINT, signal.SIGINT), 130)])
-def test_interrupting_lbfgs_keeps_the_last_finished_iteration(tmp_path, capsys, digits_csv,
-                                                              monkeypatch, signals, code):
+@pytest.mark.parametrize(
+    "signals, code",
+    [((signal.SIGINT,), 130), ((signal.SIGTERM,), 143), ((signal.SIGINT, signal.SIGINT), 130)],
+)
+def test_interrupting_lbfgs_keeps_the_last_finished_iteration(
+    tmp_path, capsys, digits_csv, monkeypatch, signals, code
+):
     from fastbp import network
 
     calls = []
@@ -413,16 +539,28 @@ def test_interrupting_lbfgs_keeps_the_last_finished_iteration(tmp_path, capsys, 
         return gradients(self, *args, **kwargs)
 
     monkeypatch.setattr(network.MLP, "gradients", interrupted)
-    out_code, out, err = run(capsys, "train", digits_csv, "--solver", "lbfgs", "--epochs",
-                             "500", "--hidden", "8", "--out", tmp_path / "m.npz")
+    out_code, out, err = run(
+        capsys,
+        "train",
+        digits_csv,
+        "--solver",
+        "lbfgs",
+        "--epochs",
+        "500",
+        "--hidden",
+        "8",
+        "--out",
+        tmp_path / "m.npz",
+    )
     assert out_code == code and "Traceback" not in err, err
     iterations = _kept_epochs(tmp_path / "m.npz")
     assert 1 <= iterations < 15 and f"kept the model of iteration {iterations} in" in err
     assert (f"lbfgs iterations {iterations}" in out) == (signals == (signal.SIGINT,))
 
 
-def test_interrupted_before_the_first_epoch_saves_nothing(tmp_path, capsys, digits_csv,
-                                                          monkeypatch):
+def test_interrupted_before_the_first_epoch_saves_nothing(
+    tmp_path, capsys, digits_csv, monkeypatch
+):
     from fastbp import estimators
 
     def interrupted(self, *args, **kwargs):
@@ -436,9 +574,13 @@ def test_interrupted_before_the_first_epoch_saves_nothing(tmp_path, capsys, digi
 def _start_training(*argv):
     """``fastbp train`` in a subprocess, once it has printed that training begins."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    process = subprocess.Popen([sys.executable, "-m", "fastbp.cli", "train", *map(str, argv)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fastbp.cli", "train", *map(str, argv)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     first = process.stdout.readline()
     if not first.startswith("fastbp: training"):
         process.kill()
@@ -457,22 +599,36 @@ def _signal_and_wait(process, signals):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("solver, signals, code", [
-    ("adam", (signal.SIGINT, signal.SIGINT), 130),
-    ("sgd", (signal.SIGTERM,), 143),
-    ("lbfgs", (signal.SIGINT,), 130),
-    ("lbfgs", (signal.SIGINT, signal.SIGINT), 130),
-    ("lbfgs", (signal.SIGTERM,), 143),
-])
-def test_real_signals_during_training_keep_a_loadable_model(tmp_path, digits_csv, solver,
-                                                            signals, code):
+@pytest.mark.parametrize(
+    "solver, signals, code",
+    [
+        ("adam", (signal.SIGINT, signal.SIGINT), 130),
+        ("sgd", (signal.SIGTERM,), 143),
+        ("lbfgs", (signal.SIGINT,), 130),
+        ("lbfgs", (signal.SIGINT, signal.SIGINT), 130),
+        ("lbfgs", (signal.SIGTERM,), 143),
+    ],
+)
+def test_real_signals_during_training_keep_a_loadable_model(
+    tmp_path, digits_csv, solver, signals, code
+):
     model = tmp_path / "m.npz"
     # lbfgs fits one pixel from the others on its raw scale: it takes seconds to converge
     # (the digits' labels take 14 iterations)
     task = ["--target", "p30", "--task", "regress", "--no-scale"] if solver == "lbfgs" else []
-    process = _start_training(digits_csv, *task, "--solver", solver, "--epochs", "100000",
-                              "--hidden", "512,512" if solver == "lbfgs" else "8",
-                              "--no-progress", "--out", model)
+    process = _start_training(
+        digits_csv,
+        *task,
+        "--solver",
+        solver,
+        "--epochs",
+        "100000",
+        "--hidden",
+        "512,512" if solver == "lbfgs" else "8",
+        "--no-progress",
+        "--out",
+        model,
+    )
     # some epochs (iterations) finish; lbfgs's first one may still compile its loss
     time.sleep(4.0 if solver == "lbfgs" else 2.0)
     out, err = _signal_and_wait(process, signals)
@@ -491,14 +647,24 @@ def test_compare_numpy_prints_the_median_speedup(capsys, digits_csv):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signals, code", [((signal.SIGINT,), 130),
-                                           ((signal.SIGINT, signal.SIGINT), 130),
-                                           ((signal.SIGTERM,), 143)])
+@pytest.mark.parametrize(
+    "signals, code",
+    [((signal.SIGINT,), 130), ((signal.SIGINT, signal.SIGINT), 130), ((signal.SIGTERM,), 143)],
+)
 def test_real_signals_after_training_keep_the_model(tmp_path, digits_csv, signals, code):
     """Signals while the speedup is timed, after the last epoch."""
     model = tmp_path / "m.npz"
-    process = _start_training(digits_csv, "--epochs", "2", "--hidden", "256,256",
-                              "--compare-numpy", "--no-progress", "--out", model)
+    process = _start_training(
+        digits_csv,
+        "--epochs",
+        "2",
+        "--hidden",
+        "256,256",
+        "--compare-numpy",
+        "--no-progress",
+        "--out",
+        model,
+    )
     while "train accuracy" not in (line := process.stdout.readline()):
         assert line, process.communicate()[1]
     out, err = _signal_and_wait(process, signals)
@@ -516,8 +682,7 @@ def test_a_bad_seed_is_a_usage_error_naming_seed(capsys, small_csv, value):
     assert "random_state" not in err
 
 
-def test_hidden_too_large_for_memory_is_refused_before_allocating(capsys, small_csv,
-                                                                  monkeypatch):
+def test_hidden_too_large_for_memory_is_refused_before_allocating(capsys, small_csv, monkeypatch):
     from fastbp import estimators
 
     def fail(*args, **kwargs):
@@ -525,15 +690,25 @@ def test_hidden_too_large_for_memory_is_refused_before_allocating(capsys, small_
 
     monkeypatch.setattr(estimators.MLPClassifier, "partial_fit", fail)
     code, _, err = run(capsys, "train", small_csv, "--hidden", "1000000000")
-    assert_one_line_error(code, err, "--hidden 1000000000 is too large for memory",
-                          "4,000,000,001 parameters")
+    assert_one_line_error(
+        code, err, "--hidden 1000000000 is too large for memory", "4,000,000,001 parameters"
+    )
 
 
 def test_options_that_do_not_apply_are_refused(tmp_path, capsys, small_csv):
     code, _, err = run(capsys, "train", "--target", "y", "--epochs", "1")
     assert_one_line_error(code, err, "--target needs a data file")
-    code, _, _ = run(capsys, "train", small_csv, "--task", "regress", "--epochs", "1",
-                     "--out", tmp_path / "r.npz")
+    code, _, _ = run(
+        capsys,
+        "train",
+        small_csv,
+        "--task",
+        "regress",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "r.npz",
+    )
     assert code == 0
     code, out, err = run(capsys, "predict", tmp_path / "r.npz", small_csv, "--proba")
     assert_one_line_error(code, err, "--proba needs a classification model", "r.npz")
@@ -558,8 +733,14 @@ def test_regression_standardizes_the_target_and_predict_undoes_it(tmp_path, caps
 
     X, y = load_diabetes(return_X_y=True)
     data = tmp_path / "diabetes.csv"
-    np.savetxt(data, np.column_stack([X, y]), delimiter=",", comments="", fmt="%.10g",
-               header=",".join([f"f{i}" for i in range(10)] + ["y"]))
+    np.savetxt(
+        data,
+        np.column_stack([X, y]),
+        delimiter=",",
+        comments="",
+        fmt="%.10g",
+        header=",".join([f"f{i}" for i in range(10)] + ["y"]),
+    )
     model = tmp_path / "d.npz"
     code, out, _ = run(capsys, "train", data, "--no-progress", "--out", model)
     assert code == 0
@@ -578,8 +759,7 @@ def test_regression_standardizes_the_target_and_predict_undoes_it(tmp_path, caps
     code, out, _ = run(capsys, "predict", tmp_path / "old.npz", data)
     X = np.loadtxt(data, delimiter=",", skiprows=1)[:, :10]  # as the CSV holds them
     expected = fastbp.load(model).forward((X - meta["mean"]) / meta["scale"])[:, 0]
-    np.testing.assert_allclose(np.array(out.splitlines()[1:], dtype=float), expected,
-                               rtol=1e-12)
+    np.testing.assert_allclose(np.array(out.splitlines()[1:], dtype=float), expected, rtol=1e-12)
 
 
 def test_help_lists_the_exit_statuses(capsys):
@@ -599,11 +779,31 @@ def iris(tmp_path_factory):
     X, y = load_iris(return_X_y=True)
     folder = tmp_path_factory.mktemp("iris")
     header = "sepal_len,sepal_wid,petal_len,petal_wid,label"
-    np.savetxt(folder / "iris.csv", np.column_stack([X, y]), delimiter=",", header=header,
-               comments="", fmt="%g")
-    code = main(["train", str(folder / "iris.csv"), "--target", "label", "--hidden", "8",
-                 "--epochs", "20", "--lr", "0.02", "--no-progress",
-                 "--out", str(folder / "m.npz")])
+    np.savetxt(
+        folder / "iris.csv",
+        np.column_stack([X, y]),
+        delimiter=",",
+        header=header,
+        comments="",
+        fmt="%g",
+    )
+    code = main(
+        [
+            "train",
+            str(folder / "iris.csv"),
+            "--target",
+            "label",
+            "--hidden",
+            "8",
+            "--epochs",
+            "20",
+            "--lr",
+            "0.02",
+            "--no-progress",
+            "--out",
+            str(folder / "m.npz"),
+        ]
+    )
     assert code == 0
     return folder
 
@@ -612,17 +812,26 @@ def test_predict_matches_columns_by_name(iris, capsys):
     model = iris / "m.npz"
     (iris / "misnamed.csv").write_text("pw,pl,sw,sepal_len\n0.2,1.4,3.5,5.1\n")
     code, out, err = run(capsys, "predict", model, iris / "misnamed.csv", "--proba")
-    assert_one_line_error(code, err, "misnamed.csv", "missing 'sepal_wid', 'petal_len', "
-                          "'petal_wid'", "not in the model 'pw', 'pl', 'sw'", "--by-position")
+    assert_one_line_error(
+        code,
+        err,
+        "misnamed.csv",
+        "missing 'sepal_wid', 'petal_len', 'petal_wid'",
+        "not in the model 'pw', 'pl', 'sw'",
+        "--by-position",
+    )
     assert out == ""
-    code, by_position, _ = run(capsys, "predict", model, iris / "misnamed.csv", "--proba",
-                               "--by-position")
+    code, by_position, _ = run(
+        capsys, "predict", model, iris / "misnamed.csv", "--proba", "--by-position"
+    )
     assert code == 0 and len(by_position.splitlines()) == 2
 
-    (iris / "ordered.csv").write_text("sepal_len,sepal_wid,petal_len,petal_wid\n"
-                                      "5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n")
-    (iris / "shuffled.csv").write_text("petal_wid,extra,sepal_len,petal_len,sepal_wid\n"
-                                       "0.2,9,5.1,1.4,3.5\n2.3,9,6.7,5.2,3.0\n")
+    (iris / "ordered.csv").write_text(
+        "sepal_len,sepal_wid,petal_len,petal_wid\n5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n"
+    )
+    (iris / "shuffled.csv").write_text(
+        "petal_wid,extra,sepal_len,petal_len,sepal_wid\n0.2,9,5.1,1.4,3.5\n2.3,9,6.7,5.2,3.0\n"
+    )
     code, ordered, _ = run(capsys, "predict", model, iris / "ordered.csv", "--proba")
     assert code == 0
     code, shuffled, _ = run(capsys, "predict", model, iris / "shuffled.csv", "--proba")
@@ -638,8 +847,18 @@ def test_predict_without_names_on_one_side_needs_by_position(iris, capsys):
 
     X = np.loadtxt(iris / "iris.csv", delimiter=",", skiprows=1)
     np.save(iris / "iris.npy", X)
-    code, _, _ = run(capsys, "train", iris / "iris.npy", "--epochs", "2", "--hidden", "4",
-                     "--no-progress", "--out", iris / "unnamed.npz")
+    code, _, _ = run(
+        capsys,
+        "train",
+        iris / "iris.npy",
+        "--epochs",
+        "2",
+        "--hidden",
+        "4",
+        "--no-progress",
+        "--out",
+        iris / "unnamed.npz",
+    )
     assert code == 0 and persistence.read_metadata(iris / "unnamed.npz")["features"].size == 0
     code, out, _ = run(capsys, "predict", iris / "unnamed.npz", iris / "rows.npy")
     assert code == 0 and len(out.splitlines()) == 2
@@ -652,8 +871,16 @@ def test_byte_order_mark(iris, capsys):
     plain = "label,a,b\n" + "".join(f"{i % 2},{i},{(i * 7) % 5}\n" for i in range(40))
     (iris / "plain.csv").write_text(plain)
     (iris / "excel.csv").write_bytes(b"\xef\xbb\xbf" + plain.encode())
-    code, out, err = run(capsys, "train", iris / "excel.csv", "--target", "label", *QUICK,
-                         "--out", iris / "excel.npz")
+    code, out, err = run(
+        capsys,
+        "train",
+        iris / "excel.csv",
+        "--target",
+        "label",
+        *QUICK,
+        "--out",
+        iris / "excel.npz",
+    )
     assert code == 0, err
     assert list(persistence.read_metadata(iris / "excel.npz")["features"]) == ["a", "b"]
     code, from_plain, _ = run(capsys, "predict", iris / "excel.npz", iris / "plain.csv")
@@ -663,8 +890,10 @@ def test_byte_order_mark(iris, capsys):
 
 
 def test_duplicate_names_refused_at_train_and_predict(iris, capsys):
-    (iris / "dup.csv").write_text("sepal_len,sepal_wid,petal_len,petal_wid,petal_wid,label\n"
-                                  "5.1,3.5,1.4,0.2,0.2,0\n6.7,3.0,5.2,2.3,2.3,2\n")
+    (iris / "dup.csv").write_text(
+        "sepal_len,sepal_wid,petal_len,petal_wid,petal_wid,label\n"
+        "5.1,3.5,1.4,0.2,0.2,0\n6.7,3.0,5.2,2.3,2.3,2\n"
+    )
     code, _, err = run(capsys, "train", iris / "dup.csv", *QUICK)
     assert_one_line_error(code, err, "dup.csv", "duplicate column names 'petal_wid'")
     code, _, err = run(capsys, "predict", iris / "m.npz", iris / "dup.csv")
@@ -687,8 +916,18 @@ def test_csv_quirks_read_or_refused_in_one_line(iris, capsys):
 
 
 def test_warnings_print_as_one_line_each(iris, capsys):
-    code, _, err = run(capsys, "train", iris / "iris.csv", "--epochs", "3", "--hidden", "4",
-                       "--batch-size", "100000", "--no-progress")
+    code, _, err = run(
+        capsys,
+        "train",
+        iris / "iris.csv",
+        "--epochs",
+        "3",
+        "--hidden",
+        "4",
+        "--batch-size",
+        "100000",
+        "--no-progress",
+    )
     assert code == 0
     lines = err.splitlines()
     warned = [line for line in lines if line.startswith("fastbp: warning: ")]

@@ -26,8 +26,11 @@ def _gpu_present():
     except OSError:
         return False
     count = ctypes.c_int(0)
-    return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 \
+    return (
+        driver.cuInit(0) == 0
+        and driver.cuDeviceGetCount(ctypes.byref(count)) == 0
         and count.value > 0
+    )
 
 
 if importlib.util.find_spec("numba_cuda") is None:
@@ -46,6 +49,7 @@ IN_PROCESS = cuda.is_available()
 if IN_PROCESS:
     from fastbp._engine.cuda import backend as CB
     from fastbp._engine.cuda import kernels as CK
+
     SIMULATED = CK.SIMULATOR
     # Widths that put a network on each of the two schedules.
     NARROW = max(2, CB.CHUNK_MAX_WIDTH // 4)
@@ -54,8 +58,10 @@ else:
     SIMULATED, NARROW, WIDE = True, 4, 19
 
 needs_device = pytest.mark.skipif(
-    not IN_PROCESS, reason="numba.cuda was imported without the simulator and there is no "
-                           "GPU; test_under_simulator runs these cases in a subprocess")
+    not IN_PROCESS,
+    reason="numba.cuda was imported without the simulator and there is no "
+    "GPU; test_under_simulator runs these cases in a subprocess",
+)
 
 ACTIVATIONS = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
 
@@ -73,6 +79,8 @@ def _quick_thread_switches():
         yield
     finally:
         sys.setswitchinterval(interval)
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastbp.__file__)))
 
 
@@ -89,8 +97,12 @@ def test_under_simulator():
         pytest.skip("the cases run in this process")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        env=_environment(NUMBA_ENABLE_CUDASIM="1"), cwd=ROOT, capture_output=True, text=True,
-        timeout=1800)
+        env=_environment(NUMBA_ENABLE_CUDASIM="1"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
 
 
@@ -109,8 +121,10 @@ def data(n, n_in, n_out, loss, seed=0, labels=False):
 
 def pair(sizes, activations, loss, **options):
     """The same network (same seed) on the CPU and on the GPU."""
-    return tuple(fastbp.MLP(sizes, activations, loss, seed=7, device=device, **options)
-                 for device in ("cpu", "cuda"))
+    return tuple(
+        fastbp.MLP(sizes, activations, loss, seed=7, device=device, **options)
+        for device in ("cpu", "cuda")
+    )
 
 
 def assert_close(actual, expected, dtype=np.float64):
@@ -145,11 +159,23 @@ def test_hidden_activations(hidden, width):
 
 
 @needs_device
-@pytest.mark.parametrize(("output", "loss"), [
-    ("identity", "mse"), ("sigmoid", "mse"), ("tanh", "half_mse"), ("relu", "mse"),
-    ("leaky_relu", "half_mse"), ("softmax", "mse"), ("sigmoid", "bce"), ("tanh", "bce"),
-    ("softmax", "bce"), ("softmax", "cce"), ("sigmoid", "cce"), ("identity", "cce"),
-])
+@pytest.mark.parametrize(
+    ("output", "loss"),
+    [
+        ("identity", "mse"),
+        ("sigmoid", "mse"),
+        ("tanh", "half_mse"),
+        ("relu", "mse"),
+        ("leaky_relu", "half_mse"),
+        ("softmax", "mse"),
+        ("sigmoid", "bce"),
+        ("tanh", "bce"),
+        ("softmax", "bce"),
+        ("softmax", "cce"),
+        ("sigmoid", "cce"),
+        ("identity", "cce"),
+    ],
+)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_output_and_loss(output, loss, reduction):
     cpu, gpu = pair([3, NARROW, 3], ["tanh", output], loss, reduction=reduction)
@@ -165,16 +191,32 @@ def test_optimizers_with_shuffle_l2_and_sample_weights(optimizer, width):
     cpu, gpu = pair([4, n_hidden, 3], ["relu", "softmax"], "cce")
     X, labels = data(30, 4, 3, "cce", labels=True)
     weights = np.random.default_rng(1).uniform(0.5, 2.0, 30)
-    assert_same_training(cpu, gpu, X, labels, epochs=3, lr=0.05, batch_size=12, shuffle=True,
-                         optimizer=optimizer, l2=0.01, sample_weight=weights)
+    assert_same_training(
+        cpu,
+        gpu,
+        X,
+        labels,
+        epochs=3,
+        lr=0.05,
+        batch_size=12,
+        shuffle=True,
+        optimizer=optimizer,
+        l2=0.01,
+        sample_weight=weights,
+    )
 
 
 @needs_device
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_bias_and_reduction(bias, reduction):
-    cpu, gpu = pair([3, NARROW, WIDE, 2], ["sigmoid", "leaky_relu", "sigmoid"], "bce",
-                    bias=bias, reduction=reduction)
+    cpu, gpu = pair(
+        [3, NARROW, WIDE, 2],
+        ["sigmoid", "leaky_relu", "sigmoid"],
+        "bce",
+        bias=bias,
+        reduction=reduction,
+    )
     X, Y = data(26, 3, 2, "bce")
     assert_same_training(cpu, gpu, X, Y, epochs=2, lr=0.1, batch_size=9, optimizer="momentum")
 
@@ -213,8 +255,7 @@ def test_wide_batch_split_into_row_slices():
 def test_float32_and_float64(dtype):
     cpu, gpu = pair([5, WIDE, NARROW, 4], ["tanh", "relu", "softmax"], "cce", dtype=dtype)
     X, Y = data(25, 5, 4, "cce")
-    assert_same_training(cpu, gpu, X, Y, dtype, epochs=3, lr=0.1, batch_size=10,
-                         optimizer="adam")
+    assert_same_training(cpu, gpu, X, Y, dtype, epochs=3, lr=0.1, batch_size=10, optimizer="adam")
 
 
 @needs_device
@@ -222,8 +263,7 @@ def test_optimizer_state_carries_over_between_fits():
     cpu, gpu = pair([3, NARROW, 2], ["tanh", "identity"], "mse")
     X, Y = data(16, 3, 2, "mse")
     for _ in range(2):
-        assert_same_training(cpu, gpu, X, Y, epochs=2, lr=0.05, batch_size=6,
-                             optimizer="adam")
+        assert_same_training(cpu, gpu, X, Y, epochs=2, lr=0.05, batch_size=6, optimizer="adam")
 
 
 @needs_device
@@ -256,8 +296,15 @@ def test_divergence_restores_the_last_finite_epoch(optimizer):
     for net in (cpu, gpu):
         with pytest.raises(FloatingPointError) as info:
             # Plain SGD overflows in the fourth epoch, Adam in the first.
-            net.fit(X, Y, epochs=6, lr=0.05 if optimizer == "sgd" else 1e100, batch_size=2,
-                    shuffle=True, optimizer=optimizer)
+            net.fit(
+                X,
+                Y,
+                epochs=6,
+                lr=0.05 if optimizer == "sgd" else 1e100,
+                batch_size=2,
+                shuffle=True,
+                optimizer=optimizer,
+            )
         errors.append(info.value)
     assert str(errors[1]) == str(errors[0])
     assert_close(errors[1].history, errors[0].history)
@@ -270,17 +317,20 @@ def test_divergence_restores_the_last_finite_epoch(optimizer):
 
 
 @needs_device
-@pytest.mark.parametrize(("X", "Y", "fit"), [
-    (np.ones((4, 3)), np.ones((4, 1)), {"epochs": 1, "lr": 0.1}),
-    (np.full((4, 2), np.nan), np.ones((4, 1)), {"epochs": 1, "lr": 0.1}),
-    (np.ones((4, 2)), np.ones((5, 1)), {"epochs": 1, "lr": 0.1}),
-    (np.ones((4, 2)), np.ones((4, 1)), {"epochs": 0, "lr": 0.1}),
-    (np.ones((4, 2)), np.ones((4, 1)), {"epochs": 1, "lr": -1.0}),
-    (np.ones((4, 2)), np.ones((4, 1)), {"epochs": 1, "lr": 0.1, "batch_size": 0}),
-    (np.ones((4, 2)), np.ones((4, 1)), {"epochs": 1, "lr": 0.1, "optimizer": "lbfgs"}),
-    (np.ones((4, 2)), np.ones((4, 1)), {"epochs": 1, "lr": 0.1, "sample_weight": [1, 2]}),
-    (np.ones((4, 2)), np.ones((4, 1)), {"epochs": 1, "lr": 0.1, "order": [0, 0, 1, 2]}),
-])
+@pytest.mark.parametrize(
+    ("X", "Y", "fit"),
+    [
+        (np.ones((4, 3)), np.ones((4, 1)), {"epochs": 1, "lr": 0.1}),
+        (np.full((4, 2), np.nan), np.ones((4, 1)), {"epochs": 1, "lr": 0.1}),
+        (np.ones((4, 2)), np.ones((5, 1)), {"epochs": 1, "lr": 0.1}),
+        (np.ones((4, 2)), np.ones((4, 1)), {"epochs": 0, "lr": 0.1}),
+        (np.ones((4, 2)), np.ones((4, 1)), {"epochs": 1, "lr": -1.0}),
+        (np.ones((4, 2)), np.ones((4, 1)), {"epochs": 1, "lr": 0.1, "batch_size": 0}),
+        (np.ones((4, 2)), np.ones((4, 1)), {"epochs": 1, "lr": 0.1, "optimizer": "lbfgs"}),
+        (np.ones((4, 2)), np.ones((4, 1)), {"epochs": 1, "lr": 0.1, "sample_weight": [1, 2]}),
+        (np.ones((4, 2)), np.ones((4, 1)), {"epochs": 1, "lr": 0.1, "order": [0, 0, 1, 2]}),
+    ],
+)
 def test_bad_input_raises_as_on_the_cpu(X, Y, fit):
     raised = []
     for net in pair([2, 3, 1], "sigmoid", "bce"):
@@ -303,18 +353,24 @@ def test_missing_numba_cuda_says_what_to_install(monkeypatch):
 
 def test_no_gpu_says_why(monkeypatch):
     monkeypatch.setattr(cuda, "is_available", lambda: False)
-    monkeypatch.setattr(cuda, "get_current_device", lambda: (_ for _ in ()).throw(
-        RuntimeError("CUDA driver library cannot be found.")))
+    monkeypatch.setattr(
+        cuda,
+        "get_current_device",
+        lambda: (_ for _ in ()).throw(RuntimeError("CUDA driver library cannot be found.")),
+    )
     with pytest.raises(RuntimeError, match="no usable NVIDIA GPU: CUDA driver library cannot"):
         fastbp.MLP([2, 1], "identity", "mse", device="cuda")
 
 
 @pytest.mark.slow
 def test_cpu_use_never_imports_numba_cuda():
-    code = ("import sys, fastbp; fastbp.MLP([2, 1], 'identity', 'mse'); "
-            "assert 'numba.cuda' not in sys.modules, 'numba.cuda was imported'")
-    subprocess.run([sys.executable, "-c", code], check=True,
-                   env=_environment(NUMBA_ENABLE_CUDASIM="0"))
+    code = (
+        "import sys, fastbp; fastbp.MLP([2, 1], 'identity', 'mse'); "
+        "assert 'numba.cuda' not in sys.modules, 'numba.cuda was imported'"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env=_environment(NUMBA_ENABLE_CUDASIM="0")
+    )
 
 
 # ---------------------------------------------------------------- determinism
@@ -330,10 +386,10 @@ def test_two_runs_give_the_same_bits(width):
     for grid in blocks:
         CB.GRID_BLOCKS = grid
         try:
-            net = fastbp.MLP([3, n_hidden, 3], ["tanh", "softmax"], "cce", seed=2,
-                             device="cuda")
-            history = net.fit(X, labels, epochs=2, lr=0.1, batch_size=32, shuffle=True,
-                              optimizer="adam", l2=0.01)
+            net = fastbp.MLP([3, n_hidden, 3], ["tanh", "softmax"], "cce", seed=2, device="cuda")
+            history = net.fit(
+                X, labels, epochs=2, lr=0.1, batch_size=32, shuffle=True, optimizer="adam", l2=0.01
+            )
         finally:
             CB.GRID_BLOCKS = None
         runs.append((history, net._params.copy(), net.forward(X)))
@@ -353,8 +409,18 @@ def test_gpu_benchmark_runs_its_rows_in_quick_sizes(capsys):
     from fastbp import bench_gpu
 
     threads = str(numba.get_num_threads())  # the run leaves the thread count as it was
-    status = bench_gpu.main(["--quick", "--no-torch", "--dtype", "float32", "--rows",
-                             "notebook,large-batch", "--cpu-threads", threads])
+    status = bench_gpu.main(
+        [
+            "--quick",
+            "--no-torch",
+            "--dtype",
+            "float32",
+            "--rows",
+            "notebook,large-batch",
+            "--cpu-threads",
+            threads,
+        ]
+    )
     printed = capsys.readouterr().out
     assert status == 0, printed
     assert "notebook 2-2-1, 2 rows" in printed and "large-batch 24-24-24-10" in printed

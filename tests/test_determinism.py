@@ -208,8 +208,7 @@ def test_repeated_training_from_the_same_start_repeats_the_bits(rng):
 )
 def test_chunks_depend_on_network_dtype_and_batch(sizes, dtype, batch, chunk):
     """The chunk size fixes the summation order, so only these choose it."""
-    net = fastbp.MLP(list(sizes), ["relu"] * (len(sizes) - 2) + ["sigmoid"], "bce",
-                     dtype=dtype)
+    net = fastbp.MLP(list(sizes), ["relu"] * (len(sizes) - 2) + ["sigmoid"], "bce", dtype=dtype)
     plan = work_plan(net._layout, net.dtype, batch)
     rows, work_size = plan.chunk, plan.work_size
     assert rows == chunk
@@ -226,7 +225,8 @@ def test_chunk_rows_setting_caps_chunks(monkeypatch):
 @pytest.mark.parametrize("batch_size", [8, 50, None], ids=["by-sample", "chunks", "full"])
 @pytest.mark.parametrize("blas", [False, True], ids=["loops", "blas"])
 def test_runs_never_read_what_an_earlier_run_left_in_the_work_buffers(
-        rng, monkeypatch, batch_size, blas):
+    rng, monkeypatch, batch_size, blas
+):
     """The engine keeps its work and gradient buffers from run to run, unzeroed: filled
     with NaN in between, training, forward passes and gradients give the same bits."""
     if blas:
@@ -235,8 +235,17 @@ def test_runs_never_read_what_an_earlier_run_left_in_the_work_buffers(
 
     def results():
         net = _net()
-        history = net.fit(X, Y, epochs=3, lr=0.02, batch_size=batch_size, shuffle=True,
-                          optimizer="adam", sample_weight=sample_weight, l2=1e-3)
+        history = net.fit(
+            X,
+            Y,
+            epochs=3,
+            lr=0.02,
+            batch_size=batch_size,
+            shuffle=True,
+            optimizer="adam",
+            sample_weight=sample_weight,
+            l2=1e-3,
+        )
         _, dWs, dbs = net.gradients(X, Y, sample_weight=sample_weight)
         return [_bits(a) for a in [history, _flat(net), net.forward(X), *dWs, *dbs]]
 

@@ -30,8 +30,9 @@ def digits():
 
 
 def relative_difference(ours, theirs):
-    return max(float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-               for a, b in zip(ours, theirs, strict=True))
+    return max(
+        float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(ours, theirs, strict=True)
+    )
 
 
 def fit_both(kind, X, y, **params):
@@ -48,8 +49,7 @@ def fit_both(kind, X, y, **params):
 def assert_same_model(ours, theirs, rtol):
     assert relative_difference(ours.coefs_, theirs.coefs_) < rtol
     assert relative_difference(ours.intercepts_, theirs.intercepts_) < rtol
-    for name in ("n_iter_", "t_", "n_layers_", "n_outputs_", "out_activation_",
-                 "n_features_in_"):
+    for name in ("n_iter_", "t_", "n_layers_", "n_outputs_", "out_activation_", "n_features_in_"):
         assert getattr(ours, name) == getattr(theirs, name), name
 
 
@@ -63,8 +63,10 @@ def expected_failed_checks(estimator):
 
 
 # scikit-learn's common tests run its MLPs with max_iter=100 too.
-@parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100)],
-                         expected_failed_checks=expected_failed_checks)
+@parametrize_with_checks(
+    [MLPClassifier(max_iter=100), MLPRegressor(max_iter=100)],
+    expected_failed_checks=expected_failed_checks,
+)
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -76,27 +78,31 @@ SOLVERS = {
     "adam": dict(solver="adam"),
     "adam-early-stopping": dict(solver="adam", early_stopping=True, validation_fraction=0.2),
     "sgd-nesterov": dict(solver="sgd", learning_rate_init=0.01),
-    "sgd-momentum-invscaling": dict(solver="sgd", nesterovs_momentum=False,
-                                    learning_rate="invscaling", learning_rate_init=0.2),
+    "sgd-momentum-invscaling": dict(
+        solver="sgd", nesterovs_momentum=False, learning_rate="invscaling", learning_rate_init=0.2
+    ),
     "sgd-plain": dict(solver="sgd", momentum=0.0, learning_rate_init=0.05),
     # tol this large makes every epoch count as no progress: the rate is divided by 5
     # after each, checking that learning-rate changes reach the engine between epochs.
-    "sgd-adaptive": dict(solver="sgd", learning_rate="adaptive", learning_rate_init=0.05,
-                         tol=0.5, n_iter_no_change=1),
+    "sgd-adaptive": dict(
+        solver="sgd", learning_rate="adaptive", learning_rate_init=0.05, tol=0.5, n_iter_no_change=1
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_classifier_follows_scikit_learn_for_ten_epochs(digits, name):
     X, y = digits
-    ours, theirs = fit_both("classifier", X, y, hidden_layer_sizes=(40,), max_iter=10,
-                            random_state=0, **SOLVERS[name])
+    ours, theirs = fit_both(
+        "classifier", X, y, hidden_layer_sizes=(40,), max_iter=10, random_state=0, **SOLVERS[name]
+    )
     assert ours.n_iter_ == 10
     assert_same_model(ours, theirs, rtol=1e-6)
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
     assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-9)
     assert ours.best_loss_ == theirs.best_loss_ or ours.best_loss_ == pytest.approx(
-        theirs.best_loss_, rel=1e-9)
+        theirs.best_loss_, rel=1e-9
+    )
     if ours.early_stopping:
         assert ours.validation_scores_ == pytest.approx(theirs.validation_scores_)
         assert ours.best_validation_score_ == theirs.best_validation_score_
@@ -112,9 +118,11 @@ def test_stopping_rules_and_warnings_match(digits):
     best weights; ConvergenceWarning is raised exactly when scikit-learn raises it."""
     X, y = digits
     X, y = X[:600], y[:600]
-    for params in (dict(tol=1e-2, n_iter_no_change=2, max_iter=200),
-                   dict(early_stopping=True, n_iter_no_change=3, max_iter=200, tol=0.01),
-                   dict(max_iter=3)):
+    for params in (
+        dict(tol=1e-2, n_iter_no_change=2, max_iter=200),
+        dict(early_stopping=True, n_iter_no_change=3, max_iter=200, tol=0.01),
+        dict(max_iter=3),
+    ):
         common = dict(hidden_layer_sizes=(16,), random_state=1, learning_rate_init=0.01)
         with warnings.catch_warnings(record=True) as ours_warned:
             warnings.simplefilter("always")
@@ -123,17 +131,22 @@ def test_stopping_rules_and_warnings_match(digits):
             warnings.simplefilter("always")
             theirs = sk.MLPClassifier(**common, **params).fit(X, y)
         assert ours.n_iter_ == theirs.n_iter_ and ours.n_iter_ < 200
-        assert ([w.category for w in ours_warned if w.category is ConvergenceWarning]
-                == [w.category for w in theirs_warned if w.category is ConvergenceWarning])
+        assert [w.category for w in ours_warned if w.category is ConvergenceWarning] == [
+            w.category for w in theirs_warned if w.category is ConvergenceWarning
+        ]
         assert_same_model(ours, theirs, rtol=1e-6)
 
 
-@pytest.mark.parametrize("params", [
-    dict(tol=1e-2, n_iter_no_change=2, max_iter=200),  # stops on the training loss
-    dict(solver="sgd", learning_rate="adaptive", tol=1e-2, n_iter_no_change=1, max_iter=40),
-    dict(max_iter=25, shuffle=False, batch_size=64),
-    dict(max_iter=30, tol=0.0, alpha=1e-2, solver="sgd", momentum=0.5),
-], ids=["tol", "adaptive", "in-order", "max-iter"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(tol=1e-2, n_iter_no_change=2, max_iter=200),  # stops on the training loss
+        dict(solver="sgd", learning_rate="adaptive", tol=1e-2, n_iter_no_change=1, max_iter=40),
+        dict(max_iter=25, shuffle=False, batch_size=64),
+        dict(max_iter=30, tol=0.0, alpha=1e-2, solver="sgd", momentum=0.5),
+    ],
+    ids=["tol", "adaptive", "in-order", "max-iter"],
+)
 def test_epochs_trained_per_engine_call_change_no_bit(digits, monkeypatch, params):
     """Without a validation set the estimators train several epochs per call of the
     engine, as many as the stopping rule allows; one epoch per call gives the same bits,
@@ -147,14 +160,18 @@ def test_epochs_trained_per_engine_call_change_no_bit(digits, monkeypatch, param
         stream = np.random.RandomState(2)
         with warnings.catch_warnings(record=True) as warned:
             warnings.simplefilter("always")
-            model = MLPClassifier(hidden_layer_sizes=(16,), random_state=stream,
-                                  learning_rate_init=0.02, **params)
+            model = MLPClassifier(
+                hidden_layer_sizes=(16,), random_state=stream, learning_rate_init=0.02, **params
+            )
             model.fit(X, y, sample_weight=sample_weight)
         return model, [w.category for w in warned], stream.randint(1 << 30)
 
     counted = MLPClassifier._epochs_per_call
-    monkeypatch.setattr(MLPClassifier, "_epochs_per_call",
-                        lambda self, *a, **k: calls.append(counted(self, *a, **k)) or calls[-1])
+    monkeypatch.setattr(
+        MLPClassifier,
+        "_epochs_per_call",
+        lambda self, *a, **k: calls.append(counted(self, *a, **k)) or calls[-1],
+    )
     blocks, blocks_warned, blocks_next = fit()
     assert max(calls) > 1
     monkeypatch.setattr(MLPClassifier, "_epochs_per_call", lambda self, *a, **k: 1)
@@ -162,8 +179,9 @@ def test_epochs_trained_per_engine_call_change_no_bit(digits, monkeypatch, param
     assert blocks.n_iter_ == single.n_iter_ and blocks.t_ == single.t_
     assert blocks_warned == single_warned and blocks_next == single_next
     assert blocks.loss_curve_ == single.loss_curve_
-    for a, b in zip(blocks.coefs_ + blocks.intercepts_, single.coefs_ + single.intercepts_,
-                    strict=True):
+    for a, b in zip(
+        blocks.coefs_ + blocks.intercepts_, single.coefs_ + single.intercepts_, strict=True
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -176,8 +194,11 @@ def test_validation_score_is_scikit_learns_accuracy(kind):
     rng = np.random.default_rng(7)
     n = 60
     X = rng.normal(size=(n, 3))
-    y = {"binary": rng.integers(0, 2, n), "multiclass": rng.integers(0, 4, n),
-         "multilabel": rng.integers(0, 2, (n, 3))}[kind]
+    y = {
+        "binary": rng.integers(0, 2, n),
+        "multiclass": rng.integers(0, 4, n),
+        "multilabel": rng.integers(0, 2, (n, 3)),
+    }[kind]
     model = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1).fit(X, y)
     binarized = model._label_binarizer.transform(y).astype(float)
     prob = rng.uniform(size=binarized.shape)
@@ -218,19 +239,33 @@ def test_labels_are_binarized_and_decoded_as_scikit_learn_does(name):
     width = 1 if len(binarizer.classes_) <= 2 else len(binarizer.classes_)
     prob = np.random.default_rng(1).uniform(size=(50, width))
     prob[:4] = 0.5  # ties, and outputs at the threshold
-    np.testing.assert_array_equal(model._labels(prob),
-                                  binarizer.inverse_transform(prob.ravel() if width == 1
-                                                              else prob))
+    np.testing.assert_array_equal(
+        model._labels(prob), binarizer.inverse_transform(prob.ravel() if width == 1 else prob)
+    )
     if name.startswith("multiclass"):
         unseen = np.concatenate([y[:2], y[:1]])
         unseen[2] = "z" if y.dtype.kind in "OU" else 9
-        np.testing.assert_array_equal(model._binarized(unseen),
-                                      binarizer.transform(unseen).astype(bool))
+        np.testing.assert_array_equal(
+            model._binarized(unseen), binarizer.transform(unseen).astype(bool)
+        )
 
 
-@pytest.mark.parametrize("seed", [None, 0, 2**32 - 1, np.int64(5), True,
-                                  np.random.RandomState(0), -1, 2**32, 1.5, "0",
-                                  np.random.default_rng(0)])
+@pytest.mark.parametrize(
+    "seed",
+    [
+        None,
+        0,
+        2**32 - 1,
+        np.int64(5),
+        True,
+        np.random.RandomState(0),
+        -1,
+        2**32,
+        1.5,
+        "0",
+        np.random.default_rng(0),
+    ],
+)
 def test_random_state_is_checked_as_scikit_learn_checks_it(digits, seed):
     """``random_state`` is checked before a fit without seeding a generator; what
     ``check_random_state`` accepts passes, and the rest raises its error."""
@@ -242,12 +277,12 @@ def test_random_state_is_checked_as_scikit_learn_checks_it(digits, seed):
     except ValueError as error:
         with pytest.raises(ValueError, match=re.escape(str(error))):
             MLPClassifier(hidden_layer_sizes=(3,), max_iter=1, random_state=seed).fit(
-                X[:20], y[:20])
+                X[:20], y[:20]
+            )
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        MLPClassifier(hidden_layer_sizes=(3,), max_iter=1, random_state=seed).fit(
-            X[:20], y[:20])
+        MLPClassifier(hidden_layer_sizes=(3,), max_iter=1, random_state=seed).fit(X[:20], y[:20])
 
 
 def test_binary_early_stopping_holds_out_scikit_learns_rows(digits):
@@ -255,8 +290,15 @@ def test_binary_early_stopping_holds_out_scikit_learns_rows(digits):
     same rows held out, the same scores, the same stopping epoch."""
     X, y = digits
     X, y = X[:700], (y[:700] > 4).astype(int)
-    params = dict(hidden_layer_sizes=(16,), random_state=3, early_stopping=True,
-                  n_iter_no_change=3, tol=1e-3, max_iter=100, learning_rate_init=0.01)
+    params = dict(
+        hidden_layer_sizes=(16,),
+        random_state=3,
+        early_stopping=True,
+        n_iter_no_change=3,
+        tol=1e-3,
+        max_iter=100,
+        learning_rate_init=0.01,
+    )
     ours, theirs = fit_both("classifier", X, y, **params)
     assert ours.validation_scores_ == theirs.validation_scores_
     assert_same_model(ours, theirs, rtol=1e-6)
@@ -282,17 +324,20 @@ def test_validation_score_is_scikit_learns_r2(outputs, dtype):
         cases += [(constant, prob), (constant, met)]  # zero denominator, missed and met
     for truth, predicted in cases:
         for weights in (None, rng.uniform(0.1, 2.0, n)):
-            expected = r2_score(truth.ravel() if outputs == 1 else truth,
-                                predicted.ravel() if outputs == 1 else predicted,
-                                sample_weight=weights)
+            expected = r2_score(
+                truth.ravel() if outputs == 1 else truth,
+                predicted.ravel() if outputs == 1 else predicted,
+                sample_weight=weights,
+            )
             assert MLPRegressor()._score_output(predicted, truth, weights) == expected
 
 
 def test_warm_start_and_partial_fit_match(digits):
     X, y = digits
     X, y = X[:500], y[:500]
-    params = dict(hidden_layer_sizes=(20,), max_iter=3, random_state=np.random.RandomState(3),
-                  warm_start=True)
+    params = dict(
+        hidden_layer_sizes=(20,), max_iter=3, random_state=np.random.RandomState(3), warm_start=True
+    )
     ours = MLPClassifier(**params)
     theirs = sk.MLPClassifier(**{**params, "random_state": np.random.RandomState(3)})
     with warnings.catch_warnings():
@@ -307,8 +352,8 @@ def test_warm_start_and_partial_fit_match(digits):
     ours = MLPClassifier(hidden_layer_sizes=(20,), random_state=4, solver="sgd")
     theirs = sk.MLPClassifier(hidden_layer_sizes=(20,), random_state=4, solver="sgd")
     for start in (0, 100, 200):
-        ours.partial_fit(X[start:start + 300], y[start:start + 300], classes=classes)
-        theirs.partial_fit(X[start:start + 300], y[start:start + 300], classes=classes)
+        ours.partial_fit(X[start : start + 300], y[start : start + 300], classes=classes)
+        theirs.partial_fit(X[start : start + 300], y[start : start + 300], classes=classes)
     assert_same_model(ours, theirs, rtol=1e-6)
     with pytest.raises(ValueError, match="classes"):
         MLPClassifier().partial_fit(X, y)
@@ -319,8 +364,9 @@ def test_warm_start_and_partial_fit_match(digits):
 def test_multilabel_and_binary_classification_match(digits):
     X, y = digits
     Y = np.column_stack([y % 2, y > 4, y == 0])
-    ours, theirs = fit_both("classifier", X, Y, hidden_layer_sizes=(16,), max_iter=5,
-                            random_state=0)
+    ours, theirs = fit_both(
+        "classifier", X, Y, hidden_layer_sizes=(16,), max_iter=5, random_state=0
+    )
     assert ours.out_activation_ == "logistic" and ours.n_outputs_ == 3
     assert_same_model(ours, theirs, rtol=1e-6)
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
@@ -328,8 +374,15 @@ def test_multilabel_and_binary_classification_match(digits):
     np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
 
     labels = np.where(y > 4, "big", "small")
-    ours, theirs = fit_both("classifier", X, labels, hidden_layer_sizes=(8,), max_iter=5,
-                            random_state=0, early_stopping=True)
+    ours, theirs = fit_both(
+        "classifier",
+        X,
+        labels,
+        hidden_layer_sizes=(8,),
+        max_iter=5,
+        random_state=0,
+        early_stopping=True,
+    )
     assert_same_model(ours, theirs, rtol=1e-6)
     assert list(ours.classes_) == ["big", "small"]
     assert ours.predict_proba(X).shape == (len(X), 2)
@@ -353,8 +406,16 @@ def test_regressor_matches(digits):
     X, y = digits
     targets = np.column_stack([y, X[:, 20:22].sum(axis=1)])
     for Y, solver in ((y.astype(float), "adam"), (targets, "sgd")):
-        ours, theirs = fit_both("regressor", X, Y, hidden_layer_sizes=(16,), max_iter=10,
-                                random_state=0, solver=solver, learning_rate_init=0.001)
+        ours, theirs = fit_both(
+            "regressor",
+            X,
+            Y,
+            hidden_layer_sizes=(16,),
+            max_iter=10,
+            random_state=0,
+            solver=solver,
+            learning_rate_init=0.001,
+        )
         assert_same_model(ours, theirs, rtol=1e-6)
         assert ours.predict(X).shape == np.shape(Y)
         if Y.ndim == 1:
@@ -371,8 +432,9 @@ def test_lbfgs_matches(digits, kind):
     X, y = X[:400], y[:400]
     if kind == "regressor":
         y = np.column_stack([y, X[:, 30]])  # two outputs
-    ours, theirs = fit_both(kind, X, y, hidden_layer_sizes=(12,), solver="lbfgs", max_iter=30,
-                            random_state=0)
+    ours, theirs = fit_both(
+        kind, X, y, hidden_layer_sizes=(12,), solver="lbfgs", max_iter=30, random_state=0
+    )
     assert_same_model(ours, theirs, rtol=1e-5)
     assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-7)
     assert not hasattr(ours, "loss_curve_")
@@ -383,8 +445,16 @@ def test_lbfgs_matches(digits, kind):
 def test_regression_with_early_stopping_on_generated_data():
     X, y = make_regression(n_samples=300, n_features=5, noise=0.1, random_state=0)
     y = y / y.std()
-    ours, theirs = fit_both("regressor", X, y, hidden_layer_sizes=(16,), max_iter=20,
-                            random_state=0, early_stopping=True, learning_rate_init=0.01)
+    ours, theirs = fit_both(
+        "regressor",
+        X,
+        y,
+        hidden_layer_sizes=(16,),
+        max_iter=20,
+        random_state=0,
+        early_stopping=True,
+        learning_rate_init=0.01,
+    )
     assert_same_model(ours, theirs, rtol=1e-6)
     assert ours.validation_scores_ == pytest.approx(theirs.validation_scores_)
     assert len(ours.validation_loss_curve_) == len(ours.loss_curve_)
@@ -436,7 +506,10 @@ def test_to_network_is_an_independent_copy_of_the_fitted_model(tmp_path, digits,
     net = est.to_network()
     assert isinstance(net, fastbp.MLP) and net.dtype == dtype and net.device == "cpu"
     assert (net.layer_sizes, net.activations, net.loss_name) == (
-        (64, 8, 10), ("relu", "softmax"), "cce")
+        (64, 8, 10),
+        ("relu", "softmax"),
+        "cce",
+    )
     np.testing.assert_array_equal(net.forward(X[:30]), est.predict_proba(X[:30]))
     assert net.optimizer_state()["optimizer"] is None  # the estimator's is Adam's
     assert est.to_network() is not net
@@ -448,8 +521,9 @@ def test_to_network_is_an_independent_copy_of_the_fitted_model(tmp_path, digits,
     twin = regressor.to_network()
     assert twin.loss_name == "half_mse" and twin.loss_scale == 0.5
     twin.save(tmp_path / "m.npz")
-    np.testing.assert_array_equal(fastbp.load(tmp_path / "m.npz").forward(X[:30]).ravel(),
-                                  regressor.predict(X[:30]))
+    np.testing.assert_array_equal(
+        fastbp.load(tmp_path / "m.npz").forward(X[:30]).ravel(), regressor.predict(X[:30])
+    )
 
 
 def test_engine_targets_and_optimizer(digits):
@@ -457,17 +531,22 @@ def test_engine_targets_and_optimizer(digits):
     multiclass = fitted(MLPClassifier, X[:200], y[:200] + 1)
     np.testing.assert_array_equal(multiclass.engine_targets(y[:5] + 1), y[:5])
     assert multiclass.engine_targets(y[:5] + 1).dtype == np.int64
-    binary = fitted(MLPClassifier, X[:200], np.where(y[:200] > 4, "big", "small"),
-                    dtype=np.float32)
+    binary = fitted(MLPClassifier, X[:200], np.where(y[:200] > 4, "big", "small"), dtype=np.float32)
     targets = binary.engine_targets(["small", "big", "big"])
     assert targets.dtype == np.float32
     np.testing.assert_array_equal(targets, [[1], [0], [0]])
     regressor = fitted(MLPRegressor, X[:200], y[:200])
     np.testing.assert_array_equal(regressor.engine_targets([1, 2]), [[1.0], [2.0]])
-    optimizers = [MLPClassifier(solver=solver, **params).engine_optimizer()
-                  for solver, params in (("adam", {}), ("sgd", {}), ("lbfgs", {}),
-                                         ("sgd", {"momentum": 0}),
-                                         ("sgd", {"nesterovs_momentum": False}))]
+    optimizers = [
+        MLPClassifier(solver=solver, **params).engine_optimizer()
+        for solver, params in (
+            ("adam", {}),
+            ("sgd", {}),
+            ("lbfgs", {}),
+            ("sgd", {"momentum": 0}),
+            ("sgd", {"nesterovs_momentum": False}),
+        )
+    ]
     assert optimizers == ["adam", "nesterov", None, "sgd", "momentum"]
 
 
@@ -478,16 +557,22 @@ def test_validation_loss_is_the_loss_without_the_l2_term(digits):
     weights = np.arange(100) % 3 + 0.5
     est = fitted(MLPClassifier, X[:200], y[:200], alpha=1.0)
     proba = est.predict_proba(X[200:300])
-    np.testing.assert_allclose(est.validation_loss(X[200:300], y[200:300]),
-                               log_loss(y[200:300], proba, labels=est.classes_), rtol=1e-12)
+    np.testing.assert_allclose(
+        est.validation_loss(X[200:300], y[200:300]),
+        log_loss(y[200:300], proba, labels=est.classes_),
+        rtol=1e-12,
+    )
     np.testing.assert_allclose(
         est.validation_loss(X[200:300], y[200:300], sample_weight=weights),
-        log_loss(y[200:300], proba, sample_weight=weights, labels=est.classes_), rtol=1e-12)
+        log_loss(y[200:300], proba, sample_weight=weights, labels=est.classes_),
+        rtol=1e-12,
+    )
     targets = np.stack([y, -2.0 * y], axis=1)
     regressor = fitted(MLPRegressor, X[:200], targets[:200])
     errors = (regressor.predict(X[200:300]) - targets[200:300]) ** 2
-    np.testing.assert_allclose(regressor.validation_loss(X[200:300], targets[200:300]),
-                               0.5 * errors.mean(), rtol=1e-12)
+    np.testing.assert_allclose(
+        regressor.validation_loss(X[200:300], targets[200:300]), 0.5 * errors.mean(), rtol=1e-12
+    )
     with pytest.raises(ValueError, match="y has 99 rows but X has 100"):
         est.validation_loss(X[200:300], y[200:299])
 
@@ -529,10 +614,18 @@ def test_bad_parameters_name_the_argument_and_leave_the_model_alone(digits):
         est.fit(X[:100], y[:100])
     before = [c.copy() for c in est.coefs_]
     state = dict(est.__dict__)
-    for name, value in (("alpha", -1.0), ("momentum", 1.0), ("batch_size", 0),
-                        ("activation", "softmax"), ("hidden_layer_sizes", (0,)),
-                        ("learning_rate_init", 0.0), ("validation_fraction", 1.0),
-                        ("dtype", np.int32), ("solver", "newton"), ("max_iter", 1.5)):
+    for name, value in (
+        ("alpha", -1.0),
+        ("momentum", 1.0),
+        ("batch_size", 0),
+        ("activation", "softmax"),
+        ("hidden_layer_sizes", (0,)),
+        ("learning_rate_init", 0.0),
+        ("validation_fraction", 1.0),
+        ("dtype", np.int32),
+        ("solver", "newton"),
+        ("max_iter", 1.5),
+    ):
         bad = est.set_params(**{name: value})
         with pytest.raises((ValueError, TypeError), match=name.split("_sizes")[0]):
             bad.fit(X[:100], y[:100])
@@ -549,18 +642,22 @@ def test_bad_parameters_name_the_argument_and_leave_the_model_alone(digits):
 
 @pytest.mark.slow
 def test_core_imports_without_scikit_learn():
-    code = ("import sys; sys.modules['sklearn'] = None\n"
-            "import fastbp\n"
-            "assert fastbp.MLP and fastbp.load\n"
-            "try:\n    fastbp.MLPClassifier\nexcept ImportError:\n    print('lazy')\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    code = (
+        "import sys; sys.modules['sklearn'] = None\n"
+        "import fastbp\n"
+        "assert fastbp.MLP and fastbp.load\n"
+        "try:\n    fastbp.MLPClassifier\nexcept ImportError:\n    print('lazy')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "lazy"
 
 
 @pytest.mark.parametrize("interrupt_at", [1, 12])
-def test_lbfgs_keyboard_interrupt_keeps_the_last_finished_iteration(digits, monkeypatch,
-                                                                     interrupt_at):
+def test_lbfgs_keyboard_interrupt_keeps_the_last_finished_iteration(
+    digits, monkeypatch, interrupt_at
+):
     """Ctrl-C during L-BFGS keeps the parameters of the last finished iteration (those a
     fit stopped there by max_iter reaches); before the first one it propagates."""
     from fastbp import network
@@ -587,12 +684,14 @@ def test_lbfgs_keyboard_interrupt_keeps_the_last_finished_iteration(digits, monk
         est.fit(X, y)
     monkeypatch.setattr(network.MLP, "gradients", gradients)
     assert 1 <= est.n_iter_ < interrupt_at
-    stopped = MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=est.n_iter_,
-                            random_state=0)
+    stopped = MLPClassifier(
+        hidden_layer_sizes=(8,), solver="lbfgs", max_iter=est.n_iter_, random_state=0
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         stopped.fit(X, y)
-    for ours, expected in zip(est.coefs_ + est.intercepts_,
-                              stopped.coefs_ + stopped.intercepts_, strict=True):
+    for ours, expected in zip(
+        est.coefs_ + est.intercepts_, stopped.coefs_ + stopped.intercepts_, strict=True
+    ):
         np.testing.assert_array_equal(ours, expected)
     assert est.loss_ == pytest.approx(stopped.loss_, rel=1e-12)

@@ -20,11 +20,14 @@ def trained(sizes, activations, loss, **options):
     return net, X
 
 
-@pytest.mark.parametrize("sizes, activations, loss, options", [
-    ([5, 7, 3], ["tanh", "softmax"], "cce", {}),
-    ([4, 6, 5, 2], ["relu", "leaky_relu", "sigmoid"], "bce", {"reduction": "sum"}),
-    ([3, 2], "identity", "half_mse", {"bias": False, "dtype": np.float32}),
-])
+@pytest.mark.parametrize(
+    "sizes, activations, loss, options",
+    [
+        ([5, 7, 3], ["tanh", "softmax"], "cce", {}),
+        ([4, 6, 5, 2], ["relu", "leaky_relu", "sigmoid"], "bce", {"reduction": "sum"}),
+        ([3, 2], "identity", "half_mse", {"bias": False, "dtype": np.float32}),
+    ],
+)
 def test_round_trip_is_exact(tmp_path, sizes, activations, loss, options):
     net, X = trained(sizes, activations, loss, **options)
     net._loss_scale = 0.25  # estimators change it; the file keeps it
@@ -33,13 +36,18 @@ def test_round_trip_is_exact(tmp_path, sizes, activations, loss, options):
     assert sorted(os.listdir(tmp_path)) == ["model"]
     loaded = fastbp.load(path)
     assert repr(loaded) == repr(net)
-    assert (loaded.layer_sizes, loaded.activations, loaded.loss_name, loaded.bias,
-            loaded.reduction, loaded.dtype) == (net.layer_sizes, net.activations,
-                                                net.loss_name, net.bias, net.reduction,
-                                                net.dtype)
+    assert (
+        loaded.layer_sizes,
+        loaded.activations,
+        loaded.loss_name,
+        loaded.bias,
+        loaded.reduction,
+        loaded.dtype,
+    ) == (net.layer_sizes, net.activations, net.loss_name, net.bias, net.reduction, net.dtype)
     assert loaded._loss_scale == 0.25
-    for a, b in zip(loaded.weights + (loaded.biases or []), net.weights + (net.biases or []),
-                    strict=True):
+    for a, b in zip(
+        loaded.weights + (loaded.biases or []), net.weights + (net.biases or []), strict=True
+    ):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(loaded.forward(X), net.forward(X))
@@ -57,8 +65,9 @@ def test_file_is_plain_numbers_and_strings(tmp_path):
 
 def test_metadata_round_trip(tmp_path):
     net, _ = trained([3, 2], "sigmoid", "bce")
-    persistence.save(net, tmp_path / "m.npz",
-                     metadata={"classes": np.array([3.0, 7.0]), "task": "classify"})
+    persistence.save(
+        net, tmp_path / "m.npz", metadata={"classes": np.array([3.0, 7.0]), "task": "classify"}
+    )
     meta = persistence.read_metadata(tmp_path / "m.npz")
     np.testing.assert_array_equal(meta["classes"], [3.0, 7.0])
     assert str(meta["task"]) == "classify"
@@ -77,15 +86,18 @@ def rewrite(path, **changes):
     np.savez(path, **arrays)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"format_version": np.array(2)}, "version 2"),
-    ({"format": np.array("something else")}, "not a fastbp model"),
-    ({"W0": None}, "'W0' is missing"),
-    ({"W0": np.zeros((2, 2))}, "shape"),
-    ({"W0": np.full((3, 4), np.nan)}, "NaN"),
-    ({"activations": np.array(["relu", "cosine"])}, "activations"),
-    ({"dtype": np.array("int8")}, "dtype"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"format_version": np.array(2)}, "version 2"),
+        ({"format": np.array("something else")}, "not a fastbp model"),
+        ({"W0": None}, "'W0' is missing"),
+        ({"W0": np.zeros((2, 2))}, "shape"),
+        ({"W0": np.full((3, 4), np.nan)}, "NaN"),
+        ({"activations": np.array(["relu", "cosine"])}, "activations"),
+        ({"dtype": np.array("int8")}, "dtype"),
+    ],
+)
 def test_refuses_inconsistent_files(tmp_path, change, message):
     net, _ = trained([3, 4, 2], ["relu", "softmax"], "cce")
     path = tmp_path / "m.npz"
@@ -120,16 +132,26 @@ def test_a_model_saved_by_fastbp_0_1_0_before_the_engine_request_loads_and_predi
     path = Path(__file__).parent / "data" / "model-before-engine-request.npz"
     net = fastbp.load(path)
     assert (net.layer_sizes, net.activations, net.loss_name, net.dtype) == (
-        (3, 5, 2), ("tanh", "softmax"), "cce", np.float32)
+        (3, 5, 2),
+        ("tanh", "softmax"),
+        "cce",
+        np.float32,
+    )
     X = np.random.default_rng(1).standard_normal((20, 3))
-    expected = np.array([[0.40471160411834717, 0.5952883958816528],
-                         [0.43828272819519043, 0.5617172718048096],
-                         [0.4711252748966217, 0.5288747549057007]], np.float32)
+    expected = np.array(
+        [
+            [0.40471160411834717, 0.5952883958816528],
+            [0.43828272819519043, 0.5617172718048096],
+            [0.4711252748966217, 0.5288747549057007],
+        ],
+        np.float32,
+    )
     np.testing.assert_array_equal(net.forward(X[:3]), expected)
 
 
-@pytest.mark.parametrize("loss_scale", [np.array(-1.0), np.array(np.nan), np.array(0.0),
-                                        np.array([0.5, 0.5])])
+@pytest.mark.parametrize(
+    "loss_scale", [np.array(-1.0), np.array(np.nan), np.array(0.0), np.array([0.5, 0.5])]
+)
 def test_bad_loss_scale_is_an_invalid_model_naming_the_file(tmp_path, loss_scale):
     net, _ = trained([3, 4, 2], ["relu", "softmax"], "cce")
     path = tmp_path / "m.npz"
@@ -197,15 +219,19 @@ def test_kill_9_while_saving_never_leaves_a_broken_model(tmp_path):
 
     root = Path(__file__).resolve().parent.parent
     path = tmp_path / "m.npz"
-    script = ("import sys, fastbp\n"
-              "net = fastbp.MLP([1000, 1000], 'identity', 'mse', seed=0)\n"
-              f"net.save({str(path)!r}); print('saved', flush=True)\n"
-              f"while True: net.save({str(path)!r})\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root),
-                                                       os.environ.get("PYTHONPATH", "")]))
+    script = (
+        "import sys, fastbp\n"
+        "net = fastbp.MLP([1000, 1000], 'identity', 'mse', seed=0)\n"
+        f"net.save({str(path)!r}); print('saved', flush=True)\n"
+        f"while True: net.save({str(path)!r})\n"
+    )
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    )
     for delay in (0.0, 0.021, 0.05):
-        process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                                   text=True, env=env)
+        process = subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env
+        )
         try:
             assert process.stdout.readline() == "saved\n"
             time.sleep(delay)

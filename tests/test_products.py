@@ -16,16 +16,16 @@ def _product(kernel, P, Q_stored, m, n, k, accumulate, dtype):
     oo, os = 7, n + 3
     Pf = np.full(po + m * ps + 4, np.nan, dtype)
     for i in range(m):
-        Pf[po + i * ps:po + i * ps + k] = P[i]
+        Pf[po + i * ps : po + i * ps + k] = P[i]
     Qf = np.full(qo + Q_stored.shape[0] * qs + 4, np.nan, dtype)
     for r in range(Q_stored.shape[0]):
-        Qf[qo + r * qs:qo + r * qs + Q_stored.shape[1]] = Q_stored[r]
+        Qf[qo + r * qs : qo + r * qs + Q_stored.shape[1]] = Q_stored[r]
     out = np.full(oo + m * os + 4, np.nan, dtype)
     start = np.arange(m * n, dtype=dtype).reshape(m, n) / 7
     for i in range(m):
-        out[oo + i * os:oo + i * os + n] = start[i] if accumulate else np.nan
+        out[oo + i * os : oo + i * os + n] = start[i] if accumulate else np.nan
     kernel(Pf, po, ps, Qf, qo, qs, out, oo, os, m, n, k, np.bool_(accumulate))
-    got = np.stack([out[oo + i * os:oo + i * os + n] for i in range(m)]) if m else out[:0]
+    got = np.stack([out[oo + i * os : oo + i * os + n] for i in range(m)]) if m else out[:0]
     padding = np.delete(out, [oo + i * os + j for i in range(m) for j in range(n)])
     assert np.isnan(padding).all()  # nothing written outside the m x n block
     return got, (start if accumulate else 0)
@@ -46,5 +46,6 @@ def test_products_match_numpy(name, accumulate, dtype):
                 got, start = _product(kernel, P, stored, m, n, k, accumulate, dtype)
                 want = start + P.astype(np.float64) @ Q.astype(np.float64)
                 tol = 1e-12 if dtype == np.float64 else 1e-5
-                np.testing.assert_allclose(got, want, rtol=tol, atol=tol * 10,
-                                           err_msg=f"{name} m={m} n={n} k={k}")
+                np.testing.assert_allclose(
+                    got, want, rtol=tol, atol=tol * 10, err_msg=f"{name} m={m} n={n} k={k}"
+                )

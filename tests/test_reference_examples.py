@@ -45,7 +45,7 @@ def assert_printed(actual, printed, decimals):
         np.asarray(actual, dtype=np.float64),
         np.asarray(printed, dtype=np.float64),
         rtol=0,
-        atol=0.5 * 10.0 ** -decimals,
+        atol=0.5 * 10.0**-decimals,
     )
 
 
@@ -81,18 +81,14 @@ def test_000_forward():
     # 000: "Forward Pass Results: [0.71564357]"
     assert_printed(net.forward(X_000), [[0.71564357]], 8)
     # 000: "Hidden Output: [0.54487889 0.58419052]" (one-layer fastbp net)
-    assert_printed(
-        hidden_output("sigmoid", W1_000, B1_000, X_000), [[0.54487889, 0.58419052]], 8
-    )
+    assert_printed(hidden_output("sigmoid", W1_000, B1_000, X_000), [[0.54487889, 0.58419052]], 8)
 
 
 def test_000_gradients():
     net = net_000()
     _, dWs, dbs = net.gradients(X_000, Y_000)
     # 000: "dL_dW1:"
-    assert_printed(
-        dWs[0], [[-0.0176291, -0.02072207], [-0.00352582, -0.00414441]], 8
-    )
+    assert_printed(dWs[0], [[-0.0176291, -0.02072207], [-0.00352582, -0.00414441]], 8)
     # 000: "dL_db1: [-0.03525819 -0.04144415]"
     assert_printed(dbs[0], [-0.03525819, -0.04144415], 8)
     # 000: "dL_dW2: [[-0.15493982 -0.16611833]]" (notebook layout (out, hidden))
@@ -109,9 +105,7 @@ def test_000_one_sgd_step():
     hist = net.fit(X_000, Y_000, epochs=1, lr=0.1)
     assert len(hist) == 1
     # 000: "New W1:"
-    assert_printed(
-        net.weights[0], [[0.10176291, 0.20207221], [0.30035258, 0.40041444]], 8
-    )
+    assert_printed(net.weights[0], [[0.10176291, 0.20207221], [0.30035258, 0.40041444]], 8)
     # 000: "New b1: [0.10352582 0.20414441]"
     assert_printed(net.biases[0], [0.10352582, 0.20414441], 8)
     # 000: "New W2: [[0.51549398 0.61661183]]" (notebook layout (out, hidden))
@@ -145,9 +139,7 @@ def test_001_loss_and_gradients():
     # but equally correct order of float64 operations may change the last bit
     # or two (the exact value is 0.134348876643957130...), hence rtol 2e-15.
     np.testing.assert_allclose(loss, 0.13434887664395717, rtol=2e-15, atol=0)
-    np.testing.assert_allclose(
-        net.loss(X_001, Y_001), 0.13434887664395717, rtol=2e-15, atol=0
-    )
+    np.testing.assert_allclose(net.loss(X_001, Y_001), 0.13434887664395717, rtol=2e-15, atol=0)
 
     # 001: "Gradient for w2 (hidden to output): [0.08055583 0.04885958]"
     assert_printed(dWs[1].ravel(), [0.08055583, 0.04885958], 8)
@@ -313,9 +305,7 @@ def test_004_initial_weights():
 def test_004_forward_and_loss():
     net = net_004()
     # 004: "Hidden Layer Output (A1): [[0.3776 0.4507]]" (one-layer fastbp net)
-    assert_printed(
-        hidden_output("sigmoid", W1_004, None, X_004), [[0.3776, 0.4507]], 4
-    )
+    assert_printed(hidden_output("sigmoid", W1_004, None, X_004), [[0.3776, 0.4507]], 4)
     # 004: "Final Prediction (y_pred): [[0.4214]]"
     assert_printed(net.forward(X_004), [[0.4214]], 4)
     # 004: "Initial MSE Loss: 0.3348", which is mean((y - y_hat)^2) =

@@ -11,6 +11,7 @@ from fastbp._engine.cpu import scalar as K
 
 def _values(f, x):
     """``f`` of every entry of ``x``, in compiled code."""
+
     @njit
     def apply(x, out):
         for i in range(x.shape[0]):
@@ -31,13 +32,20 @@ FUNCTIONS = [
     ("tanh", np.tanh, K.tanh64, K.tanh32, 2.0, 1.5),
     ("sigmoid", _sigmoid, K.sigmoid64, K.sigmoid32, 2.5, 2.5),
 ]
-GRID = np.concatenate([np.linspace(-100, 100, 200_001), np.linspace(-1, 1, 100_001),
-                       np.linspace(-88, -86, 10_001), np.linspace(86, 88, 10_001)])
+GRID = np.concatenate(
+    [
+        np.linspace(-100, 100, 200_001),
+        np.linspace(-1, 1, 100_001),
+        np.linspace(-88, -86, 10_001),
+        np.linspace(86, 88, 10_001),
+    ]
+)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("name, reference, f64, f32, ulps64, ulps32", FUNCTIONS,
-                         ids=[f[0] for f in FUNCTIONS])
+@pytest.mark.parametrize(
+    "name, reference, f64, f32, ulps64, ulps32", FUNCTIONS, ids=[f[0] for f in FUNCTIONS]
+)
 def test_within_the_stated_ulps(name, reference, f64, f32, ulps64, ulps32, dtype):
     x = GRID.astype(dtype)
     got = _values(f64 if dtype == np.float64 else f32, x).astype(np.longdouble)
@@ -53,16 +61,20 @@ def test_within_the_stated_ulps(name, reference, f64, f32, ulps64, ulps32, dtype
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_edge_values(dtype):
-    exp, tanh, sigmoid = ((K.exp64, K.tanh64, K.sigmoid64) if dtype == np.float64
-                          else (K.exp32, K.tanh32, K.sigmoid32))
+    exp, tanh, sigmoid = (
+        (K.exp64, K.tanh64, K.sigmoid64)
+        if dtype == np.float64
+        else (K.exp32, K.tanh32, K.sigmoid32)
+    )
     x = np.array([np.nan, np.inf, -np.inf, 0.0, -1000.0, 1000.0], dtype)
     np.testing.assert_array_equal(_values(exp, x), [np.nan, np.inf, 0, 1, 0, np.inf])
     np.testing.assert_array_equal(_values(tanh, x), [np.nan, 1, -1, 0, -1, 1])
     np.testing.assert_array_equal(_values(sigmoid, x), [np.nan, 1, 0, 0.5, 0, 1])
 
 
-@pytest.mark.parametrize("name, f64, f32", [(f[0], f[2], f[3]) for f in FUNCTIONS],
-                         ids=[f[0] for f in FUNCTIONS])
+@pytest.mark.parametrize(
+    "name, f64, f32", [(f[0], f[2], f[3]) for f in FUNCTIONS], ids=[f[0] for f in FUNCTIONS]
+)
 def test_compiled_calls_get_the_version_of_their_precision(name, f64, f32):
     either = getattr(K, name)
     for dtype, version in ((np.float64, f64), (np.float32, f32)):

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_cached_kernel_file_carries_the_current_digest():
     """Fails after an engine edit until the digests are refreshed (see the docstring)."""
     assert [path.name for path in sources.stale_files()] == [], (
-        f"refresh the digests: {sources.REFRESH}")
+        f"refresh the digests: {sources.REFRESH}"
+    )
     assert sources.CACHE
 
 
@@ -40,8 +41,14 @@ print(sources.CACHE, float(net.forward(np.array([[-1.0]]))[0, 0]))
 
 def _child(package_root, cache_dir):
     env = dict(os.environ, PYTHONPATH=str(package_root), NUMBA_CACHE_DIR=str(cache_dir))
-    done = subprocess.run([sys.executable, "-W", "ignore", "-c", CHILD], env=env,
-                          cwd=package_root, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", CHILD],
+        env=env,
+        cwd=package_root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     cached, value = done.stdout.split()
     return cached == "True", float(value)
@@ -52,15 +59,20 @@ def test_editing_a_helper_in_another_file_never_leaves_old_machine_code_running(
     """A copy of fastbp fills an empty cache; then the leaky slope changes in codes.py,
     a file without kernels: the next process must compute with the new slope, first
     without the cache (digests stale), then from a refreshed cache."""
-    shutil.copytree(ROOT / "fastbp", tmp_path / "fastbp",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "fastbp", tmp_path / "fastbp", ignore=shutil.ignore_patterns("__pycache__")
+    )
     cache = tmp_path / "cache"
     assert _child(tmp_path, cache) == (True, -0.01)
     codes = tmp_path / "fastbp" / "_engine" / "codes.py"
     codes.write_text(codes.read_text().replace("LEAKY_SLOPE = 0.01", "LEAKY_SLOPE = 0.25"))
     assert _child(tmp_path, cache) == (False, -0.25)
-    subprocess.run([sys.executable, "-W", "ignore", "-m", "fastbp._engine.sources", "--write"],
-                   cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)), check=True)
+    subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "fastbp._engine.sources", "--write"],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+        check=True,
+    )
     assert _child(tmp_path, cache) == (True, -0.25)
 
 
@@ -70,8 +82,9 @@ def test_with_no_writable_cache_folder_fastbp_compiles_uncached_and_says_so_once
     folder can be written (a read-only install), numba refuses ``cache=True`` at import;
     fastbp trains all the same, caching nothing, and says so in one line. Root writes
     through permission bits, so the folders are made unusable as files in their way."""
-    shutil.copytree(ROOT / "fastbp", tmp_path / "fastbp",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "fastbp", tmp_path / "fastbp", ignore=shutil.ignore_patterns("__pycache__")
+    )
     for folder in (tmp_path / "fastbp").rglob("*"):
         if folder.is_dir():
             (folder / "__pycache__").write_text("not a folder")
@@ -80,10 +93,18 @@ def test_with_no_writable_cache_folder_fastbp_compiles_uncached_and_says_so_once
     blocked.write_text("not a folder")
     env = {name: value for name, value in os.environ.items() if name != "NUMBA_CACHE_DIR"}
     env.update(PYTHONPATH=str(tmp_path), HOME=str(blocked), XDG_CACHE_HOME=str(blocked / "x"))
-    done = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "-0.01"]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines == ["fastbp: no writable folder for numba's cache (set NUMBA_CACHE_DIR to one); "
-                     "compiling without it, so each new process compiles again"]
+    assert lines == [
+        "fastbp: no writable folder for numba's cache (set NUMBA_CACHE_DIR to one); "
+        "compiling without it, so each new process compiles again"
+    ]

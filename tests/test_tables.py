@@ -42,12 +42,15 @@ def test_header_without_rows_is_one_clean_error(tmp_path):
                 read_table(write(tmp_path, "h.csv", text))
 
 
-@pytest.mark.parametrize("text, line, fields, against", [
-    ("a,b,c\n1,2,3\n4,5,6\n7,8\n", 4, 2, "the header has 3"),
-    ("a,b,c\n1,2,3\n\n4,5,6,7\n", 4, 4, "the header has 3"),
-    ("a,b,c\n1,2\n3,4\n", 2, 2, "the header has 3"),
-    ("1,2,3\n4,5,6\n7,8\n", 3, 2, "line 1 has 3"),
-])
+@pytest.mark.parametrize(
+    "text, line, fields, against",
+    [
+        ("a,b,c\n1,2,3\n4,5,6\n7,8\n", 4, 2, "the header has 3"),
+        ("a,b,c\n1,2,3\n\n4,5,6,7\n", 4, 4, "the header has 3"),
+        ("a,b,c\n1,2\n3,4\n", 2, 2, "the header has 3"),
+        ("1,2,3\n4,5,6\n7,8\n", 3, 2, "line 1 has 3"),
+    ],
+)
 def test_ragged_row_names_its_line(tmp_path, text, line, fields, against):
     with pytest.raises(DataError) as caught:
         read_table(write(tmp_path, "r.csv", text))
@@ -101,11 +104,14 @@ def test_columns_are_taken_by_name_in_the_models_order():
     np.testing.assert_array_equal(X, data.values[:, [2, 3, 0]])
 
 
-@pytest.mark.parametrize("names, words", [
-    (["pw", "pl", "sw", "a"], ["missing 'b', 'c', 'd'", "not in the model 'pw', 'pl', 'sw'"]),
-    (["a", "b", "c"], ["missing 'd'"]),
-    (["a", "b", "c", "D"], ["missing 'd'", "not in the model 'D'"]),
-])
+@pytest.mark.parametrize(
+    "names, words",
+    [
+        (["pw", "pl", "sw", "a"], ["missing 'b', 'c', 'd'", "not in the model 'pw', 'pl', 'sw'"]),
+        (["a", "b", "c"], ["missing 'd'"]),
+        (["a", "b", "c", "D"], ["missing 'd'", "not in the model 'D'"]),
+    ],
+)
 def test_names_that_differ_are_listed(names, words):
     with pytest.raises(DataError) as caught:
         table(names).select(["a", "b", "c", "d"], 4)
@@ -117,8 +123,9 @@ def test_names_that_differ_are_listed(names, words):
 
 def test_positional_only_when_asked_or_without_names_on_both_sides():
     named, unnamed = table(["d", "c", "b", "a"]), table("0123", named=False)
-    np.testing.assert_array_equal(named.select(["a", "b", "c", "x"], 4, by_position=True),
-                                  named.values)
+    np.testing.assert_array_equal(
+        named.select(["a", "b", "c", "x"], 4, by_position=True), named.values
+    )
     np.testing.assert_array_equal(unnamed.select([], 4), unnamed.values)
     with pytest.raises(DataError, match="new.csv has no column names"):
         unnamed.select(["a", "b", "c", "d"], 4)

@@ -36,8 +36,7 @@ def _fit(name, dtype, tiny, monkeypatch, X, Y, **kwargs):
     one (a fit that diverges gives its error message and finite history)."""
     sizes, activations, loss, bias, reduction = NETWORKS[name]
     monkeypatch.setattr(_cpu_kernels, "TINY_RUNS", tiny)
-    net = fastbp.MLP(sizes, activations, loss, bias=bias, reduction=reduction, dtype=dtype,
-                     seed=3)
+    net = fastbp.MLP(sizes, activations, loss, bias=bias, reduction=reduction, dtype=dtype, seed=3)
     try:
         history, error = net.fit(X, Y, **kwargs), None
     except FloatingPointError as diverged:
@@ -58,8 +57,9 @@ SETTINGS = {
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("name", list(NETWORKS))
-def test_tiny_networks_train_to_the_bits_of_the_general_path(rng, monkeypatch, name,
-                                                             setting, dtype):
+def test_tiny_networks_train_to_the_bits_of_the_general_path(
+    rng, monkeypatch, name, setting, dtype
+):
     kwargs = dict(SETTINGS[setting])
     n = 11
     X, Y = _data(rng, name, n)
@@ -72,8 +72,7 @@ def test_tiny_networks_train_to_the_bits_of_the_general_path(rng, monkeypatch, n
         kwargs["order"] = np.stack([rng.permutation(n) for _ in range(kwargs["epochs"])])
     calls = []
     tiny_run = _cpu_kernels.tiny_run
-    monkeypatch.setattr(_cpu_kernels, "tiny_run",
-                        lambda *args: calls.append(1) or tiny_run(*args))
+    monkeypatch.setattr(_cpu_kernels, "tiny_run", lambda *args: calls.append(1) or tiny_run(*args))
     tiny = _fit(name, dtype, True, monkeypatch, X, Y, **kwargs)
     assert calls, "the tiny path was not taken"
     general = _fit(name, dtype, False, monkeypatch, X, Y, **kwargs)
@@ -84,7 +83,8 @@ def test_tiny_networks_train_to_the_bits_of_the_general_path(rng, monkeypatch, n
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_tiny_networks_stop_at_the_epoch_that_diverges_as_the_general_path_does(
-        rng, monkeypatch, dtype):
+    rng, monkeypatch, dtype
+):
     """A learning rate far too large: both paths raise for the same epoch and keep the
     same last finite parameters."""
     X, Y = _data(rng, "leaky-identity-mse-sum", 8)
@@ -93,20 +93,33 @@ def test_tiny_networks_stop_at_the_epoch_that_diverges_as_the_general_path_does(
     for tiny in (True, False):
         sizes, activations, loss, bias, reduction = NETWORKS["leaky-identity-mse-sum"]
         monkeypatch.setattr(_cpu_kernels, "TINY_RUNS", tiny)
-        net = fastbp.MLP(sizes, activations, loss, bias=bias, reduction=reduction,
-                         dtype=dtype, seed=3)
+        net = fastbp.MLP(
+            sizes, activations, loss, bias=bias, reduction=reduction, dtype=dtype, seed=3
+        )
         with pytest.raises(FloatingPointError) as info:
             net.fit(X, Y, epochs=200, lr=5.0)
-        results.append((str(info.value), info.value.history.tobytes(), net._params.tobytes(),
-                        int(net._state.step[0])))
+        results.append(
+            (
+                str(info.value),
+                info.value.history.tobytes(),
+                net._params.tobytes(),
+                int(net._state.step[0]),
+            )
+        )
     assert results[0] == results[1]
 
 
-@pytest.mark.parametrize("sizes,optimizer,batch_size", [
-    ([3, 2, 1], "sgd", None), ([2, 3, 1], "sgd", None), ([2, 2, 2, 1], "sgd", None),
-    ([2, 2, 1], "adam", None), ([2, 2, 1], "sgd", 16)])
-def test_other_networks_take_the_general_path(rng, monkeypatch, sizes, optimizer,
-                                              batch_size):
+@pytest.mark.parametrize(
+    "sizes,optimizer,batch_size",
+    [
+        ([3, 2, 1], "sgd", None),
+        ([2, 3, 1], "sgd", None),
+        ([2, 2, 2, 1], "sgd", None),
+        ([2, 2, 1], "adam", None),
+        ([2, 2, 1], "sgd", 16),
+    ],
+)
+def test_other_networks_take_the_general_path(rng, monkeypatch, sizes, optimizer, batch_size):
     """Wider layers, more layers, other optimizers and batches of 16 or more."""
     calls = []
     monkeypatch.setattr(_cpu_kernels, "tiny_run", lambda *args: calls.append(1))

@@ -284,14 +284,14 @@ def test_an_sgd_step_is_computed_in_the_network_dtype(rng, dtype, l2):
     _, dWs, dbs = net.gradients(X, Y, l2=l2)
     before = net.get_params()
     net.fit(X, Y, epochs=1, lr=0.3, l2=l2)
-    for p0, g, p1 in zip(before[0] + before[1], dWs + dbs, net.weights + net.biases,
-                         strict=True):
+    for p0, g, p1 in zip(before[0] + before[1], dWs + dbs, net.weights + net.biases, strict=True):
         assert p1.dtype == dtype
         np.testing.assert_array_equal(p1, p0 - 0.3 * g)
     moving = fastbp.MLP([3, 7, 2], ["tanh", "identity"], "mse", dtype=dtype, seed=5)
     moving.fit(X, Y, epochs=1, lr=0.3, l2=l2, optimizer="momentum", momentum=0.7)
-    for p0, g, p1 in zip(before[0] + before[1], dWs + dbs, moving.weights + moving.biases,
-                         strict=True):
+    for p0, g, p1 in zip(
+        before[0] + before[1], dWs + dbs, moving.weights + moving.biases, strict=True
+    ):
         np.testing.assert_array_equal(p1, p0 + (0.7 * np.zeros_like(g) - 0.3 * g))
 
 
@@ -325,8 +325,7 @@ def test_an_order_per_epoch_equals_one_fit_per_order(rng, batch_size):
     orders = np.stack([rng.permutation(150) for _ in range(3)])
     a, _ = _pair("relu-leaky-sigmoid-bce-sum", np.float64)
     b, _ = _pair("relu-leaky-sigmoid-bce-sum", np.float64)
-    kwargs = dict(lr=0.01, batch_size=batch_size, optimizer="adam",
-                  sample_weight=sample_weight)
+    kwargs = dict(lr=0.01, batch_size=batch_size, optimizer="adam", sample_weight=sample_weight)
     history = a.fit(X, Y, epochs=3, order=orders, **kwargs)
     one_by_one = [b.fit(X, Y, epochs=1, order=order, **kwargs)[0] for order in orders]
     np.testing.assert_array_equal(history, one_by_one)
@@ -359,7 +358,5 @@ def test_small_shuffled_batches_of_large_data_match_reference(rng, dtype):
     Y = rng.uniform(0, 1, (4000, 2))
     weights = rng.uniform(0.2, 2, 4000)
     fit = dict(epochs=1, lr=0.01, batch_size=5, shuffle=True, sample_weight=weights)
-    np.testing.assert_allclose(
-        fast.fit(X, Y, **fit), slow.fit(X, Y, **fit), rtol=_tolerance(dtype)
-    )
+    np.testing.assert_allclose(fast.fit(X, Y, **fit), slow.fit(X, Y, **fit), rtol=_tolerance(dtype))
     _assert_same_network(fast, slow, dtype)

@@ -14,4 +14,5 @@ if find_spec("fastbp") is None:
     _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path.insert(0, _ROOT)
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+        p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p
+    )

@@ -31,8 +31,9 @@ def asv_row(name):
 def use_threads(threads):
     """Run numba on ``threads`` threads; NotImplementedError (asv: skip) if it has fewer."""
     if threads > numba.config.NUMBA_NUM_THREADS:
-        raise NotImplementedError(f"{threads} threads requested, numba has "
-                                  f"{numba.config.NUMBA_NUM_THREADS}")
+        raise NotImplementedError(
+            f"{threads} threads requested, numba has {numba.config.NUMBA_NUM_THREADS}"
+        )
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 

@@ -22,12 +22,14 @@ def _cuda_backend():
     except ImportError as error:
         raise ImportError(
             f"device='cuda' needs numba-cuda with the CUDA 13 libraries: {CUDA_INSTALL} "
-            f"(installs numba-cuda[cu13]); importing numba.cuda failed: {error}") from None
+            f"(installs numba-cuda[cu13]); importing numba.cuda failed: {error}"
+        ) from None
     if not cuda.is_available():
         raise RuntimeError(
             f"device='cuda' found no usable NVIDIA GPU: {_why_no_gpu(cuda)}. Check the "
             f"driver (nvidia-smi) and the CUDA libraries ({CUDA_INSTALL}), or use "
-            "device='cpu'.")
+            "device='cpu'."
+        )
     from .cuda import backend as cuda_backend
 
     return cuda_backend

@@ -18,6 +18,7 @@ from .codes import LEAKY_RELU, RELU, SIGMOID, TANH
 def activation_over(sigmoid, tanh):
     """``activation(code, z, zero, slope)`` built on the backend's ``sigmoid`` and ``tanh``:
     the CPU's branch-free versions, or the device's libdevice-based ones."""
+
     def activation(code, z, zero, slope):
         """The activation of ``z`` (softmax is applied per row by the loss code)."""
         if code == SIGMOID:
@@ -29,6 +30,7 @@ def activation_over(sigmoid, tanh):
         if code == LEAKY_RELU:
             return z if z > 0 else slope * z
         return z
+
     return activation
 
 

@@ -50,11 +50,11 @@ def build_layout(sizes, activations, bias):
 
 def weight_views(params, layout):
     """Views of W_l, shaped (fan_in, fan_out), into the flat ``params``."""
-    return [params[w:w + i * o].reshape(i, o) for i, o, w, _, _ in layout]
+    return [params[w : w + i * o].reshape(i, o) for i, o, w, _, _ in layout]
 
 
 def bias_views(params, layout):
     """Views of b_l into the flat ``params``, or None for a network without biases."""
     if layout[0, K.L_BIAS] < 0:
         return None
-    return [params[b:b + o] for _, o, _, b, _ in layout]
+    return [params[b : b + o] for _, o, _, b, _ in layout]

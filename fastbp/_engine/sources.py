@@ -78,7 +78,10 @@ def _cache_allowed():
         warnings.warn(
             f"fastbp's engine sources changed since their digests were written "
             f"({', '.join(p.name for p in stale)}): compiling without numba's cache. Refresh "
-            f"them with: {REFRESH}", RuntimeWarning, stacklevel=2)
+            f"them with: {REFRESH}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return not stale
 
 
@@ -101,9 +104,11 @@ def _cacheable(py_func):
     except RuntimeError:
         if not _told_no_folder:
             _told_no_folder = True
-            print("fastbp: no writable folder for numba's cache (set NUMBA_CACHE_DIR to "
-                  "one); compiling without it, so each new process compiles again",
-                  file=sys.stderr)
+            print(
+                "fastbp: no writable folder for numba's cache (set NUMBA_CACHE_DIR to "
+                "one); compiling without it, so each new process compiles again",
+                file=sys.stderr,
+            )
         return False
     return True
 

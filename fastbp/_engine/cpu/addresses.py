@@ -33,8 +33,13 @@ def caller_of(dispatcher, call=True, returns=None):
         argtypes = tuple(args.types)
         if returns is None:
             dispatcher.compile(argtypes)
-        restype = (types.none if not call else returns if returns is not None
-                   else dispatcher.overloads[argtypes].signature.return_type)
+        restype = (
+            types.none
+            if not call
+            else returns
+            if returns is not None
+            else dispatcher.overloads[argtypes].signature.return_type
+        )
         expected = signature_code(argtypes)
 
         def codegen(context, builder, signature, llargs):
@@ -43,16 +48,21 @@ def caller_of(dispatcher, call=True, returns=None):
             wrong = builder.icmp_unsigned("!=", code, code.type(expected))
             with builder.if_then(wrong, likely=False):
                 context.call_conv.return_user_exc(
-                    builder, RuntimeError,
-                    (f"{dispatcher.__name__} was given the address of code compiled for "
-                     "other argument types",))
+                    builder,
+                    RuntimeError,
+                    (
+                        f"{dispatcher.__name__} was given the address of code compiled for "
+                        "other argument types",
+                    ),
+                )
             if not call:
                 return context.get_dummy_value()
             values = [builder.extract_value(packed, i) for i in range(len(argtypes))]
             fnty = context.call_conv.get_function_type(restype, argtypes)
             callee = builder.inttoptr(address, fnty.as_pointer())
-            status, result = context.call_conv.call_function(builder, callee, restype,
-                                                             argtypes, values)
+            status, result = context.call_conv.call_function(
+                builder, callee, restype, argtypes, values
+            )
             with builder.if_then(status.is_error, likely=False):
                 context.call_conv.return_status_propagate(builder, status)
             return result

@@ -55,43 +55,126 @@ def run(request):
     hyper_array[H_BETA1], hyper_array[H_BETA2] = hyper.beta1, hyper.beta2
     hyper_array[H_EPSILON], hyper_array[H_L2] = hyper.epsilon, hyper.l2
     with blas_threads.one_blas_thread() if plan.uses_blas else blas_threads.NO_LIMIT:
-        return _run_planned(request.X, request.Y, request.labels, request.sample_weight,
-                    np.arange(n) if request.order is None else request.order, params,
-                    request.layout, plan.offsets, plan.work_size, request.loss,
-                    request.loss_scale, np.finfo(dtype).eps, request.reduce_sum,
-                    request.epochs, batch_size, request.shuffle, shuffle_state,
-                    request.optimizer, hyper_array, state.step, state.m, state.v, plan.chunk,
-                    plan.max_groups, config.PARALLEL_MIN_MACS, plan.blas_min, history,
-                    out_grad, out)
+        return _run_planned(
+            request.X,
+            request.Y,
+            request.labels,
+            request.sample_weight,
+            np.arange(n) if request.order is None else request.order,
+            params,
+            request.layout,
+            plan.offsets,
+            plan.work_size,
+            request.loss,
+            request.loss_scale,
+            np.finfo(dtype).eps,
+            request.reduce_sum,
+            request.epochs,
+            batch_size,
+            request.shuffle,
+            shuffle_state,
+            request.optimizer,
+            hyper_array,
+            state.step,
+            state.m,
+            state.v,
+            plan.chunk,
+            plan.max_groups,
+            config.PARALLEL_MIN_MACS,
+            plan.blas_min,
+            history,
+            out_grad,
+            out,
+        )
 
 
-def _run_planned(X, Y, labels, sample_weight, order, params, layout, offs, work_size, loss,
-                 loss_scale, clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state,
-                 optimizer, hyper, step, state_m, state_v, chunk, max_groups, parallel_min_macs,
-                 blas_min, history, out_grad, out):
+def _run_planned(
+    X,
+    Y,
+    labels,
+    sample_weight,
+    order,
+    params,
+    layout,
+    offs,
+    work_size,
+    loss,
+    loss_scale,
+    clip,
+    reduce_sum,
+    epochs,
+    batch_size,
+    shuffle,
+    shuffle_state,
+    optimizer,
+    hyper,
+    step,
+    state_m,
+    state_v,
+    chunk,
+    max_groups,
+    parallel_min_macs,
+    blas_min,
+    history,
+    out_grad,
+    out,
+):
     """``run`` on its arguments as ``compiled_run`` takes them. Trains tiny networks in
     ``tiny_run``; otherwise finds ``group_pass``, and ``parallel_groups`` and
     ``parallel_update`` where the run may use them, compiled for these argument types
     first."""
     if out.shape[0] == 0 and _tiny(X, layout, batch_size, optimizer, blas_min, out_grad):
-        return tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scale,
-                        clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state, hyper,
-                        step, history, np.zeros(2 * TINY_WIDTH, params.dtype))
+        return tiny_run(
+            X,
+            Y,
+            labels,
+            sample_weight,
+            order,
+            params,
+            layout,
+            loss,
+            loss_scale,
+            clip,
+            reduce_sum,
+            epochs,
+            batch_size,
+            shuffle,
+            shuffle_state,
+            hyper,
+            step,
+            history,
+            np.zeros(2 * TINY_WIDTH, params.dtype),
+        )
     if epochs * X.shape[0] * 3 * params.shape[0] < CALL_PARALLEL_MIN_MACS:
         parallel_min_macs = max(parallel_min_macs, CALL_PARALLEL_MIN_MACS)
-    typed = (X, Y, labels, sample_weight, order, params, layout, offs, loss, loss_scale, clip,
-             chunk, out)
+    typed = (
+        X,
+        Y,
+        labels,
+        sample_weight,
+        order,
+        params,
+        layout,
+        offs,
+        loss,
+        loss_scale,
+        clip,
+        chunk,
+        out,
+    )
     key = tuple(compute_fingerprint(value) for value in typed)
     group_pass_at = _group_pass_at.get(key)
     if group_pass_at is None:
         group_pass_at = _group_pass_at[key] = address_of(group_pass, _group_pass_types(*typed))
     parallel_groups_at = NOT_COMPILED
-    if _may_run_in_parallel(X.shape[0], batch_size, chunk, max_groups, params.shape[0],
-                            parallel_min_macs):
+    if _may_run_in_parallel(
+        X.shape[0], batch_size, chunk, max_groups, params.shape[0], parallel_min_macs
+    ):
         parallel_groups_at = _parallel_groups_at.get(key)
         if parallel_groups_at is None:
             parallel_groups_at = _parallel_groups_at[key] = address_of(
-                parallel_groups, _parallel_groups_types(*typed))
+                parallel_groups, _parallel_groups_types(*typed)
+            )
     parallel_update_at = NOT_COMPILED
     if out.shape[0] == 0 and params.shape[0] >= config.PARALLEL_UPDATE_MIN_PARAMS:
         updated = (params, layout, optimizer, hyper, state_m, state_v, out_grad)
@@ -99,7 +182,8 @@ def _run_planned(X, Y, labels, sample_weight, order, params, layout, offs, work_
         parallel_update_at = _parallel_update_at.get(update_key)
         if parallel_update_at is None:
             parallel_update_at = _parallel_update_at[update_key] = address_of(
-                parallel_update, _parallel_update_types(*updated))
+                parallel_update, _parallel_update_types(*updated)
+            )
     groups = _most_groups(X.shape[0], batch_size, chunk, max_groups)
     n_grad = params.shape[0]
     if out.shape[0] > 0:
@@ -108,11 +192,40 @@ def _run_planned(X, Y, labels, sample_weight, order, params, layout, offs, work_
         # for 2,000 rows of a 64-100-10 network cost more than the pass (1.30 -> 0.55 ms).
         groups, n_grad = min(groups, get_num_threads()), 0
     work, grads = _scratch(params.dtype, groups, work_size, n_grad)
-    return compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work, grads,
-                        loss, loss_scale, clip, reduce_sum, epochs, batch_size, shuffle,
-                        shuffle_state, optimizer, hyper, step, state_m, state_v, chunk,
-                        parallel_min_macs, blas_min, history, out_grad, out, group_pass_at,
-                        parallel_groups_at, parallel_update_at)
+    return compiled_run(
+        X,
+        Y,
+        labels,
+        sample_weight,
+        order,
+        params,
+        layout,
+        offs,
+        work,
+        grads,
+        loss,
+        loss_scale,
+        clip,
+        reduce_sum,
+        epochs,
+        batch_size,
+        shuffle,
+        shuffle_state,
+        optimizer,
+        hyper,
+        step,
+        state_m,
+        state_v,
+        chunk,
+        parallel_min_macs,
+        blas_min,
+        history,
+        out_grad,
+        out,
+        group_pass_at,
+        parallel_groups_at,
+        parallel_update_at,
+    )
 
 
 #: The groups' work and gradient buffers of recent runs, by dtype and shape, kept for the
@@ -134,9 +247,11 @@ def _scratch(dtype, groups, work_size, n_params):
         buffers = (np.zeros((groups, work_size), dtype), np.zeros((groups, n_params), dtype))
         if buffers[0].nbytes + buffers[1].nbytes <= SCRATCH_KEPT_BYTES:
             _scratch_buffers[key] = buffers
-            while (len(_scratch_buffers) > SCRATCH_KEPT
-                   or sum(w.nbytes + g.nbytes for w, g in _scratch_buffers.values())
-                   > SCRATCH_KEPT_BYTES):
+            while (
+                len(_scratch_buffers) > SCRATCH_KEPT
+                or sum(w.nbytes + g.nbytes for w, g in _scratch_buffers.values())
+                > SCRATCH_KEPT_BYTES
+            ):
                 del _scratch_buffers[next(iter(_scratch_buffers))]
     return buffers
 
@@ -157,12 +272,16 @@ def _tiny(X, layout, batch_size, optimizer, blas_min, out_grad):
     """Whether a training run is ``tiny_run``'s: two layers at most ``TINY_WIDTH`` wide,
     none through BLAS, every batch one that ``compiled_run`` would give ``sample_pass``,
     plain SGD."""
-    if not (TINY_RUNS and layout.shape[0] == 2 and optimizer == SGD
-            and out_grad.shape[0] == 0 and min(batch_size, X.shape[0]) < SAMPLE_PASS_ROWS):
+    if not (
+        TINY_RUNS
+        and layout.shape[0] == 2
+        and optimizer == SGD
+        and out_grad.shape[0] == 0
+        and min(batch_size, X.shape[0]) < SAMPLE_PASS_ROWS
+    ):
         return False
     (n_in, hidden, *_), (_, n_out, *_) = layout.tolist()
-    return (max(n_in, hidden, n_out) <= TINY_WIDTH
-            and max(n_in * hidden, hidden * n_out) < blas_min)
+    return max(n_in, hidden, n_out) <= TINY_WIDTH and max(n_in * hidden, hidden * n_out) < blas_min
 
 
 def _most_groups(n, batch_size, chunk, max_groups):
@@ -173,39 +292,133 @@ def _most_groups(n, batch_size, chunk, max_groups):
 def _may_run_in_parallel(n, batch_size, chunk, max_groups, n_params, parallel_min_macs):
     """Whether ``compiled_run`` may spread a batch over threads: its largest batch has
     more than one chunk group and enough multiply-adds (the test it applies per batch)."""
-    return (_most_groups(n, batch_size, chunk, max_groups) > 1
-            and min(batch_size, n) * 3 * n_params >= parallel_min_macs)
+    return (
+        _most_groups(n, batch_size, chunk, max_groups) > 1
+        and min(batch_size, n) * 3 * n_params >= parallel_min_macs
+    )
 
 
-def _group_pass_types(X, Y, labels, sample_weight, order, params, layout, offs, loss,
-                      loss_scale, clip, chunk, out):
+def _group_pass_types(
+    X, Y, labels, sample_weight, order, params, layout, offs, loss, loss_scale, clip, chunk, out
+):
     """The numba types of the arguments ``compiled_run`` passes ``group_pass``."""
-    X, Y, labels, sample_weight, order, params, layout, offs, loss, loss_scale, clip, chunk, \
-        out = (typeof(value) for value in (X, Y, labels, sample_weight, order, params, layout,
-                                           offs, loss, loss_scale, clip, chunk, out))
+    X, Y, labels, sample_weight, order, params, layout, offs, loss, loss_scale, clip, chunk, out = (
+        typeof(value)
+        for value in (
+            X,
+            Y,
+            labels,
+            sample_weight,
+            order,
+            params,
+            layout,
+            offs,
+            loss,
+            loss_scale,
+            clip,
+            chunk,
+            out,
+        )
+    )
     vector = types.Array(params.dtype, 1, "C")  # wt, and rows of work and grads
     index = types.int64
-    return (index, index, index, X, Y, labels, sample_weight, order, index, index, chunk,
-            params, vector, layout, types.Array(types.boolean, 1, "C"), loss, loss_scale, clip,
-            vector, offs, vector, out)
+    return (
+        index,
+        index,
+        index,
+        X,
+        Y,
+        labels,
+        sample_weight,
+        order,
+        index,
+        index,
+        chunk,
+        params,
+        vector,
+        layout,
+        types.Array(types.boolean, 1, "C"),
+        loss,
+        loss_scale,
+        clip,
+        vector,
+        offs,
+        vector,
+        out,
+    )
 
 
 def _parallel_groups_types(*typed):
     """The numba types of the arguments ``compiled_run`` passes ``parallel_groups``:
     ``group_pass``'s without the group, with the whole work and gradient buffers, and
     then the groups' losses and ``group_pass_at``."""
-    (_, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk, params,
-     wt, layout, blas, loss, loss_scale, clip, _, offs, _, out) = _group_pass_types(*typed)
+    (
+        _,
+        n_groups,
+        n_chunks,
+        X,
+        Y,
+        labels,
+        sample_weight,
+        order,
+        start,
+        size,
+        chunk,
+        params,
+        wt,
+        layout,
+        blas,
+        loss,
+        loss_scale,
+        clip,
+        _,
+        offs,
+        _,
+        out,
+    ) = _group_pass_types(*typed)
     buffers = types.Array(params.dtype, 2, "C")
-    return (n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk,
-            params, wt, layout, blas, loss, loss_scale, clip, buffers, offs, buffers, out,
-            types.Array(types.float64, 1, "C"), types.UniTuple(types.int64, 2))
+    return (
+        n_groups,
+        n_chunks,
+        X,
+        Y,
+        labels,
+        sample_weight,
+        order,
+        start,
+        size,
+        chunk,
+        params,
+        wt,
+        layout,
+        blas,
+        loss,
+        loss_scale,
+        clip,
+        buffers,
+        offs,
+        buffers,
+        out,
+        types.Array(types.float64, 1, "C"),
+        types.UniTuple(types.int64, 2),
+    )
 
 
 def _parallel_update_types(params, layout, optimizer, hyper, state_m, state_v, out_grad):
     """The numba types of the arguments ``compiled_run`` passes ``parallel_update``."""
     params, layout, optimizer, hyper, state_m, state_v, out_grad = (
-        typeof(value) for value in (params, layout, optimizer, hyper, state_m, state_v,
-                                    out_grad))
-    return (types.Array(params.dtype, 2, "C"), types.int64, params, layout, types.float64,
-            optimizer, hyper, types.int64, state_m, state_v, out_grad)
+        typeof(value) for value in (params, layout, optimizer, hyper, state_m, state_v, out_grad)
+    )
+    return (
+        types.Array(params.dtype, 2, "C"),
+        types.int64,
+        params,
+        layout,
+        types.float64,
+        optimizer,
+        hyper,
+        types.int64,
+        state_m,
+        state_v,
+        out_grad,
+    )

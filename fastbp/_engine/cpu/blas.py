@@ -24,8 +24,7 @@ NOTRANS, TRANS = ord("n"), ord("t")
 
 
 @intrinsic
-def _gemm(typingctx, trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off,
-          ldc):
+def _gemm(typingctx, trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
     """Column-major ``C = op(A) @ op(B) + beta * C`` (m x n, inner size k) on flat arrays
     of one dtype, each operand starting at its offset."""
     if not (a.dtype == b.dtype == c.dtype and a.dtype in (types.float32, types.float64)):
@@ -33,12 +32,27 @@ def _gemm(typingctx, trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, be
     dtype = a.dtype
 
     def codegen(context, builder, signature, args):
-        (trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off,
-         ldc) = args
+        (trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc) = args
         char, void_p, intp = ir.IntType(8), ir.IntType(8).as_pointer(), cgutils.intp_t
-        fnty = ir.FunctionType(ir.IntType(32), [char, char, char, intp, intp, intp, void_p,
-                                                void_p, intp, void_p, intp, void_p, void_p,
-                                                intp])
+        fnty = ir.FunctionType(
+            ir.IntType(32),
+            [
+                char,
+                char,
+                char,
+                intp,
+                intp,
+                intp,
+                void_p,
+                void_p,
+                intp,
+                void_p,
+                intp,
+                void_p,
+                void_p,
+                intp,
+            ],
+        )
         fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
 
         def pointer(array, ty, offset):
@@ -49,18 +63,45 @@ def _gemm(typingctx, trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, be
         beta_value = context.cast(builder, beta, signature.args[11], dtype)
         beta_slot = cgutils.alloca_once_value(builder, beta_value)
         kind = ir.Constant(char, ord(numba_linalg.get_blas_kind(dtype)))
-        res = builder.call(fn, (kind, builder.trunc(trans_a, char), builder.trunc(trans_b, char),
-                                m, n, k, builder.bitcast(alpha_slot, void_p),
-                                pointer(a, signature.args[5], a_off), lda,
-                                pointer(b, signature.args[8], b_off), ldb,
-                                builder.bitcast(beta_slot, void_p),
-                                pointer(c, signature.args[12], c_off), ldc))
+        res = builder.call(
+            fn,
+            (
+                kind,
+                builder.trunc(trans_a, char),
+                builder.trunc(trans_b, char),
+                m,
+                n,
+                k,
+                builder.bitcast(alpha_slot, void_p),
+                pointer(a, signature.args[5], a_off),
+                lda,
+                pointer(b, signature.args[8], b_off),
+                ldb,
+                builder.bitcast(beta_slot, void_p),
+                pointer(c, signature.args[12], c_off),
+                ldc,
+            ),
+        )
         numba_linalg.check_blas_return(context, builder, res)
         return context.get_dummy_value()
 
-    sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64, a,
-                     types.int64, types.int64, b, types.int64, types.int64, types.float64, c,
-                     types.int64, types.int64)
+    sig = types.void(
+        types.int64,
+        types.int64,
+        types.int64,
+        types.int64,
+        types.int64,
+        a,
+        types.int64,
+        types.int64,
+        b,
+        types.int64,
+        types.int64,
+        types.float64,
+        c,
+        types.int64,
+        types.int64,
+    )
     return sig, codegen
 
 
@@ -68,23 +109,67 @@ def _gemm(typingctx, trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, be
 def blas_forward(a, a_off, params, w_off, work, z_off, rows, fan_in, fan_out):
     """``Z = A @ W`` for sample-major A (rows x fan_in, in ``a``: the work buffer, or X
     itself) and W (fan_in x fan_out)."""
-    _gemm(NOTRANS, NOTRANS, fan_out, rows, fan_in, params, w_off, fan_out, a, a_off, fan_in,
-          0.0, work, z_off, fan_out)
+    _gemm(
+        NOTRANS,
+        NOTRANS,
+        fan_out,
+        rows,
+        fan_in,
+        params,
+        w_off,
+        fan_out,
+        a,
+        a_off,
+        fan_in,
+        0.0,
+        work,
+        z_off,
+        fan_out,
+    )
 
 
 @njit(cache=True, _nrt=False)
 def blas_backward(work, d_off, params, w_off, out_off, rows, fan_in, fan_out):
     """``D_prev = D @ W.T`` for sample-major D (rows x fan_out)."""
-    _gemm(TRANS, NOTRANS, fan_in, rows, fan_out, params, w_off, fan_out, work, d_off, fan_out,
-          0.0, work, out_off, fan_in)
+    _gemm(
+        TRANS,
+        NOTRANS,
+        fan_in,
+        rows,
+        fan_out,
+        params,
+        w_off,
+        fan_out,
+        work,
+        d_off,
+        fan_out,
+        0.0,
+        work,
+        out_off,
+        fan_in,
+    )
 
 
 @njit(cache=True, _nrt=False)
-def blas_weight_gradient(a, a_off, work, d_off, grad, w_off, rows, fan_in, fan_out,
-                         accumulate):
+def blas_weight_gradient(a, a_off, work, d_off, grad, w_off, rows, fan_in, fan_out, accumulate):
     """``dW (+)= A.T @ D``, summed over the rows (A in ``a``, as for ``blas_forward``)."""
-    _gemm(NOTRANS, TRANS, fan_out, fan_in, rows, work, d_off, fan_out, a, a_off, fan_in,
-          1.0 if accumulate else 0.0, grad, w_off, fan_out)
+    _gemm(
+        NOTRANS,
+        TRANS,
+        fan_out,
+        fan_in,
+        rows,
+        work,
+        d_off,
+        fan_out,
+        a,
+        a_off,
+        fan_in,
+        1.0 if accumulate else 0.0,
+        grad,
+        w_off,
+        fan_out,
+    )
 
 
 @njit(cache=True)
@@ -116,4 +201,4 @@ def transpose_weights(params, wt, layout, reads):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"
+SOURCES_DIGEST = "fc48c23e663394f1c0065470415ccd7efd3786625d949ff9c6b6123c837a9f99"

@@ -9,11 +9,12 @@ FASTMATH = {"reassoc", "contract"}
 # Parallelize explicit prange loops only: every automatically parallelized array
 # expression would cost a compiled function of its own.
 PRANGE_ONLY = {
-    "prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
-    "setitem": False, "numpy": False, "stencil": False, "fusion": False,
+    "prange": True,
+    "comprehension": False,
+    "reduction": False,
+    "inplace_binop": False,
+    "setitem": False,
+    "numpy": False,
+    "stencil": False,
+    "fusion": False,
 }
-
-
-
-
-

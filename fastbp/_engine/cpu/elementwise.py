@@ -89,6 +89,7 @@ def times_derivative(work, d_off, a_off, rows, width, code):
 def prefetch(typingctx, array, index):
     """Ask the CPU to start loading the cache line of ``array[index]`` (``llvm.prefetch``
     into L1): a hint, with no effect on results."""
+
     def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
         ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), ir.IntType(8).as_pointer())
@@ -97,6 +98,7 @@ def prefetch(typingctx, array, index):
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
         builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
         return context.get_dummy_value()
+
     return types.void(array, types.int64), codegen
 
 
@@ -173,4 +175,4 @@ def column_sums(work, off, rows, width, grad, out_off, accumulate):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"
+SOURCES_DIGEST = "fc48c23e663394f1c0065470415ccd7efd3786625d949ff9c6b6123c837a9f99"

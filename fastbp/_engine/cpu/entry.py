@@ -27,23 +27,90 @@ check_group_pass = caller_of(group_pass, call=False)
 
 
 @njit(parallel=PRANGE_ONLY, cache=True)
-def parallel_groups(n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk,
-                    params, wt, layout, blas, loss, loss_scale, clip, work, offs, grads, out,
-                    group_loss, group_pass_at):
+def parallel_groups(
+    n_groups,
+    n_chunks,
+    X,
+    Y,
+    labels,
+    sample_weight,
+    order,
+    start,
+    size,
+    chunk,
+    params,
+    wt,
+    layout,
+    blas,
+    loss,
+    loss_scale,
+    clip,
+    work,
+    offs,
+    grads,
+    out,
+    group_loss,
+    group_pass_at,
+):
     """``group_pass`` for every group of a batch, spread over threads. Kept apart from
     ``run`` because parallel compilation analyses the whole enclosing function."""
     # Checked before the loop: an exception raised inside it would not reach the caller.
-    check_group_pass(group_pass_at, (np.int64(0), n_groups, n_chunks, X, Y, labels,
-                                     sample_weight, order, start, size, chunk, params, wt,
-                                     layout, blas, loss, loss_scale, clip, work[0], offs,
-                                     grads[0], out))
+    check_group_pass(
+        group_pass_at,
+        (
+            np.int64(0),
+            n_groups,
+            n_chunks,
+            X,
+            Y,
+            labels,
+            sample_weight,
+            order,
+            start,
+            size,
+            chunk,
+            params,
+            wt,
+            layout,
+            blas,
+            loss,
+            loss_scale,
+            clip,
+            work[0],
+            offs,
+            grads[0],
+            out,
+        ),
+    )
     for g in prange(n_groups):
         # prange counts in uint64; int64 keeps group_pass to one compiled signature.
         group_loss[g] = call_group_pass(
             group_pass_at,
-            (np.int64(g), n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size,
-             chunk, params, wt, layout, blas, loss, loss_scale, clip, work[g], offs, grads[g],
-             out))
+            (
+                np.int64(g),
+                n_groups,
+                n_chunks,
+                X,
+                Y,
+                labels,
+                sample_weight,
+                order,
+                start,
+                size,
+                chunk,
+                params,
+                wt,
+                layout,
+                blas,
+                loss,
+                loss_scale,
+                clip,
+                work[g],
+                offs,
+                grads[g],
+                out,
+            ),
+        )
 
 
 call_parallel_groups = caller_of(parallel_groups, returns=types.none)
@@ -51,11 +118,40 @@ call_parallel_update = caller_of(parallel_update, returns=types.none)
 
 
 @njit(cache=True)
-def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work, grads, loss,
-                 loss_scale, clip, reduce_sum, epochs, batch_size, shuffle, shuffle_state,
-                 optimizer, hyper, step, state_m, state_v, chunk, parallel_min_macs,
-                 blas_min, history, out_grad, out, group_pass_at, parallel_groups_at,
-                 parallel_update_at):
+def compiled_run(
+    X,
+    Y,
+    labels,
+    sample_weight,
+    order,
+    params,
+    layout,
+    offs,
+    work,
+    grads,
+    loss,
+    loss_scale,
+    clip,
+    reduce_sum,
+    epochs,
+    batch_size,
+    shuffle,
+    shuffle_state,
+    optimizer,
+    hyper,
+    step,
+    state_m,
+    state_v,
+    chunk,
+    parallel_min_macs,
+    blas_min,
+    history,
+    out_grad,
+    out,
+    group_pass_at,
+    parallel_groups_at,
+    parallel_update_at,
+):
     """``run``'s compiled body; ``group_pass_at``, ``parallel_groups_at`` and
     ``parallel_update_at`` are ``(address, signature_code)`` of ``group_pass``,
     ``parallel_groups`` and ``parallel_update`` compiled for the types they are called
@@ -117,24 +213,91 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work,
             if by_sample and size < SAMPLE_PASS_ROWS:
                 ahead = batch_start + batch_size  # the next batch's samples load meanwhile
                 if far_data and ahead < n:
-                    prefetch_samples(x_flat, X.shape[1], Y, labels, sample_weight, order,
-                                     base + ahead, base + min(ahead + batch_size, n))
-                group_loss[0] = sample_pass(X, Y, labels, sample_weight, order, start, size,
-                                            params, layout, loss, loss_scale, clip, first_work,
-                                            offs, first_grad)
+                    prefetch_samples(
+                        x_flat,
+                        X.shape[1],
+                        Y,
+                        labels,
+                        sample_weight,
+                        order,
+                        base + ahead,
+                        base + min(ahead + batch_size, n),
+                    )
+                group_loss[0] = sample_pass(
+                    X,
+                    Y,
+                    labels,
+                    sample_weight,
+                    order,
+                    start,
+                    size,
+                    params,
+                    layout,
+                    loss,
+                    loss_scale,
+                    clip,
+                    first_work,
+                    offs,
+                    first_grad,
+                )
             elif n_groups > 1 and size * 3 * n_params >= parallel_min_macs:
                 call_parallel_groups(
                     parallel_groups_at,
-                    (n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size, chunk,
-                     params, wt, layout, blas, loss, loss_scale, clip, work, offs, grads, out,
-                     group_loss, group_pass_at))
+                    (
+                        n_groups,
+                        n_chunks,
+                        X,
+                        Y,
+                        labels,
+                        sample_weight,
+                        order,
+                        start,
+                        size,
+                        chunk,
+                        params,
+                        wt,
+                        layout,
+                        blas,
+                        loss,
+                        loss_scale,
+                        clip,
+                        work,
+                        offs,
+                        grads,
+                        out,
+                        group_loss,
+                        group_pass_at,
+                    ),
+                )
             else:
                 for g in range(n_groups):
                     group_loss[g] = call_group_pass(
                         group_pass_at,
-                        (g, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size,
-                         chunk, params, wt, layout, blas, loss, loss_scale, clip, work[g], offs,
-                         grads[g], out))
+                        (
+                            g,
+                            n_groups,
+                            n_chunks,
+                            X,
+                            Y,
+                            labels,
+                            sample_weight,
+                            order,
+                            start,
+                            size,
+                            chunk,
+                            params,
+                            wt,
+                            layout,
+                            blas,
+                            loss,
+                            loss_scale,
+                            clip,
+                            work[g],
+                            offs,
+                            grads[g],
+                            out,
+                        ),
+                    )
             if out.shape[0] > 0:
                 return -1
             loss_sum = 0.0
@@ -165,14 +328,39 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work,
             # The update, block by block, here or on every thread. Written out here: a
             # function of its own around it cost a second of the cold start.
             if parallel_update_at[0] != 0:
-                call_parallel_update(parallel_update_at,
-                                     (grads, n_groups, params, layout, norm, optimizer, hyper,
-                                      step[0], state_m, state_v, out_grad))
+                call_parallel_update(
+                    parallel_update_at,
+                    (
+                        grads,
+                        n_groups,
+                        params,
+                        layout,
+                        norm,
+                        optimizer,
+                        hyper,
+                        step[0],
+                        state_m,
+                        state_v,
+                        out_grad,
+                    ),
+                )
             else:
                 for lo in range(0, n_params, UPDATE_BLOCK):
-                    apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper,
-                                   step[0], state_m, state_v, out_grad, lo,
-                                   min(lo + UPDATE_BLOCK, n_params))
+                    apply_gradient(
+                        grads,
+                        n_groups,
+                        params,
+                        layout,
+                        norm,
+                        optimizer,
+                        hyper,
+                        step[0],
+                        state_m,
+                        state_v,
+                        out_grad,
+                        lo,
+                        min(lo + UPDATE_BLOCK, n_params),
+                    )
             if storing:
                 return -1
             transpose_weights(params, wt, layout, reads_wt)
@@ -201,4 +389,4 @@ def compiled_run(X, Y, labels, sample_weight, order, params, layout, offs, work,
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"
+SOURCES_DIGEST = "fc48c23e663394f1c0065470415ccd7efd3786625d949ff9c6b6123c837a9f99"

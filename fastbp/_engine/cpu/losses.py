@@ -123,8 +123,7 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, we
 
 
 @njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
-def sigmoid_bce(work, o, d_off, scratch, count, n_out, Y, order, lo, sample_weight,
-                loss_scale):
+def sigmoid_bce(work, o, d_off, scratch, count, n_out, Y, order, lo, sample_weight, loss_scale):
     """``output_loss`` for sigmoid outputs with binary cross-entropy, over a chunk's
     ``count`` rows at once: returns their summed weighted loss, leaves the activations
     in place and dL/dz (times the weight) at ``d_off``. The transcendental part runs in
@@ -154,22 +153,50 @@ def sigmoid_bce(work, o, d_off, scratch, count, n_out, Y, order, lo, sample_weig
 
 
 @njit(cache=True, _nrt=False, inline="always")  # as a call: notebook 1.02-1.04x the time
-def block_loss(code, loss, loss_scale, clip, work, o, d_off, scratch, count, n_out, Y, labels,
-               order, lo, sample_weight):
+def block_loss(
+    code,
+    loss,
+    loss_scale,
+    clip,
+    work,
+    o,
+    d_off,
+    scratch,
+    count,
+    n_out,
+    Y,
+    labels,
+    order,
+    lo,
+    sample_weight,
+):
     """The summed (weighted) loss of a block of ``count`` output rows, which become
     activations in place, their dL/dz going to ``d_off``: ``sigmoid_bce`` for its pair,
     ``output_loss`` row by row for the rest."""
     if code == SIGMOID and loss == BINARY_CROSS_ENTROPY:
-        return sigmoid_bce(work, o, d_off, scratch, count, n_out, Y, order, lo, sample_weight,
-                           loss_scale)
+        return sigmoid_bce(
+            work, o, d_off, scratch, count, n_out, Y, order, lo, sample_weight, loss_scale
+        )
     total = 0.0
     for b in range(count):
         row = order[lo + b]
         weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
-        total += weight * output_loss(code, loss, loss_scale, clip, work, o + b * n_out, n_out,
-                                      Y, labels, row, weight, d_off + b * n_out)
+        total += weight * output_loss(
+            code,
+            loss,
+            loss_scale,
+            clip,
+            work,
+            o + b * n_out,
+            n_out,
+            Y,
+            labels,
+            row,
+            weight,
+            d_off + b * n_out,
+        )
     return total
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"
+SOURCES_DIGEST = "fc48c23e663394f1c0065470415ccd7efd3786625d949ff9c6b6123c837a9f99"

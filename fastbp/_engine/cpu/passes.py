@@ -21,8 +21,23 @@ from .products import dot_nn, dot_nt, outer, short_product
 
 
 @njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
-def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout, loss,
-                loss_scale, clip, work, offs, grad):
+def sample_pass(
+    X,
+    Y,
+    labels,
+    sample_weight,
+    order,
+    start,
+    size,
+    params,
+    layout,
+    loss,
+    loss_scale,
+    clip,
+    work,
+    offs,
+    grad,
+):
     """Forward and backward passes of a small batch, every product a loop in this
     function: for batches of a few rows the calls of ``group_pass`` between compiled
     functions cost more than the arithmetic. Layer by layer, each loop runs over the
@@ -63,11 +78,33 @@ def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout,
                 for j in range(fan_out):
                     work[zb + j] += x * params[row_w + j]
         if l < n_layers - 1:
-            bias_activation(work, offs[l + 1], size, layout[l, L_FAN_OUT], params, no_bias,
-                            layout[l, L_ACTIVATION])
+            bias_activation(
+                work,
+                offs[l + 1],
+                size,
+                layout[l, L_FAN_OUT],
+                params,
+                no_bias,
+                layout[l, L_ACTIVATION],
+            )
 
-    total = block_loss(out_code, loss, loss_scale, clip, work, offs[n_layers], offs[base],
-                       offs[base + 1], size, n_out, Y, labels, order, start, sample_weight)
+    total = block_loss(
+        out_code,
+        loss,
+        loss_scale,
+        clip,
+        work,
+        offs[n_layers],
+        offs[base],
+        offs[base + 1],
+        size,
+        n_out,
+        Y,
+        labels,
+        order,
+        start,
+        sample_weight,
+    )
 
     cur = 0
     for l in range(n_layers - 1, -1, -1):
@@ -100,14 +137,37 @@ def sample_pass(X, Y, labels, sample_weight, order, start, size, params, layout,
                 for j in range(fan_out):
                     back += params[row_w + j] * work[db + j]
                 work[pb + k] = back
-        times_derivative(work, offs[base + cur], offs[l], size, layout[l, L_FAN_IN],
-                         layout[l - 1, L_ACTIVATION])
+        times_derivative(
+            work, offs[base + cur], offs[l], size, layout[l, L_FAN_IN], layout[l - 1, L_ACTIVATION]
+        )
     return total
 
 
 @njit(cache=True, _nrt=False)
-def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, start, size,
-               chunk, params, wt, layout, blas, loss, loss_scale, clip, work, offs, grad, out):
+def group_pass(
+    group,
+    n_groups,
+    n_chunks,
+    X,
+    Y,
+    labels,
+    sample_weight,
+    order,
+    start,
+    size,
+    chunk,
+    params,
+    wt,
+    layout,
+    blas,
+    loss,
+    loss_scale,
+    clip,
+    work,
+    offs,
+    grad,
+    out,
+):
     """Forward and backward passes over one group's consecutive chunks of a batch.
 
     Returns the group's summed (weighted) loss and leaves its gradient sum in ``grad``
@@ -159,14 +219,41 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             t_out = offs[n_layers + 2 + l]
             a, a_off = (source, a_in) if l == 0 else (work, offs[l])
             if blas[l]:
-                blas_forward(a, a_off, params, layout[l, L_WEIGHT], work, z_out, count, fan_in,
-                             fan_out)
+                blas_forward(
+                    a, a_off, params, layout[l, L_WEIGHT], work, z_out, count, fan_in, fan_out
+                )
             elif short_product(fan_out, fan_in):
-                dot_nn(a, a_off, fan_in, params, layout[l, L_WEIGHT], fan_out, work, z_out,
-                       fan_out, count, fan_out, fan_in, overwrite)
+                dot_nn(
+                    a,
+                    a_off,
+                    fan_in,
+                    params,
+                    layout[l, L_WEIGHT],
+                    fan_out,
+                    work,
+                    z_out,
+                    fan_out,
+                    count,
+                    fan_out,
+                    fan_in,
+                    overwrite,
+                )
             else:
-                dot_nt(a, a_off, fan_in, wt, layout[l, L_WEIGHT], fan_in, work, z_out,
-                       fan_out, count, fan_out, fan_in, overwrite)
+                dot_nt(
+                    a,
+                    a_off,
+                    fan_in,
+                    wt,
+                    layout[l, L_WEIGHT],
+                    fan_in,
+                    work,
+                    z_out,
+                    fan_out,
+                    count,
+                    fan_out,
+                    fan_in,
+                    overwrite,
+                )
             if l < n_layers - 1:
                 bias_activation(work, z_out, count, fan_out, params, bias, code)
                 if training and not blas[l + 1] and layout[l + 1, L_FAN_OUT] > 1:
@@ -183,8 +270,23 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             continue
 
         # Loss and output delta dL/dz, sample-major.
-        total += block_loss(out_code, loss, loss_scale, clip, work, a_last, offs[base],
-                            offs[base + 1], count, n_out, Y, labels, order, lo, sample_weight)
+        total += block_loss(
+            out_code,
+            loss,
+            loss_scale,
+            clip,
+            work,
+            a_last,
+            offs[base],
+            offs[base + 1],
+            count,
+            n_out,
+            Y,
+            labels,
+            order,
+            lo,
+            sample_weight,
+        )
 
         # Backward: dW = A^T @ D and db = sum(D); then D <- (D @ W^T) * act'(A). D is
         # transposed only where dot_nt or row_sums reads it.
@@ -203,18 +305,58 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
                 transpose(work, d_cur, count, fan_out, work, dt_cur, chunk)
             a, a_off = (source, a_in) if l == 0 else (work, offs[l])
             if wide:
-                blas_weight_gradient(a, a_off, work, d_cur, grad, w_off, count, fan_in, fan_out,
-                                     accumulate)
+                blas_weight_gradient(
+                    a, a_off, work, d_cur, grad, w_off, count, fan_in, fan_out, accumulate
+                )
             elif fan_out == 1:  # dW is the row d^T A: A as stored, no transpose
                 # m = fan_out, not a literal 1, which would compile dot_nn a second time
-                dot_nn(work, d_cur, count, a, a_off, fan_in, grad, w_off, fan_in, fan_out,
-                       fan_in, count, accumulate)
+                dot_nn(
+                    work,
+                    d_cur,
+                    count,
+                    a,
+                    a_off,
+                    fan_in,
+                    grad,
+                    w_off,
+                    fan_in,
+                    fan_out,
+                    fan_in,
+                    count,
+                    accumulate,
+                )
             elif short_product(fan_out, count):
-                dot_nn(work, offs[n_layers + 1 + l], chunk, work, d_cur, fan_out, grad, w_off,
-                       fan_out, fan_in, fan_out, count, accumulate)
+                dot_nn(
+                    work,
+                    offs[n_layers + 1 + l],
+                    chunk,
+                    work,
+                    d_cur,
+                    fan_out,
+                    grad,
+                    w_off,
+                    fan_out,
+                    fan_in,
+                    fan_out,
+                    count,
+                    accumulate,
+                )
             else:
-                dot_nt(work, offs[n_layers + 1 + l], chunk, work, dt_cur, chunk, grad, w_off,
-                       fan_out, fan_in, fan_out, count, accumulate)
+                dot_nt(
+                    work,
+                    offs[n_layers + 1 + l],
+                    chunk,
+                    work,
+                    dt_cur,
+                    chunk,
+                    grad,
+                    w_off,
+                    fan_out,
+                    fan_in,
+                    fan_out,
+                    count,
+                    accumulate,
+                )
             if by_rows:
                 row_sums(work, dt_cur, chunk, count, fan_out, grad, bias, accumulate)
             elif bias >= 0:
@@ -228,14 +370,40 @@ def group_pass(group, n_groups, n_chunks, X, Y, labels, sample_weight, order, st
             elif fan_out == 1:  # D_next = d w^T: one product per entry, stored once
                 outer(work, d_cur, params, w_off, d_next, count, fan_in)
             elif short_product(fan_in, fan_out):
-                dot_nn(work, d_cur, fan_out, wt, w_off, fan_in, work, d_next, fan_in, count,
-                       fan_in, fan_out, overwrite)
+                dot_nn(
+                    work,
+                    d_cur,
+                    fan_out,
+                    wt,
+                    w_off,
+                    fan_in,
+                    work,
+                    d_next,
+                    fan_in,
+                    count,
+                    fan_in,
+                    fan_out,
+                    overwrite,
+                )
             else:
-                dot_nt(work, d_cur, fan_out, params, w_off, fan_out, work, d_next, fan_in,
-                       count, fan_in, fan_out, overwrite)
+                dot_nt(
+                    work,
+                    d_cur,
+                    fan_out,
+                    params,
+                    w_off,
+                    fan_out,
+                    work,
+                    d_next,
+                    fan_in,
+                    count,
+                    fan_in,
+                    fan_out,
+                    overwrite,
+                )
             times_derivative(work, d_next, offs[l], count, fan_in, layout[l - 1, L_ACTIVATION])
     return total
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"
+SOURCES_DIGEST = "fc48c23e663394f1c0065470415ccd7efd3786625d949ff9c6b6123c837a9f99"

@@ -42,9 +42,17 @@ def work_plan(layout, dtype, batch_size):
     Chunks are as long as their work buffer allows (see WORK_BUFFER_BYTES); networks with
     BLAS layers take chunks of about half a batch (at most BLAS_CHUNK_ROWS), long enough
     for BLAS to run near its peak."""
-    key = (layout.tobytes(), dtype.str, batch_size, config.CHUNK_ROWS,
-           config.WORK_BUFFER_BYTES, config.BLAS_CHUNK_ROWS, config.BLAS_MIN_ENTRIES,
-           config.MAX_GROUPS, config.GRADIENT_BUFFER_ENTRIES)
+    key = (
+        layout.tobytes(),
+        dtype.str,
+        batch_size,
+        config.CHUNK_ROWS,
+        config.WORK_BUFFER_BYTES,
+        config.BLAS_CHUNK_ROWS,
+        config.BLAS_MIN_ENTRIES,
+        config.MAX_GROUPS,
+        config.GRADIENT_BUFFER_ENTRIES,
+    )
     plan = _plans.get(key)
     if plan is not None:
         return plan
@@ -65,8 +73,7 @@ def work_plan(layout, dtype, batch_size):
     max_groups = min(config.MAX_GROUPS, max(2, config.GRADIENT_BUFFER_ENTRIES // n_params))
     if len(_plans) >= PLANS_KEPT:
         _plans.clear()
-    plan = _plans[key] = Plan(chunk, *work_offsets(layout, chunk), uses_blas, blas_min,
-                              max_groups)
+    plan = _plans[key] = Plan(chunk, *work_offsets(layout, chunk), uses_blas, blas_min, max_groups)
     return plan
 
 

@@ -23,8 +23,12 @@ LOG2E = 1.4426950408889634
 LN2_HI = 6.93145751953125e-1
 LN2_LO = 1.42860682030941723212e-6
 EXP_P0, EXP_P1, EXP_P2 = 1.26177193074810590878e-4, 3.02994407707441961300e-2, 1.0
-EXP_Q0, EXP_Q1, EXP_Q2, EXP_Q3 = (3.00198505138664455042e-6, 2.52448340349684104192e-3,
-                                  2.27265548208155028766e-1, 2.0)
+EXP_Q0, EXP_Q1, EXP_Q2, EXP_Q3 = (
+    3.00198505138664455042e-6,
+    2.52448340349684104192e-3,
+    2.27265548208155028766e-1,
+    2.0,
+)
 #: Adding 1.5 * 2**52 rounds a float64 of magnitude below 2**51 to an integer, which then
 #: sits in the low bits of the sum's mantissa.
 ROUNDER = 6755399441055744.0
@@ -36,8 +40,10 @@ def _float_bits(typingctx, x):
     """The bits of a float64 or float32 as a signed integer of the same width (a register
     move, no memory)."""
     width = x.bitwidth
+
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.IntType(width))
+
     return (types.int64 if width == 64 else types.int32)(x), codegen
 
 
@@ -45,8 +51,10 @@ def _float_bits(typingctx, x):
 def _bits_float(typingctx, x):
     """The float64 (from an int64) or float32 (from an int32) whose bits are ``x``."""
     wide = x.bitwidth == 64
+
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.DoubleType() if wide else ir.FloatType())
+
     return (types.float64 if wide else types.float32)(x), codegen
 
 
@@ -82,19 +90,30 @@ def tanh64(x):
     large = 1.0 - 2.0 / (exp64(40.0 if twice > 40.0 else twice) + 1.0)
     large = large if x > 0 else -large
     z = x * x
-    p = (-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z \
-        - 1.61468768441708447952e3
-    q = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z \
-        + 4.84406305325125486048e3
+    p = (-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z - 1.61468768441708447952e3
+    q = (
+        (z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3
+    ) * z + 4.84406305325125486048e3
     small = x + x * z * p / q
     return small if ax <= 0.625 else large
 
 
 # log(1 + t) = t - t**2 / 2 + t**3 P(t) / Q(t) for 1 + t in [sqrt(1/2), sqrt(2)] (Cephes).
-LOG_P = (1.01875663804580931796e-4, 4.97494994976747001425e-1, 4.70579119878881725854e0,
-         1.44989225341610930846e1, 1.79368678507819816313e1, 7.70838733755885391666e0)
-LOG_Q = (1.12873587189167450590e1, 4.52279145837532221105e1, 8.29875266912776603211e1,
-         7.11544750618563894466e1, 2.31251620126765340583e1)
+LOG_P = (
+    1.01875663804580931796e-4,
+    4.97494994976747001425e-1,
+    4.70579119878881725854e0,
+    1.44989225341610930846e1,
+    1.79368678507819816313e1,
+    7.70838733755885391666e0,
+)
+LOG_Q = (
+    1.12873587189167450590e1,
+    4.52279145837532221105e1,
+    8.29875266912776603211e1,
+    7.11544750618563894466e1,
+    2.31251620126765340583e1,
+)
 LOG_LN2_HI, LOG_LN2_LO = 0.693359375, -2.121944400546905827679e-4
 SQRT2 = 1.4142135623730951
 
@@ -108,8 +127,7 @@ def log_unit(u):
     k = 1.0 if halve else 0.0
     t = f - 1.0
     z = t * t
-    p = ((((LOG_P[0] * t + LOG_P[1]) * t + LOG_P[2]) * t + LOG_P[3]) * t + LOG_P[4]) * t \
-        + LOG_P[5]
+    p = ((((LOG_P[0] * t + LOG_P[1]) * t + LOG_P[2]) * t + LOG_P[3]) * t + LOG_P[4]) * t + LOG_P[5]
     q = ((((t + LOG_Q[0]) * t + LOG_Q[1]) * t + LOG_Q[2]) * t + LOG_Q[3]) * t + LOG_Q[4]
     return t + (t * (z * p / q) + k * LOG_LN2_LO - 0.5 * z) + k * LOG_LN2_HI
 
@@ -143,16 +161,32 @@ def sigmoid64(z):
 F32_ZERO, F32_ONE, F32_TWO = np.float32(0.0), np.float32(1.0), np.float32(2.0)
 F32_LOG2E = np.float32(LOG2E)
 F32_LN2_HI, F32_LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)
-F32_EXP_P = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
-                                          4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+F32_EXP_P = tuple(
+    np.float32(c)
+    for c in (
+        1.9875691500e-4,
+        1.3981999507e-3,
+        8.3334519073e-3,
+        4.1665795894e-2,
+        1.6666665459e-1,
+        5.0000001201e-1,
+    )
+)
 #: 1.5 * 2**23: adding it rounds a float32 of magnitude below 2**22 to an integer.
 F32_ROUNDER = np.float32(12582912.0)
 #: Below the smallest normal result exp returns 0; above 88 (2**127 is the largest power
 #: of two it builds) infinity.
 F32_EXP_MIN, F32_EXP_MAX = np.float32(-87.33654), np.float32(88.0)
-F32_TANH_P = tuple(np.float32(c) for c in (-5.70498872745e-3, 2.06390887954e-2,
-                                           -5.37397155531e-2, 1.33314422036e-1,
-                                           -3.33332819422e-1))
+F32_TANH_P = tuple(
+    np.float32(c)
+    for c in (
+        -5.70498872745e-3,
+        2.06390887954e-2,
+        -5.37397155531e-2,
+        1.33314422036e-1,
+        -3.33332819422e-1,
+    )
+)
 F32_TANH_SMALL, F32_TANH_FLAT = np.float32(0.625), np.float32(20.0)
 
 
@@ -208,9 +242,20 @@ def sigmoid32(z):
 
 F32_HALF, F32_SQRT2 = np.float32(0.5), np.float32(SQRT2)
 # log(x) = t - t**2 / 2 + t**3 P(t), t = x - 1, for x in [sqrt(1/2), sqrt(2)] (Cephes' logf).
-F32_LOG_P = tuple(np.float32(c) for c in (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1,
-                                          -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1,
-                                          2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1))
+F32_LOG_P = tuple(
+    np.float32(c)
+    for c in (
+        7.0376836292e-2,
+        -1.1514610310e-1,
+        1.1676998740e-1,
+        -1.2420140846e-1,
+        1.4249322787e-1,
+        -1.6668057665e-1,
+        2.0000714765e-1,
+        -2.4999993993e-1,
+        3.3333331174e-1,
+    )
+)
 
 
 @njit(cache=True, error_model=NUMPY_ERRORS)
@@ -222,8 +267,10 @@ def log_unit32(u):
     t = f - F32_ONE
     z = t * t
     c = F32_LOG_P
-    p = (((((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5]) * t + c[6]) * t
-         + c[7]) * t + c[8]
+    p = (
+        ((((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5]) * t + c[6]) * t
+        + c[7]
+    ) * t + c[8]
     return t + (p * t * z + k * F32_LN2_LO - F32_HALF * z) + k * F32_LN2_HI
 
 
@@ -240,9 +287,12 @@ def sigmoid_softplus32(z):
 def _by_precision(float64_version, float32_version):
     """A function for compiled code that runs ``float32_version`` on a float32 and
     ``float64_version`` on anything else, chosen while the caller compiles."""
+
     def either(x):
-        raise TypeError(f"{float64_version.__name__[:-2]} is for compiled code; call "
-                        f"{float64_version.__name__} or {float32_version.__name__}")
+        raise TypeError(
+            f"{float64_version.__name__[:-2]} is for compiled code; call "
+            f"{float64_version.__name__} or {float32_version.__name__}"
+        )
 
     @overload(either)
     def choose(x):
@@ -268,4 +318,4 @@ sigmoid_bce_delta = njit(inline="always")(F.sigmoid_bce_delta)
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"
+SOURCES_DIGEST = "fc48c23e663394f1c0065470415ccd7efd3786625d949ff9c6b6123c837a9f99"

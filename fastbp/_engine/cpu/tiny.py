@@ -78,8 +78,10 @@ def store_lanes(array, off, count, v):
 @njit(cache=True, inline="always")
 def load_rows(params, off, fan_in, fan_out, zero):
     """A ``fan_in`` x ``fan_out`` weight matrix as two rows of lanes, zero past it."""
-    return (load_lanes(params, off, fan_out, zero),
-            load_lanes(params, off + fan_out, fan_out if fan_in > 1 else 0, zero))
+    return (
+        load_lanes(params, off, fan_out, zero),
+        load_lanes(params, off + fan_out, fan_out if fan_in > 1 else 0, zero),
+    )
 
 
 @njit(cache=True, inline="always")
@@ -153,14 +155,34 @@ def step_lane(p, g, scaled, scale, decayed, decay, lr):
 
 @njit(cache=True, inline="always")
 def step_lanes(p, g, scaled, scale, decayed, decay, lr):
-    return (step_lane(p[0], g[0], scaled, scale, decayed, decay, lr),
-            step_lane(p[1], g[1], scaled, scale, decayed, decay, lr))
+    return (
+        step_lane(p[0], g[0], scaled, scale, decayed, decay, lr),
+        step_lane(p[1], g[1], scaled, scale, decayed, decay, lr),
+    )
 
 
 @njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
-def tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scale, clip,
-             reduce_sum, epochs, batch_size, shuffle, shuffle_state, hyper, step, history,
-             out_buffer):
+def tiny_run(
+    X,
+    Y,
+    labels,
+    sample_weight,
+    order,
+    params,
+    layout,
+    loss,
+    loss_scale,
+    clip,
+    reduce_sum,
+    epochs,
+    batch_size,
+    shuffle,
+    shuffle_state,
+    hyper,
+    step,
+    history,
+    out_buffer,
+):
     """``compiled_run`` for a network of two layers at most ``TINY_WIDTH`` wide, batches
     of fewer than ``SAMPLE_PASS_ROWS`` samples and plain SGD (``run`` decides): the same
     training, results and return value, the parameters held in registers between the
@@ -202,8 +224,10 @@ def tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scal
                 row = order[start + b]
                 x = load_row_lanes(X, row, n_in, zero)
                 z1 = product_lanes(b1, x, m1, n_in)
-                a1 = (activation(code1, z1[0], zero, slope),
-                      activation(code1, z1[1], zero, slope) if hidden > 1 else zero)
+                a1 = (
+                    activation(code1, z1[0], zero, slope),
+                    activation(code1, z1[1], zero, slope) if hidden > 1 else zero,
+                )
                 z2 = product_lanes(b2, a1, m2, hidden)
                 weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
                 scale = loss_scale * weight
@@ -220,16 +244,29 @@ def tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scal
                     total += weight * loss_scale * value
                 else:
                     store_lanes(out_buffer, 0, n_out, z2)
-                    total += weight * output_loss(out_code, loss, loss_scale, clip, out_buffer,
-                                                  0, n_out, Y, labels, row, weight,
-                                                  TINY_WIDTH)
+                    total += weight * output_loss(
+                        out_code,
+                        loss,
+                        loss_scale,
+                        clip,
+                        out_buffer,
+                        0,
+                        n_out,
+                        Y,
+                        labels,
+                        row,
+                        weight,
+                        TINY_WIDTH,
+                    )
                     d2 = load_lanes(out_buffer, TINY_WIDTH, n_out, zero)
                 g2 = outer_lanes(g2, a1, d2)
                 gb2 = axpy_lanes(gb2, one, d2)
-                d1 = (back_lane(m2[0], d2, n_out, zero)
-                      * derivative(code1, a1[0], one, zero, slope),
-                      back_lane(m2[1], d2, n_out, zero)
-                      * derivative(code1, a1[1], one, zero, slope) if hidden > 1 else zero)
+                d1 = (
+                    back_lane(m2[0], d2, n_out, zero) * derivative(code1, a1[0], one, zero, slope),
+                    back_lane(m2[1], d2, n_out, zero) * derivative(code1, a1[1], one, zero, slope)
+                    if hidden > 1
+                    else zero,
+                )
                 g1 = outer_lanes(g1, x, d1)
                 gb1 = axpy_lanes(gb1, one, d1)
             loss_sum = 0.0
@@ -255,18 +292,28 @@ def tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scal
             step[0] += 1
             scaled, decayed = norm != 1.0, l2 > 0.0
             scale, decay = params.dtype.type(1.0 / norm), params.dtype.type(l2 / norm)
-            m1 = (step_lanes(m1[0], g1[0], scaled, scale, decayed, decay, rate),
-                  step_lanes(m1[1], g1[1], scaled, scale, decayed, decay, rate))
-            m2 = (step_lanes(m2[0], g2[0], scaled, scale, decayed, decay, rate),
-                  step_lanes(m2[1], g2[1], scaled, scale, decayed, decay, rate))
+            m1 = (
+                step_lanes(m1[0], g1[0], scaled, scale, decayed, decay, rate),
+                step_lanes(m1[1], g1[1], scaled, scale, decayed, decay, rate),
+            )
+            m2 = (
+                step_lanes(m2[0], g2[0], scaled, scale, decayed, decay, rate),
+                step_lanes(m2[1], g2[1], scaled, scale, decayed, decay, rate),
+            )
             if bias1 >= 0:
                 b1 = step_lanes(b1, gb1, scaled, scale, False, decay, rate)
             if bias2 >= 0:
                 b2 = step_lanes(b2, gb2, scaled, scale, False, decay, rate)
         if ok:
             history[epoch] = epoch_loss if reduce_sum else epoch_loss / epoch_norm
-            ok = (finite_lanes(m1[0]) and finite_lanes(m1[1]) and finite_lanes(m2[0])
-                  and finite_lanes(m2[1]) and finite_lanes(b1) and finite_lanes(b2))
+            ok = (
+                finite_lanes(m1[0])
+                and finite_lanes(m1[1])
+                and finite_lanes(m2[0])
+                and finite_lanes(m2[1])
+                and finite_lanes(b1)
+                and finite_lanes(b2)
+            )
         if not ok:
             m1, m2, b1, b2 = saved
             step[0] = saved_step
@@ -285,4 +332,4 @@ def tiny_run(X, Y, labels, sample_weight, order, params, layout, loss, loss_scal
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"
+SOURCES_DIGEST = "fc48c23e663394f1c0065470415ccd7efd3786625d949ff9c6b6123c837a9f99"

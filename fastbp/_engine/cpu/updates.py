@@ -28,8 +28,21 @@ UPDATE_BLOCK = 16384
 
 
 @njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
-def apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m,
-                   state_v, out_grad, lo, hi):
+def apply_gradient(
+    grads,
+    n_groups,
+    params,
+    layout,
+    norm,
+    optimizer,
+    hyper,
+    step,
+    state_m,
+    state_v,
+    out_grad,
+    lo,
+    hi,
+):
     """For entries ``lo:hi``: sum the groups' gradients in group order, divide by
     ``norm``, add the L2 term on weights (not biases) and apply the optimizer step, or,
     when ``out_grad`` is non-empty, store the gradient there and leave the parameters
@@ -82,8 +95,9 @@ def apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step
             state_m[i] = mu * state_m[i] - lr * g[i]
             params[i] += mu * state_m[i] - lr * g[i]
     else:
-        lr_t = real(hyper[H_LR] * np.sqrt(1.0 - hyper[H_BETA2]**step)
-                    / (1.0 - hyper[H_BETA1]**step))
+        lr_t = real(
+            hyper[H_LR] * np.sqrt(1.0 - hyper[H_BETA2] ** step) / (1.0 - hyper[H_BETA1] ** step)
+        )
         for i in range(lo, hi):
             state_m[i] = beta1 * state_m[i] + (one - beta1) * g[i]
             state_v[i] = beta2 * state_v[i] + (one - beta2) * g[i] * g[i]
@@ -91,16 +105,30 @@ def apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step
 
 
 @njit(parallel=PRANGE_ONLY, cache=True)
-def parallel_update(grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m,
-                    state_v, out_grad):
+def parallel_update(
+    grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m, state_v, out_grad
+):
     """``apply_gradient`` over every block of ``params``, spread over threads. Only
     networks of many parameters use it: the update then streams every gradient buffer,
     and on one thread it took 14% of a 1024-wide network's epoch."""
     n = params.shape[0]
     for b in prange((n + UPDATE_BLOCK - 1) // UPDATE_BLOCK):
         lo = np.int64(b) * UPDATE_BLOCK
-        apply_gradient(grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m,
-                       state_v, out_grad, lo, min(lo + UPDATE_BLOCK, n))
+        apply_gradient(
+            grads,
+            n_groups,
+            params,
+            layout,
+            norm,
+            optimizer,
+            hyper,
+            step,
+            state_m,
+            state_v,
+            out_grad,
+            lo,
+            min(lo + UPDATE_BLOCK, n),
+        )
 
 
 @njit(cache=True, _nrt=False)
@@ -115,4 +143,4 @@ def squared_weights(params, layout):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"
+SOURCES_DIGEST = "fc48c23e663394f1c0065470415ccd7efd3786625d949ff9c6b6123c837a9f99"

@@ -61,7 +61,6 @@ CHUNK_MAX_WIDTH = TILE if SIMULATOR else 32
 GRID_BLOCKS = None
 
 
-
 def _segments(layout, weights_only):
     """Work items of the squared-weight sum (weights) or of the update (all parameters)."""
     count = 0
@@ -74,8 +73,7 @@ def _segments(layout, weights_only):
 
 def _narrow(layout):
     """Whether a network takes the narrow (chunk per block) schedule."""
-    return int(max(layout[:, K.L_FAN_IN].max(), layout[:, K.L_FAN_OUT].max())) <= \
-        CHUNK_MAX_WIDTH
+    return int(max(layout[:, K.L_FAN_IN].max(), layout[:, K.L_FAN_OUT].max())) <= CHUNK_MAX_WIDTH
 
 
 def _row_splits(size, n_params):
@@ -117,8 +115,12 @@ def run(request):
     """Carry out ``request`` (``fastbp._engine.request``) on the GPU: the same in-place
     updates and return value as the CPU backend's ``run``."""
     X, Y, labels, sample_weight = request.X, request.Y, request.labels, request.sample_weight
-    params, layout, loss, loss_scale = (request.params, request.layout, request.loss,
-                                        request.loss_scale)
+    params, layout, loss, loss_scale = (
+        request.params,
+        request.layout,
+        request.loss,
+        request.loss_scale,
+    )
     reduce_sum, epochs, shuffle = request.reduce_sum, request.epochs, request.shuffle
     optimizer, hyper = request.optimizer, request.hyper
     n = X.shape[0]
@@ -158,17 +160,28 @@ def run(request):
     save = mode == TRAIN
     meta = np.zeros(META_SIZE, np.int64)
     meta[[M_N, M_BATCH, M_N_BATCHES, M_EPOCHS, M_MODE, M_CHUNKED, M_LOSS]] = [
-        n, batch, n_batches, epochs, mode, narrow, loss]
+        n,
+        batch,
+        n_batches,
+        epochs,
+        mode,
+        narrow,
+        loss,
+    ]
     meta[[M_REDUCE_SUM, M_OPTIMIZER, M_STEP0, M_HAS_LABELS, M_HAS_WEIGHTS, M_MAX_OUT]] = [
-        bool(reduce_sum), optimizer, step[0], labels.shape[0] > 0, sample_weight.shape[0] > 0,
-        max_out]
+        bool(reduce_sum),
+        optimizer,
+        step[0],
+        labels.shape[0] > 0,
+        sample_weight.shape[0] > 0,
+        max_out,
+    ]
     meta[[M_N_SQ, M_N_UPDATE]] = [n_sq, n_update]
     total_norm = 1.0
     if not reduce_sum:
         total_norm = sample_weight.sum() if sample_weight.shape[0] > 0 else float(n)
     reals = np.zeros(9)
-    reals[:6] = (hyper.lr, hyper.momentum, hyper.beta1, hyper.beta2, hyper.epsilon,
-                 hyper.l2)
+    reals[:6] = (hyper.lr, hyper.momentum, hyper.beta1, hyper.beta2, hyper.epsilon, hyper.l2)
     reals[[F_LOSS_SCALE, F_CLIP, F_TOTAL_NORM]] = [loss_scale, clip, total_norm]
 
     dtype = params.dtype
@@ -210,8 +223,10 @@ def run(request):
         work = max(n_parts, n_update)
     else:
         tiles = [-(-batch // TILE) * -(-w // TILE) for w in widths]
-        tiles += [n_parts * -(-(fan_in + 1) // TILE) * -(-fan_out // TILE)
-                  for fan_in, fan_out in layout[:, :2]]
+        tiles += [
+            n_parts * -(-(fan_in + 1) // TILE) * -(-fan_out // TILE)
+            for fan_in, fan_out in layout[:, :2]
+        ]
         work = max(max(tiles), n_update, n_loss)
     states = []
     stacked = order.shape[0] > n  # one permutation per epoch, back to back
@@ -225,14 +240,41 @@ def run(request):
             if shuffle:
                 states.append(shuffle_state.copy())
                 shuffle_order(order, shuffle_state)
-            epoch_order = order[lo * n:hi * n] if stacked else order
+            epoch_order = order[lo * n : hi * n] if stacked else order
             d_order.copy_to_device(np.ascontiguousarray(epoch_order, np.int64), stream=stream)
             norms = _batch_norms(epoch_order, sample_weight, batch, n, n_batches, reduce_sum)
             d_norms.copy_to_device(norms, stream=stream)
-            args = (d_X, d_Y, d_labels, d_sw, d_order, d_norms, d_params, d_m, d_v, d_saved,
-                    d_saved_m, d_saved_v, d_layout, d_aoff, d_acts, d_delta, d_part,
-                    d_loss_part, d_sq_part, d_batch_raw, d_sq_total, d_history, d_status,
-                    d_out_grad, d_out, d_meta, d_reals, lo, hi)
+            args = (
+                d_X,
+                d_Y,
+                d_labels,
+                d_sw,
+                d_order,
+                d_norms,
+                d_params,
+                d_m,
+                d_v,
+                d_saved,
+                d_saved_m,
+                d_saved_v,
+                d_layout,
+                d_aoff,
+                d_acts,
+                d_delta,
+                d_part,
+                d_loss_part,
+                d_sq_part,
+                d_batch_raw,
+                d_sq_total,
+                d_history,
+                d_status,
+                d_out_grad,
+                d_out,
+                d_meta,
+                d_reals,
+                lo,
+                hi,
+            )
             if kernel is None:
                 kernel, grid = _grid_blocks(train_kernel, args, work)
             kernel[grid, TPB, stream, (RED_SPACE + 2 * STAGE) * dtype.itemsize](*args)

@@ -49,7 +49,13 @@ except ImportError:  # numba-cuda releases that keep it elsewhere
 SIMULATOR = bool(_cuda_config.ENABLE_CUDASIM)
 
 IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = (
-    K.IDENTITY, K.SIGMOID, K.TANH, K.RELU, K.LEAKY_RELU, K.SOFTMAX)
+    K.IDENTITY,
+    K.SIGMOID,
+    K.TANH,
+    K.RELU,
+    K.LEAKY_RELU,
+    K.SOFTMAX,
+)
 LEAKY_SLOPE = K.LEAKY_SLOPE
 SQUARED, BINARY_CROSS_ENTROPY = K.SQUARED, K.BINARY_CROSS_ENTROPY
 SGD, MOMENTUM, NESTEROV = K.SGD, K.MOMENTUM, K.NESTEROV
@@ -84,13 +90,27 @@ SEGMENT = TPB * 16
 TRAIN, GRADIENT, FORWARD = 0, 1, 2
 
 # Entries of the integer settings array ``meta``.
-(M_N, M_BATCH, M_N_BATCHES, M_EPOCHS, M_MODE, M_CHUNKED, M_LOSS, M_REDUCE_SUM, M_OPTIMIZER,
- M_STEP0, M_HAS_LABELS, M_HAS_WEIGHTS, M_MAX_OUT, M_N_SQ, M_N_UPDATE) = range(15)
+(
+    M_N,
+    M_BATCH,
+    M_N_BATCHES,
+    M_EPOCHS,
+    M_MODE,
+    M_CHUNKED,
+    M_LOSS,
+    M_REDUCE_SUM,
+    M_OPTIMIZER,
+    M_STEP0,
+    M_HAS_LABELS,
+    M_HAS_WEIGHTS,
+    M_MAX_OUT,
+    M_N_SQ,
+    M_N_UPDATE,
+) = range(15)
 META_SIZE = 15
 
 # Entries of the float64 settings array ``reals``.
-(F_LR, F_MOMENTUM, F_BETA1, F_BETA2, F_EPSILON, F_L2, F_LOSS_SCALE, F_CLIP,
- F_TOTAL_NORM) = range(9)
+(F_LR, F_MOMENTUM, F_BETA1, F_BETA2, F_EPSILON, F_L2, F_LOSS_SCALE, F_CLIP, F_TOTAL_NORM) = range(9)
 
 # Entries of ``status``: the epoch that failed (-1 while none has), and a flag raised
 # when the current epoch's loss or parameters are not finite.
@@ -149,8 +169,9 @@ def output_activation(code, z, o, n_out, out, row):
 
 
 @cuda.jit(device=True)
-def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, has_labels, row,
-                weight, delta, d_off):
+def output_loss(
+    code, loss, loss_scale, clip, work, o, n_out, Y, labels, has_labels, row, weight, delta, d_off
+):
     """One sample's loss, as the CPU kernels' ``output_loss``: activations replace the
     pre-activations ``work[o:o + n_out]`` and dL/dz times ``weight`` goes to
     ``delta[d_off:d_off + n_out]``."""
@@ -271,8 +292,7 @@ def multiply_tile(sA, sB, acc, bv):
 
 
 @cuda.jit(device=True)
-def forward_tile(X, order, ostart, acts, aoff, params, layout, l, b0, b_end, j0, sA, sB, acc,
-                 bv):
+def forward_tile(X, order, ostart, acts, aoff, params, layout, l, b0, b_end, j0, sA, sB, acc, bv):
     """Outputs of layer ``l`` for batch rows ``b0 .. b0 + TILE`` (below ``b_end``) and units
     ``j0 .. j0 + TILE``: ``[A, 1] @ [W; b]``, activated unless ``l`` is the output layer
     (whose pre-activations the loss needs)."""
@@ -328,8 +348,28 @@ def forward_tile(X, order, ostart, acts, aoff, params, layout, l, b0, b_end, j0,
 
 
 @cuda.jit(device=True)
-def weight_grad_tile(X, order, ostart, acts, aoff, delta, d_off, layout, l, r0, r_end, k0m, j0,
-                     part, p_off, accumulate, sA, sB, acc, bv):
+def weight_grad_tile(
+    X,
+    order,
+    ostart,
+    acts,
+    aoff,
+    delta,
+    d_off,
+    layout,
+    l,
+    r0,
+    r_end,
+    k0m,
+    j0,
+    part,
+    p_off,
+    accumulate,
+    sA,
+    sB,
+    acc,
+    bv,
+):
     """Gradient of layer ``l``'s weights (and bias, as input row ``fan_in``) summed over
     batch rows ``r0 .. r_end``: rows ``k0m ..`` and columns ``j0 ..`` of ``[A, 1]^T D``,
     written (or, with ``accumulate``, added) to ``part[p_off + w_off + ...]``."""
@@ -382,8 +422,9 @@ def weight_grad_tile(X, order, ostart, acts, aoff, delta, d_off, layout, l, r0, 
 
 
 @cuda.jit(device=True)
-def input_delta_tile(acts, aoff, delta, d_off, d_prev, params, layout, l, b0, b_end, k0n, sA,
-                     sB, acc, bv):
+def input_delta_tile(
+    acts, aoff, delta, d_off, d_prev, params, layout, l, b0, b_end, k0n, sA, sB, acc, bv
+):
     """dL/dz of layer ``l - 1`` for batch rows ``b0 ..`` and units ``k0n ..``:
     ``(D @ W^T) * act'(A)`` with the weights as they were before this batch's update."""
     tid = cuda.threadIdx.x
@@ -423,7 +464,8 @@ def input_delta_tile(acts, aoff, delta, d_off, d_prev, params, layout, l, b0, b_
                 k = k0n + tx + T * j
                 if k < fi:
                     d_prev[b * fi + k] = acc[i * R + j] * derivative_from_output(
-                        code, acts[a_off + b * fi + k])
+                        code, acts[a_off + b * fi + k]
+                    )
 
 
 # ---------------------------------------------------------------- whole-batch pieces
@@ -436,8 +478,7 @@ def delta_offset(layout, l, rows, max_out):
 
 
 @cuda.jit(device=True)
-def loss_rows(Y, labels, sw, order, ostart, acts, aoff, delta, layout, meta, reals, r0, r_end,
-              red):
+def loss_rows(Y, labels, sw, order, ostart, acts, aoff, delta, layout, meta, reals, r0, r_end, red):
     """Loss and output deltas of batch rows ``r0 .. r_end`` (one per thread); returns their
     weighted loss sum, reduced over the block by a fixed tree."""
     n_layers = layout.shape[0]
@@ -450,10 +491,22 @@ def loss_rows(Y, labels, sw, order, ostart, acts, aoff, delta, layout, meta, rea
     for b in range(r0 + cuda.threadIdx.x, r_end, TPB):
         row = order[ostart + b]
         weight = sw[row] if has_weights else 1.0
-        total += weight * output_loss(code, meta[M_LOSS], reals[F_LOSS_SCALE], reals[F_CLIP],
-                                      acts, z_off + b * n_out, n_out, Y, labels,
-                                      meta[M_HAS_LABELS] != 0, row, weight, delta,
-                                      d_off + b * n_out)
+        total += weight * output_loss(
+            code,
+            meta[M_LOSS],
+            reals[F_LOSS_SCALE],
+            reals[F_CLIP],
+            acts,
+            z_off + b * n_out,
+            n_out,
+            Y,
+            labels,
+            meta[M_HAS_LABELS] != 0,
+            row,
+            weight,
+            delta,
+            d_off + b * n_out,
+        )
     return block_sum(red, total)
 
 
@@ -464,8 +517,7 @@ def output_rows(order, ostart, acts, aoff, layout, r0, r_end, out):
     n_out = layout[n_layers - 1, K.L_FAN_OUT]
     code = layout[n_layers - 1, K.L_ACTIVATION]
     for b in range(r0 + cuda.threadIdx.x, r_end, TPB):
-        output_activation(code, acts, aoff[n_layers - 1] + b * n_out, n_out, out,
-                          order[ostart + b])
+        output_activation(code, acts, aoff[n_layers - 1] + b * n_out, n_out, out, order[ostart + b])
 
 
 @cuda.jit(device=True)
@@ -513,8 +565,9 @@ def squared_weights_item(params, layout, item, sq_part, red):
 
 
 @cuda.jit(device=True)
-def update_item(params, state_m, state_v, part, n_parts, layout, meta, reals, norm, step, item,
-                out_grad):
+def update_item(
+    params, state_m, state_v, part, n_parts, layout, meta, reals, norm, step, item, out_grad
+):
     """Sum one segment's partial gradients in order, divide by ``norm``, add L2 on weights
     and step the optimizer (or store the gradient), as the CPU kernels' ``apply_gradient``."""
     lo, hi, is_weight = update_segment(layout, item)
@@ -610,8 +663,23 @@ def narrow_input_delta(acts, aoff, delta, d_off, d_prev, params, layout, l, r0, 
 
 
 @cuda.jit(device=True)
-def narrow_weight_grad(X, order, ostart, acts, aoff, delta, d_off, layout, l, r0, r_end, part,
-                       p_off, accumulate, scratch):
+def narrow_weight_grad(
+    X,
+    order,
+    ostart,
+    acts,
+    aoff,
+    delta,
+    d_off,
+    layout,
+    l,
+    r0,
+    r_end,
+    part,
+    p_off,
+    accumulate,
+    scratch,
+):
     """Gradient of layer ``l``'s weights and bias summed over batch rows ``r0 .. r_end``,
     written (or added) to ``part[p_off + ...]``. When there are fewer weights than
     threads, each weight's rows are split over several threads (row ``r0 + s`` plus
@@ -653,8 +721,29 @@ def narrow_weight_grad(X, order, ostart, acts, aoff, delta, d_off, layout, l, r0
 
 
 @cuda.jit(device=True)
-def chunk_pass(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part, loss_part,
-               params, layout, meta, reals, group, n_groups, out, scratch, red):
+def chunk_pass(
+    X,
+    Y,
+    labels,
+    sw,
+    order,
+    ostart,
+    size,
+    acts,
+    aoff,
+    delta,
+    part,
+    loss_part,
+    params,
+    layout,
+    meta,
+    reals,
+    group,
+    n_groups,
+    out,
+    scratch,
+    red,
+):
     """Forward, loss and backward passes of one group of consecutive chunks of ``TPB``
     rows, all in this block; the group's gradient goes to ``part[group]`` and its loss to
     ``loss_part``."""
@@ -675,32 +764,97 @@ def chunk_pass(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part, l
         if forward_only:
             output_rows(order, ostart, acts, aoff, layout, r0, r_end, out)
             continue
-        group_loss += loss_rows(Y, labels, sw, order, ostart, acts, aoff, delta, layout, meta,
-                                reals, r0, r_end, red)
+        group_loss += loss_rows(
+            Y, labels, sw, order, ostart, acts, aoff, delta, layout, meta, reals, r0, r_end, red
+        )
         for l in range(n_layers - 1, -1, -1):
             d_off = delta_offset(layout, l, rows, max_out)
             if l > 0:
-                narrow_input_delta(acts, aoff, delta, d_off,
-                                   delta[delta_offset(layout, l - 1, rows, max_out):], params,
-                                   layout, l, r0, r_end)
-            narrow_weight_grad(X, order, ostart, acts, aoff, delta, d_off, layout, l, r0, r_end,
-                               part, group * n_params, c > first, scratch)
+                narrow_input_delta(
+                    acts,
+                    aoff,
+                    delta,
+                    d_off,
+                    delta[delta_offset(layout, l - 1, rows, max_out) :],
+                    params,
+                    layout,
+                    l,
+                    r0,
+                    r_end,
+                )
+            narrow_weight_grad(
+                X,
+                order,
+                ostart,
+                acts,
+                aoff,
+                delta,
+                d_off,
+                layout,
+                l,
+                r0,
+                r_end,
+                part,
+                group * n_params,
+                c > first,
+                scratch,
+            )
     if cuda.threadIdx.x == 0 and not forward_only:
         loss_part[group] = group_loss
 
 
 @cuda.jit(device=True)
-def chunked_batch(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part, loss_part,
-                  sq_part, params, layout, meta, reals, out, scratch, red):
+def chunked_batch(
+    X,
+    Y,
+    labels,
+    sw,
+    order,
+    ostart,
+    size,
+    acts,
+    aoff,
+    delta,
+    part,
+    loss_part,
+    sq_part,
+    params,
+    layout,
+    meta,
+    reals,
+    out,
+    scratch,
+    red,
+):
     """One batch on the narrow schedule: chunk groups (and the squared-weight segments of
     the L2 term) spread over the blocks. Returns the number of partial gradients."""
     n_groups = min((size + TPB - 1) // TPB, MAX_CHUNK_GROUPS)
     n_sq = meta[M_N_SQ] if reals[F_L2] > 0.0 and meta[M_MODE] != FORWARD else 0
     for w in range(cuda.blockIdx.x, n_groups + n_sq, cuda.gridDim.x):
         if w < n_groups:
-            chunk_pass(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part,
-                       loss_part, params, layout, meta, reals, w, n_groups, out, scratch,
-                       red)
+            chunk_pass(
+                X,
+                Y,
+                labels,
+                sw,
+                order,
+                ostart,
+                size,
+                acts,
+                aoff,
+                delta,
+                part,
+                loss_part,
+                params,
+                layout,
+                meta,
+                reals,
+                w,
+                n_groups,
+                out,
+                scratch,
+                red,
+            )
         else:
             squared_weights_item(params, layout, w - n_groups, sq_part, red)
     barrier(cuda.gridDim.x)
@@ -710,13 +864,37 @@ def chunked_batch(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part
 @cuda.jit(device=True)
 def row_splits(size, n_params):
     """Slices of a batch's rows whose weight gradients the wide schedule sums apart."""
-    return max(1, min((size + SPLIT_ROWS - 1) // SPLIT_ROWS, MAX_CHUNK_GROUPS,
-                      PART_ENTRIES // n_params))
+    return max(
+        1, min((size + SPLIT_ROWS - 1) // SPLIT_ROWS, MAX_CHUNK_GROUPS, PART_ENTRIES // n_params)
+    )
 
 
 @cuda.jit(device=True)
-def layered_batch(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part, loss_part,
-                  sq_part, params, layout, meta, reals, out, sA, sB, acc, bv, red):
+def layered_batch(
+    X,
+    Y,
+    labels,
+    sw,
+    order,
+    ostart,
+    size,
+    acts,
+    aoff,
+    delta,
+    part,
+    loss_part,
+    sq_part,
+    params,
+    layout,
+    meta,
+    reals,
+    out,
+    sA,
+    sB,
+    acc,
+    bv,
+    red,
+):
     """One batch on the wide schedule: every layer's tiles spread over all blocks, a
     barrier between layers. Returns the numbers of loss and gradient partials."""
     n_layers = layout.shape[0]
@@ -731,20 +909,48 @@ def layered_batch(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part
         n_sq = meta[M_N_SQ] if l == 0 and reals[F_L2] > 0.0 and not forward_only else 0
         for w in range(bid, n_bt * n_ut + n_sq, n_blocks):
             if w < n_bt * n_ut:
-                forward_tile(X, order, ostart, acts, aoff, params, layout, l,
-                             (w // n_ut) * TILE, size, (w % n_ut) * TILE, sA, sB, acc, bv)
+                forward_tile(
+                    X,
+                    order,
+                    ostart,
+                    acts,
+                    aoff,
+                    params,
+                    layout,
+                    l,
+                    (w // n_ut) * TILE,
+                    size,
+                    (w % n_ut) * TILE,
+                    sA,
+                    sB,
+                    acc,
+                    bv,
+                )
             else:
                 squared_weights_item(params, layout, w - n_bt * n_ut, sq_part, red)
         barrier(n_blocks)
     n_lc = (size + TPB - 1) // TPB
     if forward_only:
         for w in range(bid, n_lc, n_blocks):
-            output_rows(order, ostart, acts, aoff, layout, w * TPB, min(size, (w + 1) * TPB),
-                        out)
+            output_rows(order, ostart, acts, aoff, layout, w * TPB, min(size, (w + 1) * TPB), out)
         return n_lc, 1
     for w in range(bid, n_lc, n_blocks):
-        total = loss_rows(Y, labels, sw, order, ostart, acts, aoff, delta, layout, meta, reals,
-                          w * TPB, min(size, (w + 1) * TPB), red)
+        total = loss_rows(
+            Y,
+            labels,
+            sw,
+            order,
+            ostart,
+            acts,
+            aoff,
+            delta,
+            layout,
+            meta,
+            reals,
+            w * TPB,
+            min(size, (w + 1) * TPB),
+            red,
+        )
         if cuda.threadIdx.x == 0:
             loss_part[w] = total
     barrier(n_blocks)
@@ -759,18 +965,51 @@ def layered_batch(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part
         n_kt = (fi + TILE - 1) // TILE
         n_dt = n_bt * n_kt if l > 0 else 0
         d_off = delta_offset(layout, l, rows, max_out)
-        d_prev = delta[delta_offset(layout, l - 1, rows, max_out):] if l > 0 else delta
+        d_prev = delta[delta_offset(layout, l - 1, rows, max_out) :] if l > 0 else delta
         for w in range(bid, n_dt + n_wt * n_split, n_blocks):
             if w < n_dt:
-                input_delta_tile(acts, aoff, delta, d_off, d_prev, params, layout, l,
-                                 (w // n_kt) * TILE, size, (w % n_kt) * TILE, sA, sB, acc, bv)
+                input_delta_tile(
+                    acts,
+                    aoff,
+                    delta,
+                    d_off,
+                    d_prev,
+                    params,
+                    layout,
+                    l,
+                    (w // n_kt) * TILE,
+                    size,
+                    (w % n_kt) * TILE,
+                    sA,
+                    sB,
+                    acc,
+                    bv,
+                )
             else:
                 tile = (w - n_dt) // n_split
                 piece = (w - n_dt) % n_split
-                weight_grad_tile(X, order, ostart, acts, aoff, delta, d_off, layout, l,
-                                 piece * size // n_split, (piece + 1) * size // n_split,
-                                 (tile // n_ut) * TILE, (tile % n_ut) * TILE, part,
-                                 piece * n_params, False, sA, sB, acc, bv)
+                weight_grad_tile(
+                    X,
+                    order,
+                    ostart,
+                    acts,
+                    aoff,
+                    delta,
+                    d_off,
+                    layout,
+                    l,
+                    piece * size // n_split,
+                    (piece + 1) * size // n_split,
+                    (tile // n_ut) * TILE,
+                    (tile % n_ut) * TILE,
+                    part,
+                    piece * n_params,
+                    False,
+                    sA,
+                    sB,
+                    acc,
+                    bv,
+                )
         barrier(n_blocks)
     return n_lc, n_split
 
@@ -779,17 +1018,44 @@ def layered_batch(X, Y, labels, sw, order, ostart, size, acts, aoff, delta, part
 
 
 @cuda.jit(cache=CACHE)
-def train_kernel(X, Y, labels, sw, order, norms, params, state_m, state_v, saved_params,
-                 saved_m, saved_v, layout, aoff, acts, delta, part, loss_part, sq_part,
-                 batch_raw, sq_total, history, status, out_grad, out, meta, reals, epoch_lo,
-                 epoch_hi):
+def train_kernel(
+    X,
+    Y,
+    labels,
+    sw,
+    order,
+    norms,
+    params,
+    state_m,
+    state_v,
+    saved_params,
+    saved_m,
+    saved_v,
+    layout,
+    aoff,
+    acts,
+    delta,
+    part,
+    loss_part,
+    sq_part,
+    batch_raw,
+    sq_total,
+    history,
+    status,
+    out_grad,
+    out,
+    meta,
+    reals,
+    epoch_lo,
+    epoch_hi,
+):
     """Epochs ``epoch_lo .. epoch_hi`` of training (or one gradient, or one forward pass)
     on a cooperative grid; see ``run``."""
     # One dynamic shared buffer: the float64 reduction scratch, then the two tiles.
     red = cuda.shared.array(0, FLOAT64)
     tiles = cuda.shared.array(0, X.dtype)
-    sA = tiles[RED_SPACE:RED_SPACE + STAGE]
-    sB = tiles[RED_SPACE + STAGE:RED_SPACE + 2 * STAGE]
+    sA = tiles[RED_SPACE : RED_SPACE + STAGE]
+    sB = tiles[RED_SPACE + STAGE : RED_SPACE + 2 * STAGE]
     acc = cuda.local.array(RR, X.dtype)
     bv = cuda.local.array(R, X.dtype)
     tid = cuda.threadIdx.x
@@ -811,14 +1077,55 @@ def train_kernel(X, Y, labels, sw, order, norms, params, state_m, state_v, saved
             ostart = t * batch
             size = min(batch, n - ostart)
             if meta[M_CHUNKED] != 0:
-                n_parts = chunked_batch(X, Y, labels, sw, order, ostart, size, acts, aoff,
-                                        delta, part, loss_part, sq_part, params, layout, meta,
-                                        reals, out, sA, red)
+                n_parts = chunked_batch(
+                    X,
+                    Y,
+                    labels,
+                    sw,
+                    order,
+                    ostart,
+                    size,
+                    acts,
+                    aoff,
+                    delta,
+                    part,
+                    loss_part,
+                    sq_part,
+                    params,
+                    layout,
+                    meta,
+                    reals,
+                    out,
+                    sA,
+                    red,
+                )
                 n_loss = n_parts
             else:
-                n_loss, n_parts = layered_batch(X, Y, labels, sw, order, ostart, size, acts,
-                                                aoff, delta, part, loss_part, sq_part, params,
-                                                layout, meta, reals, out, sA, sB, acc, bv, red)
+                n_loss, n_parts = layered_batch(
+                    X,
+                    Y,
+                    labels,
+                    sw,
+                    order,
+                    ostart,
+                    size,
+                    acts,
+                    aoff,
+                    delta,
+                    part,
+                    loss_part,
+                    sq_part,
+                    params,
+                    layout,
+                    meta,
+                    reals,
+                    out,
+                    sA,
+                    sB,
+                    acc,
+                    bv,
+                    red,
+                )
             if mode == FORWARD:
                 return
             norm = norms[t]
@@ -835,8 +1142,20 @@ def train_kernel(X, Y, labels, sw, order, norms, params, state_m, state_v, saved
                         history[0] = value
             step = meta[M_STEP0] + epoch * n_batches + t + 1
             for w in range(bid, meta[M_N_UPDATE], n_blocks):
-                update_item(params, state_m, state_v, part, n_parts, layout, meta, reals, norm,
-                            step, w, out_grad)
+                update_item(
+                    params,
+                    state_m,
+                    state_v,
+                    part,
+                    n_parts,
+                    layout,
+                    meta,
+                    reals,
+                    norm,
+                    step,
+                    w,
+                    out_grad,
+                )
             if mode == GRADIENT:
                 return
             barrier(n_blocks)
@@ -883,4 +1202,4 @@ def train_kernel(X, Y, labels, sw, order, norms, params, state_m, state_v, saved
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "bdbe6e83cce8eb52a7085010ba85930108350be4ec0957c76d5c3f3dc6318db5"
+SOURCES_DIGEST = "fc48c23e663394f1c0065470415ccd7efd3786625d949ff9c6b6123c837a9f99"
