@@ -108,3 +108,64 @@ def test_with_no_writable_cache_folder_fastbp_compiles_uncached_and_says_so_once
         "fastbp: no writable folder for numba's cache (set NUMBA_CACHE_DIR to one); "
         "compiling without it, so each new process compiles again"
     ]
+
+
+# The leaky ReLU child, also saying whether compiled_run came from the cache.
+CACHE_HITS_CHILD = (
+    CHILD
+    + """
+from fastbp._engine.cpu import entry
+stats = entry.compiled_run.stats
+print(len(stats.cache_hits), len(stats.cache_misses))
+"""
+)
+
+
+@pytest.mark.slow
+def test_a_filled_read_only_cache_is_read_where_nothing_is_writable(tmp_path):
+    """A container image may ship a filled numba cache on a read-only file system, where
+    numba reads no cache it cannot write to. fastbp reads its kernels from it through a
+    private copy: cache hits, no compilation, and one line saying so. The read-only file
+    system is a read-only bind mount (skipped where mounting is not allowed)."""
+    shutil.copytree(
+        ROOT / "fastbp", tmp_path / "fastbp", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    filled = tmp_path / "filled"
+    assert _child(tmp_path, filled) == (True, -0.01)
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(filled), str(read_only)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
+    try:
+        remounted = subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(read_only)], capture_output=True
+        )
+        if remounted.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {remounted.stderr.decode().strip()}")
+        for folder in [tmp_path / "fastbp", *(tmp_path / "fastbp").rglob("*")]:
+            if folder.is_dir():
+                (folder / "__pycache__").write_text("not a folder")
+        blocked = tmp_path / "blocked"
+        blocked.write_text("not a folder")
+        env = dict(os.environ, PYTHONPATH=str(tmp_path), NUMBA_CACHE_DIR=str(read_only))
+        env.update(HOME=str(blocked), XDG_CACHE_HOME=str(blocked / "x"))
+        done = subprocess.run(
+            [sys.executable, "-c", CACHE_HITS_CHILD],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        subprocess.run(["umount", str(read_only)], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    cached, value, hits, misses = done.stdout.split()
+    assert (cached, value) == ("True", "-0.01")
+    assert int(hits) >= 1 and int(misses) == 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "fastbp: numba's cache is read-only here; reading fastbp's compiled kernels from it "
+        "through a private copy"
+    ]

@@ -10,9 +10,14 @@ sources and their digests disagree, and the engine compiles without the cache.
 Refresh after editing the engine: ``python -m fastbp._engine.sources --write``.
 """
 
+import atexit
+import contextlib
 import hashlib
+import inspect
 import re
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -88,39 +93,99 @@ def _cache_allowed():
 #: Whether the kernels use numba's cache (``cache=CACHE`` in their decorators).
 CACHE = _cache_allowed()
 
-_told_no_folder = False
+_said = set()
+_private_root = None
 
 
-def _cacheable(py_func):
-    """Whether numba finds a writable folder to cache ``py_func`` in: its file's
-    ``__pycache__``, ``NUMBA_CACHE_DIR`` or the user's cache folder. numba raises at
-    decoration where none is (a read-only install in a container, say); fastbp compiles
-    uncached there instead, and says so once."""
-    global _told_no_folder
+def _say_once(message):
+    if message not in _said:
+        _said.add(message)
+        print(message, file=sys.stderr)
+
+
+def _writable_cache(py_func):
+    """Whether numba finds a writable folder to cache ``py_func`` in: ``NUMBA_CACHE_DIR``,
+    its file's ``__pycache__`` or the user's cache folder (numba raises at decoration
+    where none is, as in a read-only container image)."""
     from numba.core.caching import FunctionCache
 
     try:
         FunctionCache(py_func)
     except RuntimeError:
-        if not _told_no_folder:
-            _told_no_folder = True
-            print(
-                "fastbp: no writable folder for numba's cache (set NUMBA_CACHE_DIR to "
-                "one); compiling without it, so each new process compiles again",
-                file=sys.stderr,
-            )
         return False
     return True
 
 
+def _read_only_cache(py_func):
+    """``(folder, subpath)`` of the read-only cache that numba would read ``py_func``'s
+    file's kernels from if it could write there: ``NUMBA_CACHE_DIR``'s folder for that
+    file, or the file's own ``__pycache__``; the folder may hold none of them yet. None
+    where there is no such cache."""
+    from numba.core.caching import UserProvidedCacheLocator
+
+    source = Path(inspect.getfile(py_func))
+    subpath = UserProvidedCacheLocator.get_suitable_cache_subpath(str(source))
+    if numba.config.CACHE_DIR and Path(numba.config.CACHE_DIR).is_dir():
+        return Path(numba.config.CACHE_DIR) / subpath, subpath
+    if (source.parent / "__pycache__").is_dir():
+        return source.parent / "__pycache__", subpath
+    return None
+
+
+def _private_copy(folder, subpath):
+    """A writable copy of a read-only cache folder, laid out as ``NUMBA_CACHE_DIR`` would
+    hold it, in a temporary folder of this process (removed at exit): numba reads from
+    it, and what it compiles anew is kept there for this process only."""
+    global _private_root
+    if _private_root is None:
+        _private_root = tempfile.mkdtemp(prefix="fastbp-numba-cache-")
+        atexit.register(shutil.rmtree, _private_root, True)
+    target = Path(_private_root) / subpath
+    if not target.exists():
+        if folder.is_dir():
+            shutil.copytree(folder, target)
+        else:
+            target.mkdir(parents=True)
+    return _private_root
+
+
+@contextlib.contextmanager
+def _numba_cache_dir(path):
+    """numba's cache folder set to ``path`` while one of fastbp's kernels is decorated:
+    its cache locator reads the setting then, and nothing else in the process sees it."""
+    previous = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = path
+    try:
+        yield
+    finally:
+        numba.config.CACHE_DIR = previous
+
+
 def njit(*args, **kwargs):
-    """``numba.njit``, with ``cache=True`` honoured only while ``CACHE`` holds and numba
-    finds a writable cache folder."""
+    """``numba.njit``, with ``cache=True`` honoured only while ``CACHE`` holds. Where no
+    cache folder is writable, a filled read-only cache (a container image's) is read
+    through a private copy, and without one the kernels compile uncached; either way one
+    line says so, instead of numba's error at import."""
     if not kwargs.get("cache"):
         return numba.njit(*args, **kwargs)
 
     def decorate(py_func):
-        return numba.njit(**dict(kwargs, cache=CACHE and _cacheable(py_func)))(py_func)
+        if CACHE and _writable_cache(py_func):
+            return numba.njit(**kwargs)(py_func)
+        found = _read_only_cache(py_func) if CACHE else None
+        if found is not None:
+            _say_once(
+                "fastbp: numba's cache is read-only here; reading fastbp's compiled kernels "
+                "from it through a private copy"
+            )
+            with _numba_cache_dir(_private_copy(*found)):
+                return numba.njit(**kwargs)(py_func)
+        if CACHE:
+            _say_once(
+                "fastbp: no writable folder for numba's cache (set NUMBA_CACHE_DIR to "
+                "one); compiling without it, so each new process compiles again"
+            )
+        return numba.njit(**dict(kwargs, cache=False))(py_func)
 
     return decorate(args[0]) if args else decorate
 

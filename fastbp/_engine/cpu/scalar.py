@@ -318,4 +318,4 @@ sigmoid_bce_delta = njit(inline="always")(F.sigmoid_bce_delta)
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "fc48c23e663394f1c0065470415ccd7efd3786625d949ff9c6b6123c837a9f99"
+SOURCES_DIGEST = "9236a6d52a1637d6fc85a1eb563b74c4387d4fab64e63aa2ea2bf8668e514558"
