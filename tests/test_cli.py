@@ -933,3 +933,26 @@ def test_warnings_print_as_one_line_each(iris, capsys):
     warned = [line for line in lines if line.startswith("fastbp: warning: ")]
     assert len(warned) == 1 and "--batch-size 100000 is larger than" in warned[0], err
     assert not [line for line in lines if "Warning" in line or line.startswith(" ")], err
+
+
+@pytest.mark.slow
+def test_kill_9_at_any_moment_never_leaves_a_partial_model(tmp_path, digits_csv):
+    """``kill -9`` cannot be caught, so nothing is saved then; but the model file is
+    replaced in one rename, so at any moment it is the earlier complete model or the new
+    complete one, never a partial zip. Kills at several moments of a short run, from the
+    first epochs through the final save and scoring."""
+    model = tmp_path / "m.npz"
+    first = _start_training(digits_csv, "--epochs", "2", "--hidden", "8", "--out", model)
+    assert first.communicate(timeout=300)[0] is not None and first.returncode == 0
+    earlier = model.read_bytes()
+    for delay in (0.0, 0.2, 0.5, 1.0, 2.0, 4.0):
+        process = _start_training(
+            digits_csv, "--epochs", "20", "--hidden", "8", "--no-progress", "--out", model
+        )
+        time.sleep(delay)
+        process.kill()
+        process.communicate(timeout=120)
+        net = fastbp.load(model)  # a complete model file, whichever it is
+        assert net.layer_sizes[0] == 64
+        assert model.read_bytes() == earlier or persistence.read_metadata(model)["epochs"] >= 1
+        earlier = model.read_bytes()
