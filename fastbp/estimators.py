@@ -148,15 +148,6 @@ def _shuffled(sample_idx, random_state):
     return sample_idx[indices]
 
 
-def _optimizer_state(net):
-    """Copy of the engine's optimizer state (name, moments, step count)."""
-    return net.optimizer_state()
-
-
-def _set_optimizer_state(net, state):
-    net.load_optimizer_state(state)
-
-
 def _loss_value(out_activation, y, prob, sample_weight):
     """scikit-learn's loss of predictions ``prob`` for 2-D targets ``y``, without the L2
     term: half squared error (mean over outputs), binary log loss (summed over outputs)
@@ -336,7 +327,7 @@ class _BaseMLP(BaseEstimator):
         net = state.pop("_net", None)
         state.pop("_net_key", None)
         if net is not None:
-            state["_engine_optimizer"] = _optimizer_state(net)
+            state["_engine_optimizer"] = net.optimizer_state()
         return state
 
     def __setstate__(self, state):
@@ -344,21 +335,22 @@ class _BaseMLP(BaseEstimator):
         super().__setstate__(state)
         if optimizer is not None and hasattr(self, "coefs_"):
             net = self._sync_net(self.coefs_[0].dtype, self._fit_device)
-            _set_optimizer_state(net, optimizer)
+            net.load_optimizer_state(optimizer)
 
     # ------------------------------------------------------------ fitting
 
     def _snapshot(self):
         state = {k: (list(v) if isinstance(v, list) else v) for k, v in self.__dict__.items()}
         net = getattr(self, "_net", None)
-        return state, (net, _optimizer_state(net)) if net is not None else None
+        return state, (net, net.optimizer_state()) if net is not None else None
 
     def _restore(self, snapshot):
         state, engine = snapshot
         self.__dict__.clear()
         self.__dict__.update(state)
         if engine is not None:
-            _set_optimizer_state(*engine)
+            net, optimizer = engine
+            net.load_optimizer_state(optimizer)
 
     def _fit(self, X, y, sample_weight=None, incremental=False, classes=None):
         hidden, dtype = self._check_params()

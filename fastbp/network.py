@@ -18,9 +18,6 @@ from ._engine.backends import backend
 from ._engine.request import Hyperparameters, Mode, OptimizerState, Request
 from ._init import initial_weights
 
-#: Optimizer names and their engine codes.
-OPTIMIZER_CODES = _layout.OPTIMIZER_CODES
-
 
 class MLP:
     """A fully connected network trained by backpropagation.
@@ -352,7 +349,7 @@ class MLP:
                 batch_size=batch_size,
                 shuffle=shuffle,
                 shuffle_state=self._shuffle_state,
-                optimizer=OPTIMIZER_CODES[optimizer],
+                optimizer=_layout.OPTIMIZER_CODES[optimizer],
                 hyper=Hyperparameters(lr, momentum, beta1, beta2, epsilon, l2),
                 state=self._state,
                 history=history,
