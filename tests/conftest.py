@@ -8,12 +8,17 @@ id, so runs are reproducible by default; ``FASTBP_TEST_SEED=<int>`` forces a see
 
 import os
 import secrets
+import tempfile
 import zlib
 
 import numpy as np
 import pytest
 
 _SEED_KEY = pytest.StashKey[int]()
+
+# The tests' own choices of BLAS layers (``fastbp._engine.cpu.calibration``), shared with
+# the processes they start, never the user's.
+os.environ.setdefault("FASTBP_CALIBRATION_DIR", tempfile.mkdtemp(prefix="fastbp-calibration-"))
 
 
 def _seed_for(nodeid):

@@ -77,6 +77,11 @@ _setting("PARALLEL_UPDATE_MIN_PARAMS", "FASTBP_PARALLEL_UPDATE_MIN_PARAMS", 1 <<
 #: while fastbp trains; chunk groups still run in parallel). Read at every run.
 _setting("BLAS_MIN_ENTRIES", "FASTBP_BLAS_MIN_ENTRIES", 1 << 16)
 
+#: Layers of at least this many weights (and fewer than BLAS_MIN_ENTRIES) multiply
+#: through BLAS where it measured faster on this machine (``cpu/calibration.py``): set it
+#: to BLAS_MIN_ENTRIES or more to keep them in fastbp's own products everywhere.
+_setting("BLAS_TRY_ENTRIES", "FASTBP_BLAS_TRY_ENTRIES", 1024)
+
 #: Most samples per chunk in networks that use BLAS, which take chunks of about half a
 #: batch: long enough for BLAS to reach its peak.
 _setting("BLAS_CHUNK_ROWS", "FASTBP_BLAS_CHUNK_ROWS", 256)

@@ -5,18 +5,21 @@ Chunks fix the order in which gradients are summed, so every choice here depends
 network, its dtype and the batch size alone, never on the thread count.
 """
 
+import time
+
 import numpy as np
 from numba import get_num_threads, typeof, types
 from numba._dispatcher import compute_fingerprint
 
 from .. import config
-from ..codes import H_BETA1, H_BETA2, H_EPSILON, H_L2, H_LR, H_MOMENTUM, SGD
+from ..codes import H_BETA1, H_BETA2, H_EPSILON, H_L2, H_LR, H_MOMENTUM, SGD, SQUARED
+from ..layout import build_layout
 from ..request import Mode, OptimizerState
 from . import blas_threads
 from .addresses import address_of
-from .entry import SAMPLE_PASS_ROWS, compiled_run, parallel_groups
+from .entry import compiled_run, parallel_groups
 from .passes import group_pass
-from .plan import work_plan
+from .plan import SAMPLE_PASS_ROWS, work_offsets, work_plan
 from .tiny import TINY_WIDTH, tiny_run
 from .updates import parallel_update
 
@@ -39,7 +42,7 @@ def run(request):
     dtype = params.dtype
     n = X.shape[0]
     batch_size = n if request.batch_size is None else request.batch_size
-    plan = work_plan(request.layout, dtype, batch_size)
+    plan = work_plan(request.layout, dtype, batch_size, time_layer)
     empty = np.zeros(0, dtype)
     training = request.mode == Mode.TRAIN
     state = request.state if training else OptimizerState.empty(dtype)
@@ -81,7 +84,7 @@ def run(request):
             plan.chunk,
             plan.max_groups,
             config.PARALLEL_MIN_MACS,
-            plan.blas_min,
+            plan.blas,
             history,
             out_grad,
             out,
@@ -114,7 +117,7 @@ def _run_planned(
     chunk,
     max_groups,
     parallel_min_macs,
-    blas_min,
+    blas,
     history,
     out_grad,
     out,
@@ -123,7 +126,7 @@ def _run_planned(
     ``tiny_run``; otherwise finds ``group_pass``, and ``parallel_groups`` and
     ``parallel_update`` where the run may use them, compiled for these argument types
     first."""
-    if out.shape[0] == 0 and _tiny(X, layout, batch_size, optimizer, blas_min, out_grad):
+    if out.shape[0] == 0 and _tiny(X, layout, batch_size, optimizer, blas, out_grad):
         return tiny_run(
             X,
             Y,
@@ -218,7 +221,7 @@ def _run_planned(
         state_v,
         chunk,
         parallel_min_macs,
-        blas_min,
+        blas,
         history,
         out_grad,
         out,
@@ -268,7 +271,7 @@ CALL_PARALLEL_MIN_MACS = 1 << 20
 TINY_RUNS = True
 
 
-def _tiny(X, layout, batch_size, optimizer, blas_min, out_grad):
+def _tiny(X, layout, batch_size, optimizer, blas, out_grad):
     """Whether a training run is ``tiny_run``'s: two layers at most ``TINY_WIDTH`` wide,
     none through BLAS, every batch one that ``compiled_run`` would give ``sample_pass``,
     plain SGD."""
@@ -281,7 +284,7 @@ def _tiny(X, layout, batch_size, optimizer, blas_min, out_grad):
     ):
         return False
     (n_in, hidden, *_), (_, n_out, *_) = layout.tolist()
-    return max(n_in, hidden, n_out) <= TINY_WIDTH and max(n_in * hidden, hidden * n_out) < blas_min
+    return max(n_in, hidden, n_out) <= TINY_WIDTH and not blas.any()
 
 
 def _most_groups(n, batch_size, chunk, max_groups):
@@ -422,3 +425,65 @@ def _parallel_update_types(params, layout, optimizer, hyper, state_m, state_v, o
         state_v,
         out_grad,
     )
+
+
+#: Rows a calibration run trains on, in batches of one chunk: enough batches that one run
+#: takes about ``CALIBRATION_SECONDS``.
+CALIBRATION_SECONDS = 2e-3
+
+
+def time_layer(fan_in, fan_out, dtype, chunk, first, through_blas):
+    """Seconds one training batch of ``chunk`` rows spends in a ``fan_in`` x ``fan_out``
+    layer (the network's first when ``first``: no input delta), through BLAS or fastbp's
+    own products: ``calibration``'s measurement, made with the kernels that will run it
+    (one chunk on one thread, BLAS on one thread)."""
+    sizes = [fan_in, fan_out] if first else [1, fan_in, fan_out]
+    layout, n_params = build_layout(sizes, ["identity"] * (len(sizes) - 1), True)
+    blas = np.zeros(layout.shape[0], np.bool_)
+    blas[-1] = through_blas
+    batches = min(50, max(2, int(CALIBRATION_SECONDS * 2e10 / (6 * chunk * fan_in * fan_out))))
+    n = batches * chunk
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, sizes[0])).astype(dtype)
+    Y = rng.standard_normal((n, fan_out)).astype(dtype)
+    params = (0.01 * rng.standard_normal(n_params)).astype(dtype)
+    offs, work_size = work_offsets(layout, chunk)
+    hyper = np.zeros(6)
+    hyper[H_LR] = 1e-6
+    state = OptimizerState.empty(dtype)
+    args = (
+        X,
+        Y,
+        np.empty(0, np.int64),
+        np.empty(0),
+        np.arange(n),
+        params,
+        layout,
+        offs,
+        work_size,
+        SQUARED,
+        1.0 / fan_out,
+        np.finfo(dtype).eps,
+        False,
+        1,
+        chunk,
+        False,
+        np.zeros(1, np.uint64),
+        SGD,
+        hyper,
+        state.step,
+        state.m,
+        state.v,
+        chunk,
+        1,
+        1 << 62,  # never spread over threads
+        blas,
+        np.zeros(1),
+        np.zeros(0, dtype),
+        np.zeros((0, 0), dtype),
+    )
+    with blas_threads.one_blas_thread():
+        _run_planned(*args)  # loads the code, warms the caches
+        start = time.perf_counter()
+        _run_planned(*args)
+        return (time.perf_counter() - start) / batches

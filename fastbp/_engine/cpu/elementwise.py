@@ -175,4 +175,4 @@ def column_sums(work, off, rows, width, grad, out_off, accumulate):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "9236a6d52a1637d6fc85a1eb563b74c4387d4fab64e63aa2ea2bf8668e514558"
+SOURCES_DIGEST = "2200e83542dc5cf6287f6f5c37ce8eee660ab11862a41e4aa9c7023ad651a4dd"

@@ -4,7 +4,7 @@ a batch's chunk groups over threads."""
 import numpy as np
 from numba import prange, types
 
-from ..codes import H_L2, L_FAN_IN, L_FAN_OUT
+from ..codes import H_L2
 from ..shuffle import shuffle_order
 from ..sources import njit
 from .addresses import caller_of
@@ -12,10 +12,8 @@ from .blas import reads_transposed, transpose_weights
 from .compile_options import PRANGE_ONLY
 from .elementwise import prefetch_samples
 from .passes import group_pass, sample_pass
+from .plan import SAMPLE_PASS_ROWS
 from .updates import UPDATE_BLOCK, apply_gradient, parallel_update, squared_weights
-
-#: Training batches of fewer rows run sample by sample (``sample_pass``).
-SAMPLE_PASS_ROWS = 16
 
 #: ``sample_pass`` batches prefetch the next batch's samples when X has at least this
 #: many bytes: smaller data stays in L2, and the call cost the online row 1.03-1.05x
@@ -144,7 +142,7 @@ def compiled_run(
     state_v,
     chunk,
     parallel_min_macs,
-    blas_min,
+    blas,
     history,
     out_grad,
     out,
@@ -174,11 +172,10 @@ def compiled_run(
     the first batch runs, its output activations going to ``out``.
 
     One entry point serves all three because each compiled function that reaches the
-    chunk loops costs seconds of compilation. A network with a layer of ``blas_min`` or
-    more weights runs its chunks as one group and spreads each product over threads."""
+    chunk loops costs seconds of compilation. ``blas`` says which layers multiply through
+    BLAS (``plan.work_plan``)."""
     n = X.shape[0]
     n_params = params.shape[0]
-    blas = layout[:, L_FAN_IN] * layout[:, L_FAN_OUT] >= blas_min
     reads_wt = reads_transposed(layout, blas)
     by_sample = out.shape[0] == 0 and not blas.any()
     # Batches that all run sample by sample read the weights as stored, never ``wt``.
@@ -389,4 +386,4 @@ def compiled_run(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "9236a6d52a1637d6fc85a1eb563b74c4387d4fab64e63aa2ea2bf8668e514558"
+SOURCES_DIGEST = "2200e83542dc5cf6287f6f5c37ce8eee660ab11862a41e4aa9c7023ad651a4dd"

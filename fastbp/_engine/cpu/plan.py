@@ -11,6 +11,11 @@ import numpy as np
 
 from .. import config
 from ..codes import L_FAN_IN, L_FAN_OUT
+from . import calibration
+
+#: Training batches of fewer rows run sample by sample (``passes.sample_pass``), never
+#: through BLAS below ``BLAS_MIN_ENTRIES``.
+SAMPLE_PASS_ROWS = 16
 
 #: Plans by architecture, dtype, batch size and settings, shared by every network: the
 #: first fit of a new 2-2-1 network spent 8 us of its 28 working one out.
@@ -25,16 +30,21 @@ class Plan(NamedTuple):
     chunk: int
     offsets: np.ndarray
     work_size: int
-    #: Whether some layer multiplies through BLAS: one of at least ``blas_min`` weights.
+    #: Which layers multiply through BLAS (bool per layer), and whether any does.
+    blas: np.ndarray
     uses_blas: bool
-    blas_min: int
     #: Most chunk groups, each with a gradient buffer, that a batch may run in parallel.
     max_groups: int
 
 
-def work_plan(layout, dtype, batch_size):
+def work_plan(layout, dtype, batch_size, time_layer=None):
     """The ``Plan`` of a network with this ``layout`` and ``dtype`` for batches of
     ``batch_size`` rows.
+
+    Layers of at least ``BLAS_MIN_ENTRIES`` weights multiply through BLAS; those of at
+    least ``BLAS_TRY_ENTRIES`` do where BLAS measured faster on this machine
+    (``calibration``, timed by ``time_layer(fan_in, fan_out, dtype, chunk, first,
+    through_blas) -> seconds``; without it, they never do).
 
     A batch is cut into chunks of equal size, so that threads get equal shares, and into
     an even number of them (at least two) when it has more than FEWEST_CHUNK_ROWS rows, so
@@ -50,31 +60,52 @@ def work_plan(layout, dtype, batch_size):
         config.WORK_BUFFER_BYTES,
         config.BLAS_CHUNK_ROWS,
         config.BLAS_MIN_ENTRIES,
+        config.BLAS_TRY_ENTRIES,
+        time_layer is None,
+        calibration.generation,
         config.MAX_GROUPS,
         config.GRADIENT_BUFFER_ENTRIES,
     )
     plan = _plans.get(key)
     if plan is not None:
         return plan
-    blas_min = config.BLAS_MIN_ENTRIES
-    uses_blas = bool((layout[:, L_FAN_IN] * layout[:, L_FAN_OUT] >= blas_min).any())
+    entries = layout[:, L_FAN_IN] * layout[:, L_FAN_OUT]
+    blas = entries >= config.BLAS_MIN_ENTRIES
     half = -(-batch_size // 2)
+    blas_most = max(config.FEWEST_CHUNK_ROWS, min(config.BLAS_CHUNK_ROWS, half))
+    if time_layer is not None and batch_size >= SAMPLE_PASS_ROWS:
+        blas_chunk = _chunk(batch_size, blas_most)
+        for l in np.flatnonzero(~blas & (entries >= config.BLAS_TRY_ENTRIES)):
+            fan_in, fan_out = int(layout[l, L_FAN_IN]), int(layout[l, L_FAN_OUT])
+            first = bool(l == 0)
+
+            def timed(through_blas, fan_in=fan_in, fan_out=fan_out, first=first):
+                return time_layer(fan_in, fan_out, dtype, blas_chunk, first, through_blas)
+
+            blas[l] = calibration.through_blas(fan_in, fan_out, dtype, blas_chunk, first, timed)
+    uses_blas = bool(blas.any())
     if uses_blas:
-        most = max(config.FEWEST_CHUNK_ROWS, min(config.BLAS_CHUNK_ROWS, half))
+        most = blas_most
     else:
         per_row = work_offsets(layout, 1)[1] * dtype.itemsize
         fits = config.WORK_BUFFER_BYTES // per_row
         most = min(config.CHUNK_ROWS, max(config.FEWEST_CHUNK_ROWS, min(fits, half)))
-    n_chunks = -(-batch_size // most)
-    if n_chunks > 1:
-        n_chunks += n_chunks % 2
-    chunk = -(-batch_size // n_chunks)
+    chunk = _chunk(batch_size, most)
     n_params = _n_params(layout)
     max_groups = min(config.MAX_GROUPS, max(2, config.GRADIENT_BUFFER_ENTRIES // n_params))
     if len(_plans) >= PLANS_KEPT:
         _plans.clear()
-    plan = _plans[key] = Plan(chunk, *work_offsets(layout, chunk), uses_blas, blas_min, max_groups)
+    plan = _plans[key] = Plan(chunk, *work_offsets(layout, chunk), blas, uses_blas, max_groups)
     return plan
+
+
+def _chunk(batch_size, most):
+    """Rows per chunk: equal chunks of at most ``most`` rows, an even number of them
+    when there are several."""
+    n_chunks = -(-batch_size // most)
+    if n_chunks > 1:
+        n_chunks += n_chunks % 2
+    return -(-batch_size // n_chunks)
 
 
 def _n_params(layout):
