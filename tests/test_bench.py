@@ -113,3 +113,32 @@ def test_targets_judge_speedup_and_peak_clauses_and_leave_others():
     assert meets_target(">= 5x NumPy; peak memory <= data + 64 MB", 6.0, 0.01) is True
     for row in GRID:  # every row has a target this runner judges
         assert meets_target(row.target, 1e9, 1.0) is True
+
+
+def test_rows_slower_than_the_fast_numpy_loop_are_flagged(monkeypatch):
+    from fastbp import bench
+    from fastbp._grid import get_row
+
+    monkeypatch.setattr(bench, "IDLE_S", 0.0)
+
+    def timer(seconds):
+        return lambda *args, **kwargs: (lambda: seconds, 1, 1.0)
+
+    row = get_row("digits-like").scaled(n_rows=50)
+    monkeypatch.setattr(bench, "fastbp_timer", timer(2.0))
+    monkeypatch.setattr(bench, "reference_timer", timer(8.0))
+    monkeypatch.setattr(bench, "fast_numpy_timer", timer(1.0))
+    slow = bench.measure(row, "float64", 1, peak=row.train_flops())  # 0.5 of peak at 2 s
+    monkeypatch.setattr(bench, "fast_numpy_timer", timer(3.0))
+    fast = bench.measure(row, "float64", 1, peak=row.train_flops() / 0.4)
+    assert (slow["slower"], slow["meets"], fast["slower"], fast["meets"]) == (
+        True,
+        True,
+        False,
+        False,
+    )
+    table = bench.format_markdown([slow, fast]).splitlines()
+    assert "fast NumPy" in table[0] and "target met" in table[0]
+    assert "| 0.50x SLOWER |" in table[2] and "| 50.0% |" in table[2]
+    assert "| 1.50x |" in table[3] and "| NO |" in table[3]
+    assert bench.format_text([slow, fast]).count("SLOWER") == 1
