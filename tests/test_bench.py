@@ -81,3 +81,64 @@ def test_libraries_take_turns_and_every_fit_counts(monkeypatch):
     )
     assert calls == ["a", "c", "a", "c", "a", "a", "b", "c"]
     assert medians == [2.5, 50.0, 1.0]
+
+
+def test_flops_count_forward_weight_gradient_and_input_deltas_after_the_first_layer():
+    from fastbp._grid import get_row
+
+    mnist = get_row("mnist-like")  # 784-128-10
+    assert mnist.flops_per_sample == 4 * (784 * 128 + 128 * 10) + 2 * 128 * 10
+    narrow = get_row("narrow")  # 32-64-64-1
+    assert narrow.flops_per_sample == 4 * (32 * 64 + 64 * 64 + 64) + 2 * (64 * 64 + 64)
+    assert narrow.train_flops(n_rows=10, epochs=3) == 30 * narrow.flops_per_sample
+
+
+@pytest.mark.parametrize("name", ["digits-like", "sklearn-binary", "tabular", "hidden-256x2"])
+def test_middle_rows_do_a_few_gflop_in_one_epoch(name):
+    from fastbp._grid import get_row
+
+    row = get_row(name)
+    assert row.epochs == 1 and 3e9 <= row.train_flops() <= 8e9
+
+
+def test_targets_judge_speedup_and_peak_clauses_and_leave_others():
+    from fastbp.bench import meets_target
+
+    both = ">= 3x NumPy; >= 50% peak"
+    assert meets_target(both, 3.5, 0.6) is True
+    assert meets_target(both, 3.5, 0.4) is False
+    assert meets_target(both, 2.0, 0.6) is False
+    assert meets_target(both, 3.5, None) is True  # no peak measured: speedup alone
+    assert meets_target(">= 50% peak", 0.1, None) is None
+    assert meets_target(">= 5x NumPy; peak memory <= data + 64 MB", 6.0, 0.01) is True
+    for row in GRID:  # every row has a target this runner judges
+        assert meets_target(row.target, 1e9, 1.0) is True
+
+
+def test_rows_slower_than_the_fast_numpy_loop_are_flagged(monkeypatch):
+    from fastbp import bench
+    from fastbp._grid import get_row
+
+    monkeypatch.setattr(bench, "IDLE_S", 0.0)
+
+    def timer(seconds):
+        return lambda *args, **kwargs: (lambda: seconds, 1, 1.0)
+
+    row = get_row("digits-like").scaled(n_rows=50)
+    monkeypatch.setattr(bench, "fastbp_timer", timer(2.0))
+    monkeypatch.setattr(bench, "reference_timer", timer(8.0))
+    monkeypatch.setattr(bench, "fast_numpy_timer", timer(1.0))
+    slow = bench.measure(row, "float64", 1, peak=row.train_flops())  # 0.5 of peak at 2 s
+    monkeypatch.setattr(bench, "fast_numpy_timer", timer(3.0))
+    fast = bench.measure(row, "float64", 1, peak=row.train_flops() / 0.4)
+    assert (slow["slower"], slow["meets"], fast["slower"], fast["meets"]) == (
+        True,
+        True,
+        False,
+        False,
+    )
+    table = bench.format_markdown([slow, fast]).splitlines()
+    assert "fast NumPy" in table[0] and "target met" in table[0]
+    assert "| 0.50x SLOWER |" in table[2] and "| 50.0% |" in table[2]
+    assert "| 1.50x |" in table[3] and "| NO |" in table[3]
+    assert bench.format_text([slow, fast]).count("SLOWER") == 1

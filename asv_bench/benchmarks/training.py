@@ -8,11 +8,14 @@ full grid. ``peakmem_fit`` reports the whole process's peak resident memory, inc
 the interpreter, numba and the data built in ``setup``.
 """
 
+import time
+
 import numba
 import numpy as np
 
 from fastbp import MLP, reference
 from fastbp._grid import GRID, get_row, make_data
+from fastbp.fast_numpy import fit_numpy
 
 #: Rows kept by the asv suite for the grid rows too large to time within about 2 s.
 ASV_ROWS = {"mnist-like": 16_384, "wide": 1_024, "big-batch": 125_000}
@@ -82,22 +85,50 @@ class TrainingBenchmark:
     def peakmem_fit(self, name, dtype, threads):
         self._fit(self.net)
 
+    def _seconds(self, fit):
+        start = time.perf_counter()
+        fit()
+        return time.perf_counter() - start
+
+    def _fit_seconds(self, cls, dtype):
+        net = self._net(cls, dtype)
+        return self._seconds(lambda: self._fit(net))
+
     def track_ratio_to_numpy(self, name, dtype, threads):
         """fastbp fit time / fastbp.reference fit time, both measured here (lower is
         better; 0.01 is 100x faster than NumPy)."""
-        import time
-
-        def seconds(net):
-            start = time.perf_counter()
-            self._fit(net)
-            return time.perf_counter() - start
-
-        fast = np.median([seconds(self._net(MLP, dtype)) for _ in range(3)])
-        slow = np.median([seconds(self._net(reference.MLP, dtype)) for _ in range(2)])
+        fast = np.median([self._fit_seconds(MLP, dtype) for _ in range(3)])
+        slow = np.median([self._fit_seconds(reference.MLP, dtype) for _ in range(2)])
         return float(fast / slow)
 
     track_ratio_to_numpy.unit = "ratio"
     track_ratio_to_numpy.timeout = 600.0
+
+    def track_ratio_to_fast_numpy(self, name, dtype, threads):
+        """fastbp fit time / fastbp.fast_numpy fit time (the fastest plain-NumPy loop, BLAS
+        on its default threads), both measured here: above 1, fastbp is the slower."""
+        row = self.row
+        weights, biases = self._net(reference.MLP, dtype).get_params()
+
+        def fit_loop():
+            fit_numpy(
+                self.X,
+                self.Y,
+                weights,
+                biases,
+                row.activations,
+                row.loss,
+                epochs=row.epochs,
+                lr=row.lr,
+                batch_size=row.batch_size,
+            )
+
+        fast = np.median([self._fit_seconds(MLP, dtype) for _ in range(3)])
+        loop = np.median([self._seconds(fit_loop) for _ in range(3)])
+        return float(fast / loop)
+
+    track_ratio_to_fast_numpy.unit = "ratio"
+    track_ratio_to_fast_numpy.timeout = 600.0
 
 
 _START_FIT = """
