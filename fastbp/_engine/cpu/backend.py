@@ -29,7 +29,8 @@ _group_pass_at = {}
 _parallel_groups_at = {}
 _parallel_update_at = {}
 
-#: The ``parallel_groups_at`` of runs that never spread a batch over threads, and the
+#: The ``group_pass_at`` of runs whose batches all go to ``sample_pass``, the
+#: ``parallel_groups_at`` of runs that never spread a batch over threads, and the
 #: ``parallel_update_at`` of runs that update on one thread: calling it raises.
 NOT_COMPILED = (0, 0)
 
@@ -166,9 +167,11 @@ def _run_planned(
         out,
     )
     key = tuple(compute_fingerprint(value) for value in typed)
-    group_pass_at = _group_pass_at.get(key)
-    if group_pass_at is None:
-        group_pass_at = _group_pass_at[key] = address_of(group_pass, _group_pass_types(*typed))
+    group_pass_at = NOT_COMPILED
+    if out.shape[0] > 0 or blas.any() or min(batch_size, X.shape[0]) >= SAMPLE_PASS_ROWS:
+        group_pass_at = _group_pass_at.get(key)
+        if group_pass_at is None:
+            group_pass_at = _group_pass_at[key] = address_of(group_pass, _group_pass_types(*typed))
     parallel_groups_at = NOT_COMPILED
     if _may_run_in_parallel(
         X.shape[0], batch_size, chunk, max_groups, params.shape[0], parallel_min_macs

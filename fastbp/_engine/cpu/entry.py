@@ -20,8 +20,10 @@ from .updates import UPDATE_BLOCK, apply_gradient, parallel_update, squared_weig
 #: its time (the notebook 1.08-1.12x before full batches skipped it).
 PREFETCH_MIN_BYTES = 1 << 20
 
-call_group_pass = caller_of(group_pass)
-check_group_pass = caller_of(group_pass, call=False)
+# Return types given, so that ``group_pass`` compiles only when ``run`` takes its address:
+# runs whose batches all go to ``sample_pass`` (online learning) start without it.
+call_group_pass = caller_of(group_pass, returns=types.float64)
+check_group_pass = caller_of(group_pass, call=False, returns=types.none)
 
 
 @njit(parallel=PRANGE_ONLY, cache=True)
@@ -386,4 +388,4 @@ def compiled_run(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "2200e83542dc5cf6287f6f5c37ce8eee660ab11862a41e4aa9c7023ad651a4dd"
+SOURCES_DIGEST = "77ec857d30bb7fb7e5679b89beade4f8662c9db00bfc4a0e50d695b213bf2ecd"

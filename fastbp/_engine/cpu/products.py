@@ -186,4 +186,4 @@ def short_product(n, k_len):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "2200e83542dc5cf6287f6f5c37ce8eee660ab11862a41e4aa9c7023ad651a4dd"
+SOURCES_DIGEST = "77ec857d30bb7fb7e5679b89beade4f8662c9db00bfc4a0e50d695b213bf2ecd"
