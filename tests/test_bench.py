@@ -142,3 +142,22 @@ def test_rows_slower_than_the_fast_numpy_loop_are_flagged(monkeypatch):
     assert "| 0.50x SLOWER |" in table[2] and "| 50.0% |" in table[2]
     assert "| 1.50x |" in table[3] and "| NO |" in table[3]
     assert bench.format_text([slow, fast]).count("SLOWER") == 1
+
+
+def test_bounds_report_a_middle_row(monkeypatch, capsys):
+    from fastbp import bench_bounds
+
+    monkeypatch.setattr(bench_bounds, "SECONDS", 0.002)
+    bench_bounds.main(["--rows", "digits-like"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "digits-like" in line]
+    assert len(lines) == 2  # float32 and float64
+    for line in lines:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[2] == "2 x 100" and cells[4].endswith("us") and cells[5].endswith("%")
+
+
+def test_bound_products_take_time_in_both_dtypes():
+    from fastbp.bench_bounds import products_seconds
+
+    for dtype in (np.float32, np.float64):
+        assert 0 < products_seconds((64, 100, 10), 100, dtype) < 0.01
