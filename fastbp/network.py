@@ -6,17 +6,46 @@ one flat array (see ``fastbp._engine.layout``); ``weights`` and ``biases`` are v
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
+from . import _init
 from . import _validation as check
 from ._engine import layout as _layout
 from ._engine.backends import backend
 from ._engine.request import Hyperparameters, Mode, OptimizerState, Request
-from ._init import initial_weights
+
+
+class _Architecture(NamedTuple):
+    """What a network's sizes, activations and bias fix: its layout table (read-only,
+    copied into each network), number of parameters and initial-weight bounds."""
+
+    layout: np.ndarray
+    n_params: int
+    limits: np.ndarray
+
+
+@functools.lru_cache(maxsize=256)
+def _architecture(sizes, activations, bias):
+    """The ``_Architecture`` of checked arguments, built once per architecture."""
+    layout, n_params = _layout.build_layout(sizes, activations, bias)
+    layout.flags.writeable = False
+    return _Architecture(layout, n_params, np.array(_init.limits(sizes, activations)))
+
+
+@functools.cache
+def _compiled():
+    """``fastbp._engine``'s compiled helpers, imported on first use: numba loads with the
+    first network, not with ``import fastbp``."""
+    from ._engine import pcg64
+
+    return SimpleNamespace(draw=pcg64.draw_parameters, stream=pcg64.stream)
 
 
 class MLP:
@@ -67,14 +96,17 @@ class MLP:
         self.device = check.choice(device, "device", check.DEVICES)
         self._backend = backend(self.device)
         self.seed = check.seed(seed)
-        self._layout, n_params = _layout.build_layout(self.layer_sizes, self.activations, self.bias)
+        arch = _architecture(self.layer_sizes, self.activations, self.bias)
+        self._layout = arch.layout.copy()
         self._loss_code, self._loss_scale = _layout.loss_code(self.loss_name, self.layer_sizes[-1])
-        rng = np.random.default_rng(seed)
-        self._params = np.zeros(n_params, self.dtype)
-        initial = initial_weights(self.layer_sizes, self.activations, rng)
-        for view, w in zip(self.weights, initial, strict=True):
-            view[...] = w
-        self._shuffle_state = np.array([rng.integers(0, 2**63)], dtype=np.uint64)
+        # The bits of fastbp._init.initial_weights(..., np.random.default_rng(seed)), and
+        # then its integers(0, 2**63) as the shuffle seed, drawn in compiled code.
+        self._params = np.empty(arch.n_params, self.dtype)
+        engine = _compiled()
+        shuffle_seed = engine.draw(
+            self._params, self._layout, arch.limits, engine.stream(self.seed)
+        )
+        self._shuffle_state = np.array([shuffle_seed], dtype=np.uint64)
         self.reset_optimizer()
 
     # ---------------------------------------------------------------- parameters

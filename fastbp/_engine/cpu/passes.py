@@ -406,4 +406,4 @@ def group_pass(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "9236a6d52a1637d6fc85a1eb563b74c4387d4fab64e63aa2ea2bf8668e514558"
+SOURCES_DIGEST = "5d041b0929c00784fa677731d49ca22f507be31c5316f6736b9663a1ad83d247"
