@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp._engine import pcg64
+from fastbp._engine import finite, pcg64
 from fastbp._init import initial_weights, limits
 
 ARCHITECTURES = [
@@ -90,3 +90,16 @@ def test_kept_streams_are_bounded_and_unchanged_by_draws():
     stream = pcg64.stream(seed)
     assert int(stream[0]) << 64 | int(stream[1]) == state["state"]
     assert int(stream[2]) << 64 | int(stream[3]) == state["inc"]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_all_finite(dtype):
+    values = np.linspace(-1, 1, 1001).astype(dtype)
+    assert finite.all_finite(values)
+    assert finite.all_finite(values[:0])
+    assert finite.all_finite(np.full(7, np.finfo(dtype).max, dtype))  # no overflow
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in (0, 500, 1000):
+            spoiled = values.copy()
+            spoiled[where] = bad
+            assert not finite.all_finite(spoiled)

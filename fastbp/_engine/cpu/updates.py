@@ -143,4 +143,4 @@ def squared_weights(params, layout):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "5d041b0929c00784fa677731d49ca22f507be31c5316f6736b9663a1ad83d247"
+SOURCES_DIGEST = "7fa6394caa5cd2924fd81d011776fc1a64e7e9a5bd568b647fe0b8446186ed27"
