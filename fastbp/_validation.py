@@ -11,11 +11,14 @@ import warnings
 import numpy as np
 
 ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
+#: The names a hidden layer may take: softmax belongs to the output layer only.
+HIDDEN_ACTIVATIONS = frozenset(ACTIVATIONS) - {"softmax"}
 LOSSES = ("mse", "half_mse", "bce", "cce")
 REDUCTIONS = ("mean", "sum")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 DEVICES = ("cpu", "cuda")
 DTYPES = (np.float32, np.float64)
+FLOAT32, FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def choice(value, name, allowed):
@@ -34,8 +37,8 @@ def flag(value, name):
 
 def seed(value):
     """None or a non-negative integer."""
-    if value is None:
-        return None
+    if value is None or (type(value) is int and value >= 0):
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
         raise TypeError(f"seed must be None or a non-negative integer; got {value!r}")
     return int(value)
@@ -67,7 +70,10 @@ def layer_sizes(sizes):
         raise TypeError(f"layer_sizes must be a sequence of positive integers; got {sizes!r}")
     if len(sizes) < 2:
         raise ValueError(f"layer_sizes needs at least an input and an output size; got {sizes!r}")
-    return tuple(positive_int(s, f"layer_sizes[{i}]") for i, s in enumerate(sizes))
+    checked = tuple(sizes)
+    if set(map(type, checked)) == {int} and min(checked) > 0:  # the usual plain ints
+        return checked
+    return tuple(positive_int(s, f"layer_sizes[{i}]") for i, s in enumerate(checked))
 
 
 def activations(names, n_layers):
@@ -75,7 +81,7 @@ def activations(names, n_layers):
     if isinstance(names, str):
         names = [names] * n_layers
     try:
-        names = list(names)
+        names = tuple(names)
     except TypeError:
         raise TypeError(
             f"activations must be a name or a sequence of names; got {names!r}"
@@ -85,11 +91,14 @@ def activations(names, n_layers):
             f"activations must be one name or {n_layers} names (one per weight layer); "
             f"got {len(names)}"
         )
+    if set(map(type, names)) == {str} and HIDDEN_ACTIVATIONS.issuperset(names[:-1]):
+        if names[-1] in ACTIVATIONS:  # the usual plain names, softmax last at most
+            return names
     for i, name in enumerate(names):
         choice(name, f"activations[{i}]", ACTIVATIONS)
         if name == "softmax" and i != n_layers - 1:
             raise ValueError(f"activations[{i}]: softmax is allowed on the output layer only")
-    return tuple(names)
+    return names
 
 
 #: Output activations that can leave [0, 1], with their ranges.
@@ -119,13 +128,17 @@ def bce_outputs(loss, output_activation):
 
 
 def dtype(value):
+    if value is np.float64 or value is FLOAT64:
+        return FLOAT64
+    if value is np.float32 or value is FLOAT32:
+        return FLOAT32
     if value is None:
         raise TypeError("dtype must be float32 or float64; got None")
     try:
         resolved = np.dtype(value)
     except TypeError:
         raise TypeError(f"dtype must be float32 or float64; got {value!r}") from None
-    if resolved not in (np.dtype(np.float32), np.dtype(np.float64)):
+    if resolved not in (FLOAT32, FLOAT64):
         raise ValueError(f"dtype must be float32 or float64; got {resolved}")
     return resolved
 

@@ -12,6 +12,10 @@ their ratio and both test accuracies. Each fit starts after a pause, as in
 beside them the engine's threads wait for a core (digits took 270 ms instead of 196).
 ``--solver`` times sgd or lbfgs instead of adam, ``--early-stopping`` stops on a
 held-out score.
+
+A "small calls" section (``--small-calls`` runs it alone, in a few seconds) times calls
+that do little work, side by side with scikit-learn's nearest call, as the fastest of
+``SMALL_REPEATS`` runs of many calls each (``small_calls``).
 """
 
 import argparse
@@ -20,6 +24,7 @@ import warnings
 
 import numpy as np
 
+from . import MLP
 from .bench import IDLE_S, format_seconds
 
 
@@ -72,6 +77,116 @@ def compare(name, X, y, repeats, max_iter=200, stream=print, solver="adam", earl
     return row
 
 
+#: Runs of calls per small-call timing (the fastest counts), the seconds each run lasts
+#: about, and the pause before each library's runs (``IDLE_S``'s reason, shorter: calls
+#: this small barely wake BLAS threads).
+SMALL_REPEATS = 5
+SMALL_RUN_S = 0.02
+SMALL_IDLE_S = 0.1
+
+
+def _fastest_call(call, repeats):
+    """Seconds of one ``call``: the fastest of ``repeats`` runs of as many calls as last
+    about ``SMALL_RUN_S`` (the minimum, as ``timeit`` advises: slower runs were
+    interrupted)."""
+    time.sleep(SMALL_IDLE_S)
+    start = time.perf_counter()
+    call()
+    number = max(1, int(SMALL_RUN_S / max(time.perf_counter() - start, 1e-7)))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            call()
+        best = min(best, (time.perf_counter() - start) / number)
+    return best
+
+
+def small_calls(stream=print, repeats=SMALL_REPEATS, max_iter=10):
+    """Time small calls of fastbp against scikit-learn's nearest ones; returns a list of
+    ``{"call", "fastbp", "sklearn", "ratio"}`` (seconds a call, sklearn / fastbp).
+
+    - Construction of ``fastbp.MLP`` (checks every argument and draws the initial
+      weights) of [2, 2, 1] and of [64, 128, 10] (9,610 parameters), against
+      ``MLPClassifier(hidden_layer_sizes=..., random_state=0)``, which stores its
+      arguments only: scikit-learn checks them and draws its weights in ``fit``.
+    - ``MLP.set_params(weights, biases)`` of the [64, 128, 10] network (checks shapes and
+      values, copies) against the estimator's ``set_params`` of two arguments:
+      scikit-learn has no setter of weights (``coefs_`` are assigned unchecked).
+    - ``predict`` and ``predict_proba`` of 10 rows of the digits with both estimators'
+      ``MLPClassifier``, and ``predict`` with their ``MLPRegressor``, fitted with
+      scikit-learn's defaults for ``max_iter`` epochs (a prediction costs the same after
+      any number of them).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier as SklearnClassifier
+    from sklearn.neural_network import MLPRegressor as SklearnRegressor
+
+    from .estimators import MLPClassifier, MLPRegressor
+
+    X, y = load_digits(return_X_y=True)
+    rows = X[:10].copy()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        fitted = {
+            "fastbp": [
+                cls(random_state=0, max_iter=max_iter).fit(X, target)
+                for cls, target in ((MLPClassifier, y), (MLPRegressor, y / 9.0))
+            ],
+            "sklearn": [
+                cls(random_state=0, max_iter=max_iter).fit(X, target)
+                for cls, target in ((SklearnClassifier, y), (SklearnRegressor, y / 9.0))
+            ],
+        }
+    net = MLP([64, 128, 10], ["relu", "softmax"], "cce", seed=0)
+    weights, biases = net.get_params()
+    estimator = SklearnClassifier(hidden_layer_sizes=(128,), random_state=0)
+    calls = [
+        (
+            "MLP([2, 2, 1], ...)",
+            lambda: MLP([2, 2, 1], ["tanh", "sigmoid"], "bce", seed=0),
+            lambda: SklearnClassifier(hidden_layer_sizes=(2,), random_state=0),
+        ),
+        (
+            "MLP([64, 128, 10], ...)",
+            lambda: MLP([64, 128, 10], ["relu", "softmax"], "cce", seed=0),
+            lambda: SklearnClassifier(hidden_layer_sizes=(128,), random_state=0),
+        ),
+        (
+            "set_params, 9,610 parameters",
+            lambda: net.set_params(weights, biases),
+            lambda: estimator.set_params(alpha=1e-4, random_state=0),
+        ),
+    ]
+    for name, method, which in (
+        ("classifier predict, 10 rows", "predict", 0),
+        ("classifier predict_proba, 10 rows", "predict_proba", 0),
+        ("regressor predict, 10 rows", "predict", 1),
+    ):
+        fast, slow = (getattr(fitted[lib][which], method) for lib in ("fastbp", "sklearn"))
+        calls.append((name, lambda fast=fast: fast(rows), lambda slow=slow: slow(rows)))
+    stream(
+        f"\nSmall calls: fastest of {repeats} runs of many calls; scikit-learn's nearest "
+        "call beside (see small_calls)\n"
+    )
+    stream("  call                                  fastbp    sklearn    ratio")
+    results = []
+    for name, fast, slow in calls:
+        row = {
+            "call": name,
+            "fastbp": _fastest_call(fast, repeats),
+            "sklearn": _fastest_call(slow, repeats),
+        }
+        row["ratio"] = row["sklearn"] / row["fastbp"]
+        results.append(row)
+        stream(
+            f"  {name:34s} {row['fastbp'] * 1e6:7.1f} us {row['sklearn'] * 1e6:7.1f} us "
+            f"{row['ratio']:7.2f}x"
+        )
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m fastbp.bench_sklearn", description=__doc__.split("\n\n")[0]
@@ -94,7 +209,14 @@ def main(argv=None):
         action="store_true",
         help="hold out 10%% of the training rows and stop on their score",
     )
+    parser.add_argument(
+        "--small-calls",
+        action="store_true",
+        help="time the small calls alone (construction, set_params, predictions)",
+    )
     args = parser.parse_args(argv)
+    if args.small_calls:
+        return small_calls()
     options = {"solver": args.solver, "early_stopping": args.early_stopping}
 
     import numba
@@ -130,6 +252,7 @@ def main(argv=None):
     rows.append(
         compare(f"make_classification {args.rows}", X, y, args.repeats, args.max_iter, **options)
     )
+    small_calls()
     return rows
 
 

@@ -732,10 +732,31 @@ class _BaseMLP(BaseEstimator):
 
     def _forward(self, X):
         """Output activations ``(n_samples, n_outputs)`` of the fitted network."""
-        check_is_fitted(self, "coefs_")
+        if not hasattr(self, "coefs_"):  # check_is_fitted's test, without its 5 us
+            check_is_fitted(self, "coefs_")
         dtype = self.coefs_[0].dtype
+        if self._valid_as_is(X, dtype):
+            return self._sync_net(dtype, self._fitted_device()).forward(X, check_input=False)
         X = _writeable(_validate_data(self, X, reset=False, dtype=dtype))
         return self._sync_net(dtype, self._fitted_device()).forward(X)
+
+    def _valid_as_is(self, X, dtype):
+        """Whether ``validate_data(self, X, reset=False, dtype=dtype)`` would return ``X``
+        itself, with no warning, and the network may take it unchecked: a writeable
+        C-contiguous ndarray of ``dtype`` with ``n_features_in_`` columns, at least one
+        row and finite values, while the fit saw no feature names. It costs 1-2 us where
+        ``validate_data`` took 130 us for ten rows; any other ``X`` takes its path."""
+        return (
+            type(X) is np.ndarray
+            and X.dtype == dtype
+            and X.ndim == 2
+            and X.flags.carray
+            and X.flags.writeable
+            and X.shape[0] > 0
+            and X.shape[1] == getattr(self, "n_features_in_", None)
+            and not hasattr(self, "feature_names_in_")
+            and bool(np.isfinite(X).all())
+        )
 
     def _fitted_device(self):
         return getattr(self, "_fit_device", "cpu")

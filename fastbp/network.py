@@ -6,17 +6,64 @@ one flat array (see ``fastbp._engine.layout``); ``weights`` and ``biases`` are v
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
+from . import _init
 from . import _validation as check
 from ._engine import layout as _layout
 from ._engine.backends import backend
 from ._engine.request import Hyperparameters, Mode, OptimizerState, Request
-from ._init import initial_weights
+
+
+class _Architecture(NamedTuple):
+    """What a network's sizes, activations and bias fix: its layout table (read-only,
+    copied into each network), number of parameters, initial-weight bounds and the
+    shapes of its weights and biases (None without biases)."""
+
+    layout: np.ndarray
+    n_params: int
+    limits: np.ndarray
+    weight_shapes: tuple
+    bias_shapes: tuple | None
+
+
+@functools.lru_cache(maxsize=256)
+def _architecture(sizes, activations, bias):
+    """The ``_Architecture`` of checked arguments, built once per architecture."""
+    layout, n_params = _layout.build_layout(sizes, activations, bias)
+    layout.flags.writeable = False
+    weight_shapes = tuple(zip(sizes[:-1], sizes[1:], strict=True))
+    bias_shapes = tuple((n,) for n in sizes[1:]) if bias else None
+    limits = np.array(_init.limits(sizes, activations))
+    return _Architecture(layout, n_params, limits, weight_shapes, bias_shapes)
+
+
+@functools.cache
+def _compiled():
+    """``fastbp._engine``'s compiled helpers, imported on first use: numba loads with the
+    first network, not with ``import fastbp``."""
+    from ._engine import finite, pcg64
+
+    return SimpleNamespace(
+        all_finite=finite.all_finite, draw=pcg64.draw_parameters, stream=pcg64.stream
+    )
+
+
+def _like(arrays, shapes, dtype):
+    """Whether ``arrays`` is a list or tuple of ndarrays of ``dtype`` and these shapes."""
+    if type(arrays) not in (list, tuple) or len(arrays) != len(shapes):
+        return False
+    for array, shape in zip(arrays, shapes, strict=True):
+        if type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape:
+            return False
+    return True
 
 
 class MLP:
@@ -67,14 +114,17 @@ class MLP:
         self.device = check.choice(device, "device", check.DEVICES)
         self._backend = backend(self.device)
         self.seed = check.seed(seed)
-        self._layout, n_params = _layout.build_layout(self.layer_sizes, self.activations, self.bias)
+        arch = self._architecture = _architecture(self.layer_sizes, self.activations, self.bias)
+        self._layout = arch.layout.copy()
         self._loss_code, self._loss_scale = _layout.loss_code(self.loss_name, self.layer_sizes[-1])
-        rng = np.random.default_rng(seed)
-        self._params = np.zeros(n_params, self.dtype)
-        initial = initial_weights(self.layer_sizes, self.activations, rng)
-        for view, w in zip(self.weights, initial, strict=True):
-            view[...] = w
-        self._shuffle_state = np.array([rng.integers(0, 2**63)], dtype=np.uint64)
+        # The bits of fastbp._init.initial_weights(..., np.random.default_rng(seed)), and
+        # then its integers(0, 2**63) as the shuffle seed, drawn in compiled code.
+        self._params = np.empty(arch.n_params, self.dtype)
+        engine = _compiled()
+        shuffle_seed = engine.draw(
+            self._params, self._layout, arch.limits, engine.stream(self.seed)
+        )
+        self._shuffle_state = np.array([shuffle_seed], dtype=np.uint64)
         self.reset_optimizer()
 
     # ---------------------------------------------------------------- parameters
@@ -99,13 +149,19 @@ class MLP:
     ) -> MLP:
         """Copy user weights (and biases, if given; otherwise they stay as they are) in,
         after checking every shape and value; resets the optimizer state."""
-        new_w, new_b = check.parameters(weights, biases, self.layer_sizes, self.bias, self.dtype)
-        params = self._params.copy()
-        for view, w in zip(_layout.weight_views(params, self._layout), new_w, strict=True):
-            view[...] = w
-        if new_b is not None:
-            for view, b in zip(_layout.bias_views(params, self._layout), new_b, strict=True):
-                view[...] = b
+        shapes, dtype = self._architecture, self.dtype
+        # The usual input, arrays of the network's dtype and shapes, goes in as it is and
+        # is checked flat, at once; anything else is checked array by array first.
+        if not (
+            _like(weights, shapes.weight_shapes, dtype)
+            and (biases is None or (self.bias and _like(biases, shapes.bias_shapes, dtype)))
+        ):
+            weights, biases = check.parameters(weights, biases, self.layer_sizes, self.bias, dtype)
+        params = _layout.join(weights, self.biases if biases is None else biases)
+        if not _compiled().all_finite(params):
+            # The checks array by array name the argument; they pass only where biases
+            # kept as they are were set to NaN or infinity through ``biases``' views.
+            check.parameters(weights, biases, self.layer_sizes, self.bias, dtype)
         self._params = params
         self.reset_optimizer()
         return self
@@ -154,7 +210,7 @@ class MLP:
         self._loss_scale = check.positive_float(value, "loss_scale")
 
     def _check_finite_params(self):
-        if not np.isfinite(self._params).all():
+        if not _compiled().all_finite(self._params):
             raise ValueError(
                 "the network's weights or biases contain NaN or infinity; "
                 "set finite values with set_params"

@@ -161,3 +161,23 @@ def test_bound_products_take_time_in_both_dtypes():
 
     for dtype in (np.float32, np.float64):
         assert 0 < products_seconds((64, 100, 10), 100, dtype) < 0.01
+
+
+def test_small_calls_report_every_call(monkeypatch):
+    from fastbp import bench_sklearn
+
+    monkeypatch.setattr(bench_sklearn, "SMALL_RUN_S", 0.0)
+    monkeypatch.setattr(bench_sklearn, "SMALL_IDLE_S", 0.0)
+    lines = []
+    rows = bench_sklearn.small_calls(stream=lines.append, repeats=1, max_iter=1)
+    assert [row["call"] for row in rows] == [
+        "MLP([2, 2, 1], ...)",
+        "MLP([64, 128, 10], ...)",
+        "set_params, 9,610 parameters",
+        "classifier predict, 10 rows",
+        "classifier predict_proba, 10 rows",
+        "regressor predict, 10 rows",
+    ]
+    for row in rows:
+        assert row["fastbp"] > 0 and row["sklearn"] > 0
+        assert any(line.lstrip().startswith(row["call"]) for line in lines)

@@ -4,12 +4,20 @@
 CUDA_INSTALL = 'pip install "fastbp[cuda]"'
 
 
+#: The CPU backend once imported: every new network asks for one. The CUDA one is looked
+#: up each time, as the GPU it needs may come and go.
+_cpu = None
+
+
 def backend(device):
     """The backend module of ``device`` ("cpu" or "cuda")."""
+    global _cpu
     if device == "cpu":
-        from .cpu import backend as cpu_backend
+        if _cpu is None:
+            from .cpu import backend as cpu_backend
 
-        return cpu_backend
+            _cpu = cpu_backend
+        return _cpu
     return _cuda_backend()
 
 

@@ -48,13 +48,28 @@ def build_layout(sizes, activations, bias):
     return np.array(rows, dtype=np.int64), offset
 
 
+# The table's rows as Python ints: slicing with NumPy integers, row by row, took twice as
+# long, and every ``weights``, ``biases`` and ``set_params`` call builds its views anew.
+
+
 def weight_views(params, layout):
     """Views of W_l, shaped (fan_in, fan_out), into the flat ``params``."""
-    return [params[w : w + i * o].reshape(i, o) for i, o, w, _, _ in layout]
+    return [params[w : w + i * o].reshape(i, o) for i, o, w, _, _ in layout.tolist()]
 
 
 def bias_views(params, layout):
     """Views of b_l into the flat ``params``, or None for a network without biases."""
     if layout[0, K.L_BIAS] < 0:
         return None
-    return [params[b : b + o] for _, o, _, b, _ in layout]
+    return [params[b : b + o] for _, o, _, b, _ in layout.tolist()]
+
+
+def join(weights, biases):
+    """The flat parameters of ``weights`` and ``biases`` (None for a network without
+    biases), arrays of one dtype, in the layout's order: one copy."""
+    if biases is None:
+        return np.concatenate([w.ravel() for w in weights])
+    pieces = []
+    for w, b in zip(weights, biases, strict=True):
+        pieces += (w.ravel(), b)
+    return np.concatenate(pieces)

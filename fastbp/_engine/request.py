@@ -53,8 +53,16 @@ class OptimizerState(NamedTuple):
 
     @classmethod
     def empty(cls, dtype) -> OptimizerState:
-        """The state of an optimizer that keeps none (plain SGD, or no training)."""
-        return cls(np.zeros(0, dtype), np.zeros(0, dtype), np.zeros(1, np.int64))
+        """The state of an optimizer that keeps none (plain SGD, or no training). Its
+        moments, of size 0, are shared: nothing can be written to them."""
+        moments = _NO_MOMENTS.get(dtype)
+        if moments is None:
+            moments = _NO_MOMENTS[dtype] = np.zeros(0, dtype)
+        return cls(moments, moments, np.zeros(1, np.int64))
+
+
+#: The moments of ``OptimizerState.empty`` by dtype.
+_NO_MOMENTS = {}
 
 
 NO_HYPERPARAMETERS = Hyperparameters()

