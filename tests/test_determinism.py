@@ -278,3 +278,21 @@ def test_calls_of_little_work_in_all_stay_on_one_thread(rng, monkeypatch):
     many = _cpu_kernels.CALL_PARALLEL_MIN_MACS
     assert thresholds == [many, many, many, _config.PARALLEL_MIN_MACS]
     assert many > _config.PARALLEL_MIN_MACS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("given", [None, "ACTIVE"])
+def test_openmp_threads_wait_passively_unless_the_user_says(given):
+    code = (
+        "import os, numpy as np, fastbp\n"
+        "net = fastbp.MLP([4, 8, 1], 'tanh', 'mse', seed=0)\n"
+        "net.fit(np.ones((64, 4)), np.ones((64, 1)), epochs=1, lr=0.1)\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == (given or "PASSIVE")

@@ -159,4 +159,4 @@ def stream(seed):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "1ee9462a958f8aac0604e41947c964fc880082eb268ea8e8a0caf1b9a9848e71"
+SOURCES_DIGEST = "ab4c515eace9289ad70c0e5b039b7ebffa4a39fc3e1ca6ed4b59ba6f7f944327"
