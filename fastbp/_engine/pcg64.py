@@ -159,4 +159,4 @@ def stream(seed):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "ab4c515eace9289ad70c0e5b039b7ebffa4a39fc3e1ca6ed4b59ba6f7f944327"
+SOURCES_DIGEST = "11f081c541e1565ca5956e6379289c7b39ac5ce3ebb00715bffef938d20bd0d0"
