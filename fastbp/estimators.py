@@ -13,7 +13,8 @@ compiled code), and ``lbfgs`` drives scipy's L-BFGS-B with the compiled whole-da
 and gradient. The Python loop between epochs keeps scikit-learn's bookkeeping: early
 stopping, ``tol``/``n_iter_no_change``, the learning-rate schedules and warnings.
 
-Beyond scikit-learn: ``dtype`` (float32 data trains in float32 end to end),
+Beyond scikit-learn: ``dtype`` (float32 data trains in float32 end to end, as in
+scikit-learn; the parameter can force either),
 ``device`` (passed to ``fastbp.MLP``) and ``validation_loss_curve_``.
 
 Known differences: input must be dense (sparse matrices are refused); ``momentum`` must
@@ -230,7 +231,7 @@ class _BaseMLP(BaseEstimator):
 
     def _check_params(self):
         """Every constructor parameter checked before anything changes; returns the
-        cleaned hidden layer sizes and dtype."""
+        cleaned hidden layer sizes and dtype (None: the data's, see ``_fit_dtype``)."""
         hidden = _check_hidden(self.hidden_layer_sizes)
         check.choice(self.activation, "activation", ("identity", "logistic", "tanh", "relu"))
         check.choice(self.solver, "solver", ("lbfgs", "sgd", "adam"))
@@ -263,8 +264,8 @@ class _BaseMLP(BaseEstimator):
         if not (isinstance(self.n_iter_no_change, float) and self.n_iter_no_change == np.inf):
             check.positive_int(self.n_iter_no_change, "n_iter_no_change")
         check.positive_int(self.max_fun, "max_fun")
-        # None is NumPy's default float, as np.dtype(None) says.
-        dtype = check.dtype(np.float64 if self.dtype is None else self.dtype)
+        # None follows the data (see _fit_dtype).
+        dtype = None if self.dtype is None else check.dtype(self.dtype)
         check.choice(self.device, "device", check.DEVICES)
         return hidden, dtype
 
@@ -367,7 +368,9 @@ class _BaseMLP(BaseEstimator):
         if incremental:
             self._partial_fit_classes(y, classes)
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        dtype = self._fit_dtype(dtype, first_pass)
         X, y = self._validate_input(X, y, incremental, reset=first_pass, dtype=dtype)
+        dtype = X.dtype
         X = _writeable(X)
         sample_weight = _check_sample_weight(sample_weight, X.shape[0], dtype)
         if y.ndim == 1:
@@ -395,6 +398,17 @@ class _BaseMLP(BaseEstimator):
                 " contain large values and need to be preprocessed."
             )
         return self
+
+    def _fit_dtype(self, dtype, first_pass):
+        """The dtype to train in, or the choice handed to ``validate_data``: the
+        ``dtype`` parameter if set; else, as scikit-learn does, float32 data stays float32
+        and other data becomes float64 on a first fit, and later ``partial_fit`` or
+        ``warm_start`` calls keep the fitted network's dtype."""
+        if dtype is not None:
+            return dtype
+        if first_pass:
+            return (np.float64, np.float32)
+        return self.coefs_[0].dtype
 
     def _initialize(self, y, layer_units, dtype, random_state):
         """scikit-learn's initial state: Glorot-uniform weights and biases drawn from
@@ -869,8 +883,10 @@ _PARAMETER_DOC = """
         Epochs without improvement by ``tol`` before stopping.
     max_fun : int, default=15000
         Most loss evaluations of ``lbfgs``.
-    dtype : float32 or float64, default=np.float64
-        Precision of the parameters and of all arithmetic; data is converted to it.
+    dtype : float32, float64 or None, default=None
+        Precision of the parameters and of all arithmetic; data is converted to it. None
+        follows the data as scikit-learn does: float32 ``X`` trains in float32, any other
+        in float64; ``partial_fit`` and ``warm_start`` keep the dtype of the first fit.
     device : {'cpu', 'cuda'}, default='cpu'
         Where the engine runs (``fastbp.MLP``'s ``device``).
 
@@ -949,7 +965,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         epsilon=1e-8,
         n_iter_no_change=10,
         max_fun=15000,
-        dtype=np.float64,
+        dtype=None,
         device="cpu",
     ):
         super().__init__(
@@ -1168,7 +1184,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         epsilon=1e-8,
         n_iter_no_change=10,
         max_fun=15000,
-        dtype=np.float64,
+        dtype=None,
         device="cpu",
     ):
         super().__init__(

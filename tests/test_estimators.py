@@ -476,8 +476,32 @@ def test_float32_trains_in_float32(digits):
     assert all(c.dtype == np.float32 for c in ours.coefs_ + ours.intercepts_)
     assert ours.predict_proba(X32).dtype == np.float32
     assert relative_difference(ours.coefs_, theirs.coefs_) < 1e-4
-    default = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1).fit(X32, y)
-    assert default.coefs_[0].dtype == np.float64
+    forced = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1, dtype=np.float64).fit(X32, y)
+    assert forced.coefs_[0].dtype == np.float64
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_default_dtype_follows_the_first_fit(digits, cls):
+    """dtype=None: float32 data trains in float32, other data in float64; partial_fit and
+    warm_start keep the first fit's dtype whatever comes later, as in scikit-learn."""
+    X, y = digits
+    X32, X_int = X[:100].astype(np.float32), (X[:100] * 16).astype(np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for data, dtype in ((X32, np.float32), (X_int, np.float64), (X[:100], np.float64)):
+            est = cls(hidden_layer_sizes=(4,), max_iter=2, random_state=0).fit(data, y[:100])
+            assert all(a.dtype == dtype for a in est.coefs_ + est.intercepts_)
+            assert est.predict(data).dtype == (dtype if cls is MLPRegressor else y.dtype)
+        for first, later in ((X32, X[:100]), (X[:100], X32)):
+            kept = first.dtype
+            est = cls(hidden_layer_sizes=(4,), max_iter=2, random_state=0, warm_start=True)
+            est.fit(first, y[:100]).fit(later, y[:100])
+            assert all(a.dtype == kept for a in est.coefs_ + est.intercepts_)
+            est = cls(hidden_layer_sizes=(4,), random_state=0)
+            kwargs = {"classes": np.unique(y)} if cls is MLPClassifier else {}
+            est.partial_fit(first, y[:100], **kwargs).partial_fit(later, y[:100])
+            assert all(a.dtype == kept for a in est.coefs_ + est.intercepts_)
+            assert est.predict(later).shape == (100,)
 
 
 def test_device_is_passed_to_the_engine(digits):
