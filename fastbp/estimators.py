@@ -516,7 +516,7 @@ class _BaseMLP(BaseEstimator):
         optimizer = self.engine_optimizer()
         try:
             self.n_iter_ = 0
-            stop = False
+            stop = diverged = False
             while not stop and self.n_iter_ < self.max_iter:
                 epochs = self._epochs_per_call(
                     n_samples, one=incremental or early_stopping or self._invscaling()
@@ -525,31 +525,41 @@ class _BaseMLP(BaseEstimator):
                 for _ in range(epochs if self.shuffle else 0):
                     sample_idx = _shuffled(sample_idx, random_state)
                     orders.append(sample_idx)
-                try:
-                    history = net.fit(
-                        X_fit,
-                        Y_fit,
-                        sample_weight=sw_fit,
-                        epochs=epochs,
-                        lr=self._learning_rate,
-                        batch_size=batch_size,
-                        shuffle=False,
-                        order=np.concatenate(orders) if orders else None,
-                        optimizer=optimizer,
-                        momentum=self.momentum,
-                        beta1=self.beta_1,
-                        beta2=self.beta_2,
-                        epsilon=self.epsilon,
-                        l2=self.alpha,
-                        check_input=False,
-                    )
-                except FloatingPointError as error:
-                    for loss in error.history:  # the epochs that ended finite
-                        self._end_epoch(net, loss, n_samples, validation)
-                    raise ValueError(
-                        "Solver produced non-finite parameter weights. The input data may "
-                        "contain large values and need to be preprocessed."
-                    ) from error
+                if diverged:  # scikit-learn's NaN epochs, as below
+                    history = [np.nan]
+                else:
+                    try:
+                        history = net.fit(
+                            X_fit,
+                            Y_fit,
+                            sample_weight=sw_fit,
+                            epochs=epochs,
+                            lr=self._learning_rate,
+                            batch_size=batch_size,
+                            shuffle=False,
+                            order=np.concatenate(orders) if orders else None,
+                            optimizer=optimizer,
+                            momentum=self.momentum,
+                            beta1=self.beta_1,
+                            beta2=self.beta_2,
+                            epsilon=self.epsilon,
+                            l2=self.alpha,
+                            check_input=False,
+                        )
+                    except FloatingPointError as error:
+                        if not early_stopping:
+                            for loss in error.history:  # the epochs that ended finite
+                                self._end_epoch(net, loss, n_samples, validation)
+                            raise ValueError(
+                                "Solver produced non-finite parameter weights. The input data "
+                                "may contain large values and need to be preprocessed."
+                            ) from error
+                        # With early stopping scikit-learn trains on with NaN parameters:
+                        # every later epoch has a NaN loss and validation score (which never
+                        # counts as no improvement) until max_iter, and the best weights stay
+                        # (its issue 29504). One epoch per call, so none ended finite here.
+                        diverged = True
+                        history = [np.nan]
                 for loss in history:
                     stop = self._end_epoch(net, loss, n_samples, validation) or incremental
                     if stop:
@@ -645,6 +655,8 @@ class _BaseMLP(BaseEstimator):
             return
         X_val, y_val, sw_val = validation
         prob = net.forward(X_val)
+        if np.isnan(self.loss_):  # diverged: scikit-learn's parameters would be NaN
+            prob = np.full_like(prob, np.nan)
         self.validation_loss_curve_.append(_loss_value(self.out_activation_, y_val, prob, sw_val))
         score = self._score_output(prob, y_val, sw_val)
         self.validation_scores_.append(score)

@@ -719,3 +719,29 @@ def test_lbfgs_keyboard_interrupt_keeps_the_last_finished_iteration(
     ):
         np.testing.assert_array_equal(ours, expected)
     assert est.loss_ == pytest.approx(stopped.loss_, rel=1e-12)
+
+
+def test_diverging_fit_with_early_stopping_runs_on_as_scikit_learn():
+    """scikit-learn's issue 29504: with early stopping a diverging fit keeps going with
+    NaN losses and validation scores until max_iter, then keeps the best weights."""
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    params = dict(
+        hidden_layer_sizes=100,
+        activation="identity",
+        solver="sgd",
+        learning_rate_init=1,
+        max_iter=20,
+        early_stopping=True,
+        random_state=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ours, theirs = fit_both("regressor", X, y, **params)
+    assert ours.n_iter_ == theirs.n_iter_ == 20 and ours.t_ == theirs.t_
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
+    np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_, rtol=1e-12)
+    assert all(isinstance(s, float) for s in ours.validation_scores_)
+    assert np.isnan(ours.validation_loss_curve_[-1])
+    assert_same_model(ours, theirs, rtol=1e-12)

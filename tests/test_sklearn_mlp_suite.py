@@ -30,7 +30,6 @@ EXPECTED_FAILURES = {
     "test_sparse_matrices[csr_matrix]": "fastbp refuses sparse input (documented difference)",
     "test_sparse_matrices[csr_array]": "fastbp refuses sparse input (documented difference)",
     "test_early_stopping_stratified": "the message shows the classes as [True], not ['True']",
-    "test_mlp_diverging_loss": "a diverging fit raises ValueError under early stopping",
     "test_mlp_vs_poisson_glm_equivalent": "loss='poisson' needs an exponential output the "
     "engine does not have (documented difference)",
 }
