@@ -469,9 +469,11 @@ class _BaseMLP(BaseEstimator):
             self._learning_rate = float(self.learning_rate_init)
         early_stopping = self.early_stopping
         if early_stopping:
-            # One column of 0/1 stratifies as its 1-D form does, the same split; the
-            # column itself is split as text, a join per row (150 ms for 75,000 rows).
-            stratify = y[:, 0] if self._is_classifier() and self.n_outputs_ == 1 else None
+            # scikit-learn stratifies on the one column of booleans, which
+            # train_test_split turns into text by a join per row (150 ms for 75,000
+            # rows); the column as text at once gives the same split and error message.
+            one_column = self._is_classifier() and self.n_outputs_ == 1
+            stratify = y[:, 0].astype(str) if one_column else None
             arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
             split = train_test_split(
                 *arrays,

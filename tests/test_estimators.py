@@ -304,6 +304,17 @@ def test_binary_early_stopping_holds_out_scikit_learns_rows(digits):
     assert_same_model(ours, theirs, rtol=1e-6)
 
 
+def test_stratification_error_is_scikit_learns():
+    """Too few members of a class to stratify: scikit-learn's message, word for word."""
+    X, y = [[1, 2], [2, 3], [3, 4], [4, 5]], [0, 0, 0, 1]
+    messages = []
+    for cls in (MLPClassifier, sk.MLPClassifier):
+        with pytest.raises(ValueError) as error:
+            cls(early_stopping=True).fit(X, y)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1] and "['True']" in messages[0]
+
+
 @pytest.mark.parametrize("outputs", [1, 3])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_validation_score_is_scikit_learns_r2(outputs, dtype):

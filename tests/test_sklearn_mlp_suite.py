@@ -29,7 +29,6 @@ EXPECTED_FAILURES = {
     "test_adaptive_learning_rate": "reads scikit-learn's private _optimizer.learning_rate",
     "test_sparse_matrices[csr_matrix]": "fastbp refuses sparse input (documented difference)",
     "test_sparse_matrices[csr_array]": "fastbp refuses sparse input (documented difference)",
-    "test_early_stopping_stratified": "the message shows the classes as [True], not ['True']",
     "test_mlp_vs_poisson_glm_equivalent": "loss='poisson' needs an exponential output the "
     "engine does not have (documented difference)",
 }
