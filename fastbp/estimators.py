@@ -29,6 +29,7 @@ This module imports scikit-learn; the rest of fastbp does not need it.
 """
 
 import numbers
+import types
 import warnings
 
 import numpy as np
@@ -434,7 +435,7 @@ class _BaseMLP(BaseEstimator):
             "validation_loss_curve_",
             "best_loss_",
             "best_validation_score_",
-            "_learning_rate",
+            "learning_rate_",
         ):
             self.__dict__.pop(name, None)
         if self.solver in _STOCHASTIC:
@@ -451,6 +452,19 @@ class _BaseMLP(BaseEstimator):
                 self.validation_loss_curve_ = None
                 self.best_validation_score_ = None
 
+    @property
+    def _optimizer(self):
+        """scikit-learn's ``_optimizer`` as far as its tests read it: ``learning_rate``
+        (see the class docstring); only after a fit with ``sgd`` or ``adam``."""
+        if "learning_rate_" not in self.__dict__:
+            raise AttributeError("_optimizer is set by a fit with solver 'sgd' or 'adam'")
+        rate = self.learning_rate_
+        state = self._net.optimizer_state() if "_net" in self.__dict__ else None
+        if state is not None and state["optimizer"] == "adam" and state["step"]:
+            step = state["step"]
+            rate *= np.sqrt(1 - self.beta_2**step) / (1 - self.beta_1**step)
+        return types.SimpleNamespace(learning_rate=rate)
+
     def engine_optimizer(self):
         """Name of the ``fastbp.MLP.fit`` optimizer that carries out ``solver`` with these
         parameters (``'sgd'``, ``'momentum'``, ``'nesterov'`` or ``'adam'``); None for
@@ -464,9 +478,9 @@ class _BaseMLP(BaseEstimator):
         return "nesterov" if self.nesterovs_momentum else "momentum"
 
     def _fit_stochastic(self, net, X, y, sample_weight, incremental, random_state):
-        if not incremental or not hasattr(self, "_learning_rate"):
+        if not incremental or not hasattr(self, "learning_rate_"):
             net.reset_optimizer()
-            self._learning_rate = float(self.learning_rate_init)
+            self.learning_rate_ = float(self.learning_rate_init)
         early_stopping = self.early_stopping
         if early_stopping:
             # scikit-learn stratifies on the one column of booleans, which
@@ -536,7 +550,7 @@ class _BaseMLP(BaseEstimator):
                             Y_fit,
                             sample_weight=sw_fit,
                             epochs=epochs,
-                            lr=self._learning_rate,
+                            lr=self.learning_rate_,
                             batch_size=batch_size,
                             shuffle=False,
                             order=np.concatenate(orders) if orders else None,
@@ -613,7 +627,7 @@ class _BaseMLP(BaseEstimator):
             print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
         self._update_no_improvement_count(net, validation)
         if self._invscaling():
-            self._learning_rate = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+            self.learning_rate_ = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
         if self._no_improvement_count > self.n_iter_no_change:
             if validation is not None:
                 msg = (
@@ -637,13 +651,13 @@ class _BaseMLP(BaseEstimator):
             if self.verbose:
                 print(msg + " Stopping.")
             return True
-        if self._learning_rate <= 1e-6:
+        if self.learning_rate_ <= 1e-6:
             if self.verbose:
                 print(msg + " Learning rate too small. Stopping.")
             return True
-        self._learning_rate /= 5.0
+        self.learning_rate_ /= 5.0
         if self.verbose:
-            print(msg + " Setting learning rate to %f" % self._learning_rate)
+            print(msg + " Setting learning rate to %f" % self.learning_rate_)
         return False
 
     def _update_no_improvement_count(self, net, validation):
@@ -921,6 +935,15 @@ _PARAMETER_DOC = """
         stopping; compare with ``loss_curve_`` to see over-fitting.
     best_validation_score_ : float or None
         Best of ``validation_scores_``.
+    learning_rate_ : float
+        Step size of the schedule (``sgd``/``adam``), as the next epoch or
+        ``partial_fit`` uses it: ``learning_rate_init``, after ``invscaling``'s update or
+        ``adaptive``'s divisions by 5; Adam scales it by its bias correction each step.
+    _optimizer
+        For code written against scikit-learn's private optimizer: its
+        ``learning_rate``, the step of the last update as scikit-learn reports it
+        (``learning_rate_``, times Adam's bias correction). Read only; prefer
+        ``learning_rate_``.
     t_ : int
         Training samples seen.
     n_iter_ : int

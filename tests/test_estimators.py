@@ -756,3 +756,29 @@ def test_diverging_fit_with_early_stopping_runs_on_as_scikit_learn():
     assert all(isinstance(s, float) for s in ours.validation_scores_)
     assert np.isnan(ours.validation_loss_curve_[-1])
     assert_same_model(ours, theirs, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(solver="adam"),
+        dict(solver="sgd", learning_rate="invscaling", power_t=0.25),
+        dict(solver="sgd", learning_rate="adaptive", tol=0.5, max_iter=300),
+    ],
+    ids=["adam", "invscaling", "adaptive"],
+)
+def test_learning_rate_is_readable_as_in_scikit_learn(digits, params):
+    """learning_rate_ is the schedule's step; _optimizer.learning_rate mirrors scikit-
+    learn's private attribute, after fit and after partial_fit."""
+    X, y = digits
+    X, y = X[:60], y[:60]
+    ours, theirs = fit_both("classifier", X, y, hidden_layer_sizes=(4,), random_state=0, **params)
+    assert ours._optimizer.learning_rate == pytest.approx(theirs._optimizer.learning_rate, 1e-12)
+    if params["solver"] == "sgd":
+        assert ours.learning_rate_ == ours._optimizer.learning_rate
+    else:
+        assert ours.learning_rate_ == ours.learning_rate_init
+    ours.partial_fit(X, y)
+    theirs.partial_fit(X, y)
+    assert ours._optimizer.learning_rate == pytest.approx(theirs._optimizer.learning_rate, 1e-12)
+    assert not hasattr(fitted(MLPClassifier, X, y, solver="lbfgs"), "_optimizer")

@@ -25,8 +25,6 @@ IMPORT = "from sklearn.neural_network import MLPClassifier, MLPRegressor"
 EXPECTED_FAILURES = {
     "test_gradient": "calls scikit-learn's private _loss_grad_lbfgs; fastbp's gradients are "
     "held to finite differences by tests/test_gradients.py",
-    "test_learning_rate_warmstart": "reads scikit-learn's private _optimizer.learning_rate",
-    "test_adaptive_learning_rate": "reads scikit-learn's private _optimizer.learning_rate",
     "test_sparse_matrices[csr_matrix]": "fastbp refuses sparse input (documented difference)",
     "test_sparse_matrices[csr_array]": "fastbp refuses sparse input (documented difference)",
     "test_mlp_vs_poisson_glm_equivalent": "loss='poisson' needs an exponential output the "
