@@ -15,7 +15,8 @@ stopping, ``tol``/``n_iter_no_change``, the learning-rate schedules and warnings
 
 Beyond scikit-learn: ``dtype`` (float32 data trains in float32 end to end, as in
 scikit-learn; the parameter can force either),
-``device`` (passed to ``fastbp.MLP``) and ``validation_loss_curve_``.
+``device`` (passed to ``fastbp.MLP``), ``validation_loss_curve_``, ``learning_rate_`` and
+``optimizer_state()`` (what scikit-learn keeps in its private ``_optimizer``).
 
 Known differences: input must be dense (sparse matrices are refused); ``momentum`` must
 be below 1; ``MLPRegressor`` supports ``loss="squared_error"`` only. With
@@ -826,6 +827,14 @@ class _BaseMLP(BaseEstimator):
         ):
             view[...] = value
         return net
+
+    def optimizer_state(self):
+        """A copy of the optimizer's state after the last ``sgd`` or ``adam`` training:
+        ``fastbp.MLP.optimizer_state`` of the fitted network (momentum or Adam's moments
+        over its flat parameters, updates taken), which ``to_network()``'s network takes
+        with ``load_optimizer_state`` to train on where the estimator stopped."""
+        check_is_fitted(self, "coefs_")
+        return self._sync_net(self.coefs_[0].dtype, self._fitted_device()).optimizer_state()
 
     def engine_targets(self, y):
         """Targets ``y`` (labels, or an indicator matrix for multi-label; values for a

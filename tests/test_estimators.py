@@ -782,3 +782,29 @@ def test_learning_rate_is_readable_as_in_scikit_learn(digits, params):
     theirs.partial_fit(X, y)
     assert ours._optimizer.learning_rate == pytest.approx(theirs._optimizer.learning_rate, 1e-12)
     assert not hasattr(fitted(MLPClassifier, X, y, solver="lbfgs"), "_optimizer")
+
+
+def test_optimizer_state_continues_on_the_network(digits):
+    """optimizer_state() is the estimator's Adam state: to_network() trained on with it
+    takes the same step as the estimator's partial_fit."""
+    X, y = digits
+    X, y = X[:200], y[:200]
+    est = fitted(MLPClassifier, X, y, shuffle=False)
+    state = est.optimizer_state()
+    assert state["optimizer"] == "adam" and state["step"] == 3
+    net = est.to_network()
+    net.load_optimizer_state(state)
+    net.fit(
+        X,
+        est.engine_targets(y),
+        epochs=1,
+        lr=est.learning_rate_,
+        batch_size=200,
+        shuffle=False,
+        optimizer="adam",
+        l2=est.alpha,
+    )
+    est.partial_fit(X, y)
+    for ours, theirs in zip(net.weights + net.biases, est.coefs_ + est.intercepts_, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert est.optimizer_state()["step"] == 4
