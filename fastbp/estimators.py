@@ -15,7 +15,8 @@ stopping, ``tol``/``n_iter_no_change``, the learning-rate schedules and warnings
 
 Beyond scikit-learn: ``dtype`` (float32 data trains in float32 end to end, as in
 scikit-learn; the parameter can force either),
-``device`` (passed to ``fastbp.MLP``), ``validation_loss_curve_``, ``learning_rate_`` and
+``device`` (passed to ``fastbp.MLP``), ``fit``'s ``X_val``/``y_val`` (early stopping on
+data of the caller's choice), ``validation_loss_curve_``, ``learning_rate_`` and
 ``optimizer_state()`` (what scikit-learn keeps in its private ``_optimizer``).
 
 Known differences: input must be dense (sparse matrices are refused); ``momentum`` must
@@ -114,7 +115,7 @@ def _check_hidden(sizes):
     return [check.positive_int(s, f"hidden_layer_sizes[{i}]") for i, s in enumerate(sizes)]
 
 
-def _check_sample_weight(sample_weight, n_samples, dtype):
+def _check_sample_weight(sample_weight, n_samples, dtype, name="sample_weight"):
     """Sample weights as a new ``dtype`` array ``(n_samples,)``: finite, non-negative and
     not all zero (a number means that weight for every sample). Always a copy, so the
     caller's array stays untouched and the engine sees a writeable one (see
@@ -123,15 +124,16 @@ def _check_sample_weight(sample_weight, n_samples, dtype):
         return None
     if isinstance(sample_weight, numbers.Number):
         sample_weight = np.full(n_samples, sample_weight, dtype=dtype)
-    weights = check.numeric_array(sample_weight, "sample_weight", dtype, 1).copy()
+    weights = check.numeric_array(sample_weight, name, dtype, 1).copy()
     if weights.shape != (n_samples,):
+        data = "X_val" if name == "sample_weight_val" else "X"
         raise ValueError(
-            f"sample_weight must have shape ({n_samples},) to match X; got {weights.shape}"
+            f"{name} must have shape ({n_samples},) to match {data}; got {weights.shape}"
         )
     if weights.min() < 0:
-        raise ValueError("sample_weight must be non-negative")
+        raise ValueError(f"{name} must be non-negative")
     if not weights.any():
-        raise ValueError("sample_weight must contain at least one non-zero weight")
+        raise ValueError(f"{name} must contain at least one non-zero weight")
     return weights
 
 
@@ -355,18 +357,20 @@ class _BaseMLP(BaseEstimator):
             net, optimizer = engine
             net.load_optimizer_state(optimizer)
 
-    def _fit(self, X, y, sample_weight=None, incremental=False, classes=None):
+    def _fit(self, X, y, sample_weight=None, incremental=False, classes=None, validation=None):
         hidden, dtype = self._check_params()
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         snapshot = self._snapshot()
         try:
-            return self._fit_checked(X, y, sample_weight, incremental, classes, hidden, dtype)
+            return self._fit_checked(
+                X, y, sample_weight, incremental, classes, hidden, dtype, validation
+            )
         except BaseException:
             self._restore(snapshot)
             raise
 
-    def _fit_checked(self, X, y, sample_weight, incremental, classes, hidden, dtype):
+    def _fit_checked(self, X, y, sample_weight, incremental, classes, hidden, dtype, validation):
         if incremental:
             self._partial_fit_classes(y, classes)
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
@@ -378,6 +382,7 @@ class _BaseMLP(BaseEstimator):
         if y.ndim == 1:
             y = y.reshape((-1, 1))
         self.n_outputs_ = y.shape[1]
+        validation = self._validation_set(validation, dtype)
         layer_units = [X.shape[1]] + hidden + [self.n_outputs_]
         random_state = check_random_state(self.random_state)
         if first_pass:
@@ -391,7 +396,7 @@ class _BaseMLP(BaseEstimator):
         net = self._sync_net(dtype, self.device)
         self._fit_device = self.device
         if self.solver in _STOCHASTIC:
-            self._fit_stochastic(net, X, y, sample_weight, incremental, random_state)
+            self._fit_stochastic(net, X, y, sample_weight, incremental, random_state, validation)
         else:
             self._fit_lbfgs(net, X, y, sample_weight)
         if not all(np.isfinite(w).all() for w in self.coefs_ + self.intercepts_):
@@ -478,12 +483,40 @@ class _BaseMLP(BaseEstimator):
             return "sgd"
         return "nesterov" if self.nesterovs_momentum else "momentum"
 
-    def _fit_stochastic(self, net, X, y, sample_weight, incremental, random_state):
+    def _validation_set(self, validation, dtype):
+        """``fit``'s ``(X_val, y_val, sample_weight_val)`` checked against the training
+        data, ``y_val`` as the target matrix; None without ``X_val`` and ``y_val``."""
+        X_val, y_val, sw_val = validation or (None, None, None)
+        if X_val is None and y_val is None:
+            if sw_val is not None:
+                raise ValueError("sample_weight_val is given without X_val and y_val")
+            return None
+        if y_val is None or X_val is None:
+            given, missing = ("X_val", "y_val") if y_val is None else ("y_val", "X_val")
+            raise ValueError(f"{given} is provided, but {missing} was not provided.")
+        if not self.early_stopping or self.solver not in _STOCHASTIC:
+            raise ValueError(
+                "X_val and y_val are used by early stopping: pass them with "
+                "early_stopping=True and solver 'sgd' or 'adam'"
+            )
+        try:
+            X_val = _writeable(_validate_data(self, X_val, reset=False, dtype=dtype))
+        except ValueError as error:
+            raise ValueError(f"X_val: {error}") from error
+        y_val = self._validation_targets(y_val, dtype)
+        if y_val.shape[0] != X_val.shape[0]:
+            raise ValueError(f"y_val has {y_val.shape[0]} rows but X_val has {X_val.shape[0]}")
+        sw_val = _check_sample_weight(sw_val, X_val.shape[0], dtype, "sample_weight_val")
+        return X_val, y_val, sw_val
+
+    def _fit_stochastic(self, net, X, y, sample_weight, incremental, random_state, validation=None):
         if not incremental or not hasattr(self, "learning_rate_"):
             net.reset_optimizer()
             self.learning_rate_ = float(self.learning_rate_init)
         early_stopping = self.early_stopping
-        if early_stopping:
+        if validation is not None:  # given to fit: no split
+            X_train, y_train, sw_train = X, y, sample_weight
+        elif early_stopping:
             # scikit-learn stratifies on the one column of booleans, which
             # train_test_split turns into text by a join per row (150 ms for 75,000
             # rows); the column as text at once gives the same split and error message.
@@ -908,10 +941,10 @@ _PARAMETER_DOC = """
     nesterovs_momentum : bool, default=True
         Use Nesterov's momentum with ``sgd``.
     early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the data and stop when its score stops
-        improving; the best weights are kept.
+        Hold out ``validation_fraction`` of the data (or score ``fit``'s ``X_val``,
+        ``y_val``) and stop when its score stops improving; the best weights are kept.
     validation_fraction : float, default=0.1
-        Share of the data held out for early stopping.
+        Share of the data held out for early stopping, unless ``fit`` is given ``X_val``.
     beta_1, beta_2 : float, default=0.9, 0.999
         Decay rates of Adam's first and second moments.
     epsilon : float, default=1e-8
@@ -940,8 +973,8 @@ _PARAMETER_DOC = """
     validation_scores_ : list of float or None
         Score on the held-out data after every epoch, with early stopping.
     validation_loss_curve_ : list of float or None
-        Loss (without the L2 term) on the held-out data after every epoch, with early
-        stopping; compare with ``loss_curve_`` to see over-fitting.
+        Loss (without the L2 term) on the held-out data (or ``X_val``, ``y_val``) after
+        every epoch, with early stopping; compare with ``loss_curve_`` to see over-fitting.
     best_validation_score_ : float or None
         Best of ``validation_scores_``.
     learning_rate_ : float
@@ -1120,6 +1153,26 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """Labels ``y`` as the 0/1 matrix the outputs are compared with."""
         return self._binarized(y)
 
+    def _validation_targets(self, y_val, dtype):
+        """``y_val`` as the 0/1 target matrix: labels among ``classes_``, or an indicator
+        matrix with the training targets' columns."""
+        y_val = np.asarray(y_val)
+        if y_val.ndim == 2 and y_val.shape[1] == 1:
+            y_val = y_val.ravel()
+        if self._label_binarizer.y_type_.startswith("multilabel"):
+            if y_val.ndim != 2 or y_val.shape[1] != self.n_outputs_:
+                raise ValueError(
+                    f"y_val must be an indicator matrix with {self.n_outputs_} columns, "
+                    f"as y; got shape {y_val.shape}"
+                )
+        elif y_val.ndim != 1:
+            raise ValueError(f"y_val must hold one label per row; got shape {y_val.shape}")
+        else:
+            unknown = np.setdiff1d(unique_labels(y_val), self.classes_)
+            if len(unknown):
+                raise ValueError(f"y_val has labels not in classes_: {unknown}")
+        return self._binarized(y_val)
+
     def _engine_targets(self, y, dtype):
         """Class indices for a softmax output, else 0/1 targets per output column."""
         if self.out_activation_ == "softmax":
@@ -1153,11 +1206,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             prob = prob.ravel()
         return binarizer.inverse_transform(prob)
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None):
         """Train on ``X`` ``(n_samples, n_features)`` and labels ``y`` ``(n_samples,)``
         (or a 0/1 indicator matrix ``(n_samples, n_labels)`` for multi-label), each
-        sample weighted by ``sample_weight`` ``(n_samples,)``. Returns self."""
-        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+        sample weighted by ``sample_weight`` ``(n_samples,)``. With ``early_stopping``,
+        ``X_val``, ``y_val`` (and ``sample_weight_val``) are the held-out data in place
+        of the ``validation_fraction`` split, as in HistGradientBoosting. Returns self."""
+        validation = (X_val, y_val, sample_weight_val)
+        return self._fit(X, y, sample_weight, incremental=False, validation=validation)
 
     @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None, classes=None):
@@ -1292,6 +1348,17 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         """Targets ``y`` as a matrix ``(n_samples, n_outputs)``."""
         return y.reshape(-1, 1) if y.ndim == 1 else y
 
+    def _validation_targets(self, y_val, dtype):
+        """``y_val`` as a finite ``dtype`` matrix with the training targets' columns."""
+        y_val = np.asarray(y_val)
+        y_val = check.numeric_array(y_val, "y_val", dtype, 1 if y_val.ndim == 1 else 2)
+        y_val = self._target_matrix(y_val)
+        if y_val.shape[1] != self.n_outputs_:
+            raise ValueError(
+                f"y_val must have {self.n_outputs_} target column(s), as y; got shape {y_val.shape}"
+            )
+        return y_val
+
     def _engine_targets(self, y, dtype):
         return _writeable(np.ascontiguousarray(y, dtype=dtype))
 
@@ -1319,11 +1386,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         scores[(numerator != 0) & (denominator == 0)] = 0.0
         return float(np.average(scores))
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None):
         """Train on ``X`` ``(n_samples, n_features)`` and targets ``y`` ``(n_samples,)``
         or ``(n_samples, n_targets)``, each sample weighted by ``sample_weight``
-        ``(n_samples,)``. Returns self."""
-        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+        ``(n_samples,)``. With ``early_stopping``, ``X_val``, ``y_val`` (and
+        ``sample_weight_val``) are the held-out data in place of the
+        ``validation_fraction`` split, as in HistGradientBoosting. Returns self."""
+        validation = (X_val, y_val, sample_weight_val)
+        return self._fit(X, y, sample_weight, incremental=False, validation=validation)
 
     @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None):

@@ -808,3 +808,87 @@ def test_optimizer_state_continues_on_the_network(digits):
     for ours, theirs in zip(net.weights + net.biases, est.coefs_ + est.intercepts_, strict=True):
         np.testing.assert_array_equal(ours, theirs)
     assert est.optimizer_state()["step"] == 4
+
+
+def test_explicit_validation_set_replaces_the_split(digits):
+    """fit(X_train, y_train, X_val=..., y_val=...) with the rows the validation_fraction
+    split would hold out trains as the split does (without shuffling, whose draws the
+    split would move), and validation_loss_curve_ comes from X_val."""
+    from sklearn.model_selection import train_test_split
+
+    X, y = digits
+    X, y = X[:300], y[:300].astype(float)
+    params = dict(
+        hidden_layer_sizes=(8,), early_stopping=True, shuffle=False, max_iter=30, tol=1e-6
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        split = MLPRegressor(random_state=0, **params).fit(X, y)
+        rs = np.random.RandomState(0)
+        for fan_in, fan_out in ((64, 8), (8, 1)):  # the initial weights' draws
+            rs.uniform(size=(fan_in, fan_out)), rs.uniform(size=fan_out)
+        X_tr, X_va, y_tr, y_va = train_test_split(X, y, random_state=rs, test_size=0.1)
+        given = MLPRegressor(random_state=0, **params).fit(X_tr, y_tr, X_val=X_va, y_val=y_va)
+    assert given.validation_scores_ == split.validation_scores_
+    assert given.validation_loss_curve_ == split.validation_loss_curve_
+    assert given.n_iter_ == split.n_iter_ and given.t_ == split.t_
+    for a, b in zip(given.coefs_, split.coefs_, strict=True):
+        np.testing.assert_array_equal(a, b)
+    best = int(np.argmax(given.validation_scores_))  # the kept weights' epoch
+    assert given.validation_loss_curve_[best] == pytest.approx(
+        given.validation_loss(X_va, y_va), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs,message",
+    [
+        ("reg", dict(X_val="X"), "X_val is provided, but y_val"),
+        ("reg", dict(y_val="y"), "y_val is provided, but X_val"),
+        ("reg", dict(sample_weight_val=np.ones(10)), "sample_weight_val"),
+        ("reg-no-es", dict(X_val="X", y_val="y"), "early_stopping=True"),
+        ("reg-lbfgs", dict(X_val="X", y_val="y"), "early_stopping=True and solver"),
+        ("reg", dict(X_val="X3", y_val="y"), "X_val: X has 3 features"),
+        ("reg", dict(X_val="X", y_val="y5"), "y_val has 5 rows but X_val has 10"),
+        ("reg", dict(X_val="X", y_val="y2"), "y_val must have 1 target column"),
+        ("reg", dict(X_val="X", y_val="ynan"), "y_val contains NaN"),
+        ("reg", dict(X_val="X", y_val="y", sample_weight_val=np.ones(3)), "sample_weight_val"),
+        ("clf", dict(X_val="X", y_val="unknown"), "y_val has labels not in classes_"),
+        ("clf", dict(X_val="X", y_val="y2"), "y_val must hold one label per row"),
+    ],
+)
+def test_explicit_validation_set_errors_name_the_argument(digits, cls, kwargs, message):
+    X, y = digits
+    data = {
+        "X": X[:10],
+        "X3": X[:10, :3],
+        "y": y[:10],
+        "y5": y[:5],
+        "y2": np.c_[y[:10], y[:10]],
+        "ynan": np.full(10, np.nan),
+        "unknown": np.full(10, 99),
+    }
+    kwargs = {k: data[v] if isinstance(v, str) else v for k, v in kwargs.items()}
+    model = {
+        "reg": MLPRegressor(early_stopping=True, max_iter=2),
+        "reg-no-es": MLPRegressor(max_iter=2),
+        "reg-lbfgs": MLPRegressor(early_stopping=True, solver="lbfgs", max_iter=2),
+        "clf": MLPClassifier(early_stopping=True, max_iter=2),
+    }[cls]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model.fit(X[:100], y[:100], **kwargs)
+    assert not hasattr(model, "coefs_")
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "multiclass"])
+def test_explicit_validation_set_scores_the_classifier_on_it(digits, binary):
+    X, y = digits
+    labels = np.where(y > 4, "big", "small") if binary else y
+    X_tr, y_tr, X_va, y_va = X[:300], labels[:300], X[300:400], labels[300:400]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = MLPClassifier(hidden_layer_sizes=(8,), early_stopping=True, max_iter=20)
+        est.fit(X_tr, y_tr, X_val=X_va, y_val=y_va, sample_weight_val=np.ones(100))
+    best = int(np.argmax(est.validation_scores_))
+    assert est.validation_scores_[best] == est.best_validation_score_ == est.score(X_va, y_va)
+    assert est.validation_loss_curve_[best] == pytest.approx(est.validation_loss(X_va, y_va))
