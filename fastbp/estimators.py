@@ -337,6 +337,8 @@ class _BaseMLP(BaseEstimator):
 
     def __setstate__(self, state):
         optimizer = state.pop("_engine_optimizer", None)
+        if "_learning_rate" in state:  # pickled before learning_rate_ was public
+            state["learning_rate_"] = state.pop("_learning_rate")
         super().__setstate__(state)
         if optimizer is not None and hasattr(self, "coefs_"):
             net = self._sync_net(self.coefs_[0].dtype, self._fit_device)

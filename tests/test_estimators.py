@@ -892,3 +892,19 @@ def test_explicit_validation_set_scores_the_classifier_on_it(digits, binary):
     best = int(np.argmax(est.validation_scores_))
     assert est.validation_scores_[best] == est.best_validation_score_ == est.score(X_va, y_va)
     assert est.validation_loss_curve_[best] == pytest.approx(est.validation_loss(X_va, y_va))
+
+
+def test_pickles_from_before_learning_rate_was_public_continue(digits):
+    """An older pickle kept the step size as _learning_rate: partial_fit continues it
+    (and the optimizer) instead of starting over."""
+    X, y = digits
+    est = fitted(MLPClassifier, X[:100], y[:100], solver="sgd", learning_rate="invscaling")
+    state = est.__getstate__()
+    state["_learning_rate"] = state.pop("learning_rate_")
+    old = MLPClassifier.__new__(MLPClassifier)
+    old.__setstate__(state)
+    assert old.learning_rate_ == est.learning_rate_
+    old.partial_fit(X[:100], y[:100])
+    est.partial_fit(X[:100], y[:100])
+    for a, b in zip(old.coefs_, est.coefs_, strict=True):
+        np.testing.assert_array_equal(a, b)
