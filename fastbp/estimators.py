@@ -13,8 +13,11 @@ compiled code), and ``lbfgs`` drives scipy's L-BFGS-B with the compiled whole-da
 and gradient. The Python loop between epochs keeps scikit-learn's bookkeeping: early
 stopping, ``tol``/``n_iter_no_change``, the learning-rate schedules and warnings.
 
-Beyond scikit-learn: ``dtype`` (float32 data trains in float32 end to end),
-``device`` (passed to ``fastbp.MLP``) and ``validation_loss_curve_``.
+Beyond scikit-learn: ``dtype`` (float32 data trains in float32 end to end, as in
+scikit-learn; the parameter can force either),
+``device`` (passed to ``fastbp.MLP``), ``fit``'s ``X_val``/``y_val`` (early stopping on
+data of the caller's choice), ``validation_loss_curve_``, ``learning_rate_`` and
+``optimizer_state()`` (what scikit-learn keeps in its private ``_optimizer``).
 
 Known differences: input must be dense (sparse matrices are refused); ``momentum`` must
 be below 1; ``MLPRegressor`` supports ``loss="squared_error"`` only. With
@@ -28,6 +31,7 @@ This module imports scikit-learn; the rest of fastbp does not need it.
 """
 
 import numbers
+import types
 import warnings
 
 import numpy as np
@@ -111,7 +115,7 @@ def _check_hidden(sizes):
     return [check.positive_int(s, f"hidden_layer_sizes[{i}]") for i, s in enumerate(sizes)]
 
 
-def _check_sample_weight(sample_weight, n_samples, dtype):
+def _check_sample_weight(sample_weight, n_samples, dtype, name="sample_weight"):
     """Sample weights as a new ``dtype`` array ``(n_samples,)``: finite, non-negative and
     not all zero (a number means that weight for every sample). Always a copy, so the
     caller's array stays untouched and the engine sees a writeable one (see
@@ -120,15 +124,16 @@ def _check_sample_weight(sample_weight, n_samples, dtype):
         return None
     if isinstance(sample_weight, numbers.Number):
         sample_weight = np.full(n_samples, sample_weight, dtype=dtype)
-    weights = check.numeric_array(sample_weight, "sample_weight", dtype, 1).copy()
+    weights = check.numeric_array(sample_weight, name, dtype, 1).copy()
     if weights.shape != (n_samples,):
+        data = "X_val" if name == "sample_weight_val" else "X"
         raise ValueError(
-            f"sample_weight must have shape ({n_samples},) to match X; got {weights.shape}"
+            f"{name} must have shape ({n_samples},) to match {data}; got {weights.shape}"
         )
     if weights.min() < 0:
-        raise ValueError("sample_weight must be non-negative")
+        raise ValueError(f"{name} must be non-negative")
     if not weights.any():
-        raise ValueError("sample_weight must contain at least one non-zero weight")
+        raise ValueError(f"{name} must contain at least one non-zero weight")
     return weights
 
 
@@ -230,7 +235,7 @@ class _BaseMLP(BaseEstimator):
 
     def _check_params(self):
         """Every constructor parameter checked before anything changes; returns the
-        cleaned hidden layer sizes and dtype."""
+        cleaned hidden layer sizes and dtype (None: the data's, see ``_fit_dtype``)."""
         hidden = _check_hidden(self.hidden_layer_sizes)
         check.choice(self.activation, "activation", ("identity", "logistic", "tanh", "relu"))
         check.choice(self.solver, "solver", ("lbfgs", "sgd", "adam"))
@@ -263,8 +268,8 @@ class _BaseMLP(BaseEstimator):
         if not (isinstance(self.n_iter_no_change, float) and self.n_iter_no_change == np.inf):
             check.positive_int(self.n_iter_no_change, "n_iter_no_change")
         check.positive_int(self.max_fun, "max_fun")
-        # None is NumPy's default float, as np.dtype(None) says.
-        dtype = check.dtype(np.float64 if self.dtype is None else self.dtype)
+        # None follows the data (see _fit_dtype).
+        dtype = None if self.dtype is None else check.dtype(self.dtype)
         check.choice(self.device, "device", check.DEVICES)
         return hidden, dtype
 
@@ -332,6 +337,8 @@ class _BaseMLP(BaseEstimator):
 
     def __setstate__(self, state):
         optimizer = state.pop("_engine_optimizer", None)
+        if "_learning_rate" in state:  # pickled before learning_rate_ was public
+            state["learning_rate_"] = state.pop("_learning_rate")
         super().__setstate__(state)
         if optimizer is not None and hasattr(self, "coefs_"):
             net = self._sync_net(self.coefs_[0].dtype, self._fit_device)
@@ -352,27 +359,32 @@ class _BaseMLP(BaseEstimator):
             net, optimizer = engine
             net.load_optimizer_state(optimizer)
 
-    def _fit(self, X, y, sample_weight=None, incremental=False, classes=None):
+    def _fit(self, X, y, sample_weight=None, incremental=False, classes=None, validation=None):
         hidden, dtype = self._check_params()
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         snapshot = self._snapshot()
         try:
-            return self._fit_checked(X, y, sample_weight, incremental, classes, hidden, dtype)
+            return self._fit_checked(
+                X, y, sample_weight, incremental, classes, hidden, dtype, validation
+            )
         except BaseException:
             self._restore(snapshot)
             raise
 
-    def _fit_checked(self, X, y, sample_weight, incremental, classes, hidden, dtype):
+    def _fit_checked(self, X, y, sample_weight, incremental, classes, hidden, dtype, validation):
         if incremental:
             self._partial_fit_classes(y, classes)
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        dtype = self._fit_dtype(dtype, first_pass)
         X, y = self._validate_input(X, y, incremental, reset=first_pass, dtype=dtype)
+        dtype = X.dtype
         X = _writeable(X)
         sample_weight = _check_sample_weight(sample_weight, X.shape[0], dtype)
         if y.ndim == 1:
             y = y.reshape((-1, 1))
         self.n_outputs_ = y.shape[1]
+        validation = self._validation_set(validation, dtype)
         layer_units = [X.shape[1]] + hidden + [self.n_outputs_]
         random_state = check_random_state(self.random_state)
         if first_pass:
@@ -386,7 +398,7 @@ class _BaseMLP(BaseEstimator):
         net = self._sync_net(dtype, self.device)
         self._fit_device = self.device
         if self.solver in _STOCHASTIC:
-            self._fit_stochastic(net, X, y, sample_weight, incremental, random_state)
+            self._fit_stochastic(net, X, y, sample_weight, incremental, random_state, validation)
         else:
             self._fit_lbfgs(net, X, y, sample_weight)
         if not all(np.isfinite(w).all() for w in self.coefs_ + self.intercepts_):
@@ -395,6 +407,17 @@ class _BaseMLP(BaseEstimator):
                 " contain large values and need to be preprocessed."
             )
         return self
+
+    def _fit_dtype(self, dtype, first_pass):
+        """The dtype to train in, or the choice handed to ``validate_data``: the
+        ``dtype`` parameter if set; else, as scikit-learn does, float32 data stays float32
+        and other data becomes float64 on a first fit, and later ``partial_fit`` or
+        ``warm_start`` calls keep the fitted network's dtype."""
+        if dtype is not None:
+            return dtype
+        if first_pass:
+            return (np.float64, np.float32)
+        return self.coefs_[0].dtype
 
     def _initialize(self, y, layer_units, dtype, random_state):
         """scikit-learn's initial state: Glorot-uniform weights and biases drawn from
@@ -420,7 +443,7 @@ class _BaseMLP(BaseEstimator):
             "validation_loss_curve_",
             "best_loss_",
             "best_validation_score_",
-            "_learning_rate",
+            "learning_rate_",
         ):
             self.__dict__.pop(name, None)
         if self.solver in _STOCHASTIC:
@@ -437,6 +460,19 @@ class _BaseMLP(BaseEstimator):
                 self.validation_loss_curve_ = None
                 self.best_validation_score_ = None
 
+    @property
+    def _optimizer(self):
+        """scikit-learn's ``_optimizer`` as far as its tests read it: ``learning_rate``
+        (see the class docstring); only after a fit with ``sgd`` or ``adam``."""
+        if "learning_rate_" not in self.__dict__:
+            raise AttributeError("_optimizer is set by a fit with solver 'sgd' or 'adam'")
+        rate = self.learning_rate_
+        state = self._net.optimizer_state() if "_net" in self.__dict__ else None
+        if state is not None and state["optimizer"] == "adam" and state["step"]:
+            step = state["step"]
+            rate *= np.sqrt(1 - self.beta_2**step) / (1 - self.beta_1**step)
+        return types.SimpleNamespace(learning_rate=rate)
+
     def engine_optimizer(self):
         """Name of the ``fastbp.MLP.fit`` optimizer that carries out ``solver`` with these
         parameters (``'sgd'``, ``'momentum'``, ``'nesterov'`` or ``'adam'``); None for
@@ -449,15 +485,45 @@ class _BaseMLP(BaseEstimator):
             return "sgd"
         return "nesterov" if self.nesterovs_momentum else "momentum"
 
-    def _fit_stochastic(self, net, X, y, sample_weight, incremental, random_state):
-        if not incremental or not hasattr(self, "_learning_rate"):
+    def _validation_set(self, validation, dtype):
+        """``fit``'s ``(X_val, y_val, sample_weight_val)`` checked against the training
+        data, ``y_val`` as the target matrix; None without ``X_val`` and ``y_val``."""
+        X_val, y_val, sw_val = validation or (None, None, None)
+        if X_val is None and y_val is None:
+            if sw_val is not None:
+                raise ValueError("sample_weight_val is given without X_val and y_val")
+            return None
+        if y_val is None or X_val is None:
+            given, missing = ("X_val", "y_val") if y_val is None else ("y_val", "X_val")
+            raise ValueError(f"{given} is provided, but {missing} was not provided.")
+        if not self.early_stopping or self.solver not in _STOCHASTIC:
+            raise ValueError(
+                "X_val and y_val are used by early stopping: pass them with "
+                "early_stopping=True and solver 'sgd' or 'adam'"
+            )
+        try:
+            X_val = _writeable(_validate_data(self, X_val, reset=False, dtype=dtype))
+        except ValueError as error:
+            raise ValueError(f"X_val: {error}") from error
+        y_val = self._validation_targets(y_val, dtype)
+        if y_val.shape[0] != X_val.shape[0]:
+            raise ValueError(f"y_val has {y_val.shape[0]} rows but X_val has {X_val.shape[0]}")
+        sw_val = _check_sample_weight(sw_val, X_val.shape[0], dtype, "sample_weight_val")
+        return X_val, y_val, sw_val
+
+    def _fit_stochastic(self, net, X, y, sample_weight, incremental, random_state, validation=None):
+        if not incremental or not hasattr(self, "learning_rate_"):
             net.reset_optimizer()
-            self._learning_rate = float(self.learning_rate_init)
+            self.learning_rate_ = float(self.learning_rate_init)
         early_stopping = self.early_stopping
-        if early_stopping:
-            # One column of 0/1 stratifies as its 1-D form does, the same split; the
-            # column itself is split as text, a join per row (150 ms for 75,000 rows).
-            stratify = y[:, 0] if self._is_classifier() and self.n_outputs_ == 1 else None
+        if validation is not None:  # given to fit: no split
+            X_train, y_train, sw_train = X, y, sample_weight
+        elif early_stopping:
+            # scikit-learn stratifies on the one column of booleans, which
+            # train_test_split turns into text by a join per row (150 ms for 75,000
+            # rows); the column as text at once gives the same split and error message.
+            one_column = self._is_classifier() and self.n_outputs_ == 1
+            stratify = y[:, 0].astype(str) if one_column else None
             arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
             split = train_test_split(
                 *arrays,
@@ -502,7 +568,7 @@ class _BaseMLP(BaseEstimator):
         optimizer = self.engine_optimizer()
         try:
             self.n_iter_ = 0
-            stop = False
+            stop = diverged = False
             while not stop and self.n_iter_ < self.max_iter:
                 epochs = self._epochs_per_call(
                     n_samples, one=incremental or early_stopping or self._invscaling()
@@ -511,31 +577,41 @@ class _BaseMLP(BaseEstimator):
                 for _ in range(epochs if self.shuffle else 0):
                     sample_idx = _shuffled(sample_idx, random_state)
                     orders.append(sample_idx)
-                try:
-                    history = net.fit(
-                        X_fit,
-                        Y_fit,
-                        sample_weight=sw_fit,
-                        epochs=epochs,
-                        lr=self._learning_rate,
-                        batch_size=batch_size,
-                        shuffle=False,
-                        order=np.concatenate(orders) if orders else None,
-                        optimizer=optimizer,
-                        momentum=self.momentum,
-                        beta1=self.beta_1,
-                        beta2=self.beta_2,
-                        epsilon=self.epsilon,
-                        l2=self.alpha,
-                        check_input=False,
-                    )
-                except FloatingPointError as error:
-                    for loss in error.history:  # the epochs that ended finite
-                        self._end_epoch(net, loss, n_samples, validation)
-                    raise ValueError(
-                        "Solver produced non-finite parameter weights. The input data may "
-                        "contain large values and need to be preprocessed."
-                    ) from error
+                if diverged:  # scikit-learn's NaN epochs, as below
+                    history = [np.nan]
+                else:
+                    try:
+                        history = net.fit(
+                            X_fit,
+                            Y_fit,
+                            sample_weight=sw_fit,
+                            epochs=epochs,
+                            lr=self.learning_rate_,
+                            batch_size=batch_size,
+                            shuffle=False,
+                            order=np.concatenate(orders) if orders else None,
+                            optimizer=optimizer,
+                            momentum=self.momentum,
+                            beta1=self.beta_1,
+                            beta2=self.beta_2,
+                            epsilon=self.epsilon,
+                            l2=self.alpha,
+                            check_input=False,
+                        )
+                    except FloatingPointError as error:
+                        if not early_stopping:
+                            for loss in error.history:  # the epochs that ended finite
+                                self._end_epoch(net, loss, n_samples, validation)
+                            raise ValueError(
+                                "Solver produced non-finite parameter weights. The input data "
+                                "may contain large values and need to be preprocessed."
+                            ) from error
+                        # With early stopping scikit-learn trains on with NaN parameters:
+                        # every later epoch has a NaN loss and validation score (which never
+                        # counts as no improvement) until max_iter, and the best weights stay
+                        # (its issue 29504). One epoch per call, so none ended finite here.
+                        diverged = True
+                        history = [np.nan]
                 for loss in history:
                     stop = self._end_epoch(net, loss, n_samples, validation) or incremental
                     if stop:
@@ -587,7 +663,7 @@ class _BaseMLP(BaseEstimator):
             print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
         self._update_no_improvement_count(net, validation)
         if self._invscaling():
-            self._learning_rate = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+            self.learning_rate_ = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
         if self._no_improvement_count > self.n_iter_no_change:
             if validation is not None:
                 msg = (
@@ -611,13 +687,13 @@ class _BaseMLP(BaseEstimator):
             if self.verbose:
                 print(msg + " Stopping.")
             return True
-        if self._learning_rate <= 1e-6:
+        if self.learning_rate_ <= 1e-6:
             if self.verbose:
                 print(msg + " Learning rate too small. Stopping.")
             return True
-        self._learning_rate /= 5.0
+        self.learning_rate_ /= 5.0
         if self.verbose:
-            print(msg + " Setting learning rate to %f" % self._learning_rate)
+            print(msg + " Setting learning rate to %f" % self.learning_rate_)
         return False
 
     def _update_no_improvement_count(self, net, validation):
@@ -631,6 +707,8 @@ class _BaseMLP(BaseEstimator):
             return
         X_val, y_val, sw_val = validation
         prob = net.forward(X_val)
+        if np.isnan(self.loss_):  # diverged: scikit-learn's parameters would be NaN
+            prob = np.full_like(prob, np.nan)
         self.validation_loss_curve_.append(_loss_value(self.out_activation_, y_val, prob, sw_val))
         score = self._score_output(prob, y_val, sw_val)
         self.validation_scores_.append(score)
@@ -785,6 +863,14 @@ class _BaseMLP(BaseEstimator):
             view[...] = value
         return net
 
+    def optimizer_state(self):
+        """A copy of the optimizer's state after the last ``sgd`` or ``adam`` training:
+        ``fastbp.MLP.optimizer_state`` of the fitted network (momentum or Adam's moments
+        over its flat parameters, updates taken), which ``to_network()``'s network takes
+        with ``load_optimizer_state`` to train on where the estimator stopped."""
+        check_is_fitted(self, "coefs_")
+        return self._sync_net(self.coefs_[0].dtype, self._fitted_device()).optimizer_state()
+
     def engine_targets(self, y):
         """Targets ``y`` (labels, or an indicator matrix for multi-label; values for a
         regressor) as the network of ``to_network`` trains on them: int64 class indices
@@ -857,10 +943,10 @@ _PARAMETER_DOC = """
     nesterovs_momentum : bool, default=True
         Use Nesterov's momentum with ``sgd``.
     early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the data and stop when its score stops
-        improving; the best weights are kept.
+        Hold out ``validation_fraction`` of the data (or score ``fit``'s ``X_val``,
+        ``y_val``) and stop when its score stops improving; the best weights are kept.
     validation_fraction : float, default=0.1
-        Share of the data held out for early stopping.
+        Share of the data held out for early stopping, unless ``fit`` is given ``X_val``.
     beta_1, beta_2 : float, default=0.9, 0.999
         Decay rates of Adam's first and second moments.
     epsilon : float, default=1e-8
@@ -869,8 +955,10 @@ _PARAMETER_DOC = """
         Epochs without improvement by ``tol`` before stopping.
     max_fun : int, default=15000
         Most loss evaluations of ``lbfgs``.
-    dtype : float32 or float64, default=np.float64
-        Precision of the parameters and of all arithmetic; data is converted to it.
+    dtype : float32, float64 or None, default=None
+        Precision of the parameters and of all arithmetic; data is converted to it. None
+        follows the data as scikit-learn does: float32 ``X`` trains in float32, any other
+        in float64; ``partial_fit`` and ``warm_start`` keep the dtype of the first fit.
     device : {'cpu', 'cuda'}, default='cpu'
         Where the engine runs (``fastbp.MLP``'s ``device``).
 
@@ -887,10 +975,19 @@ _PARAMETER_DOC = """
     validation_scores_ : list of float or None
         Score on the held-out data after every epoch, with early stopping.
     validation_loss_curve_ : list of float or None
-        Loss (without the L2 term) on the held-out data after every epoch, with early
-        stopping; compare with ``loss_curve_`` to see over-fitting.
+        Loss (without the L2 term) on the held-out data (or ``X_val``, ``y_val``) after
+        every epoch, with early stopping; compare with ``loss_curve_`` to see over-fitting.
     best_validation_score_ : float or None
         Best of ``validation_scores_``.
+    learning_rate_ : float
+        Step size of the schedule (``sgd``/``adam``), as the next epoch or
+        ``partial_fit`` uses it: ``learning_rate_init``, after ``invscaling``'s update or
+        ``adaptive``'s divisions by 5; Adam scales it by its bias correction each step.
+    _optimizer
+        For code written against scikit-learn's private optimizer: its
+        ``learning_rate``, the step of the last update as scikit-learn reports it
+        (``learning_rate_``, times Adam's bias correction). Read only; prefer
+        ``learning_rate_``.
     t_ : int
         Training samples seen.
     n_iter_ : int
@@ -949,7 +1046,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         epsilon=1e-8,
         n_iter_no_change=10,
         max_fun=15000,
-        dtype=np.float64,
+        dtype=None,
         device="cpu",
     ):
         super().__init__(
@@ -1058,6 +1155,26 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """Labels ``y`` as the 0/1 matrix the outputs are compared with."""
         return self._binarized(y)
 
+    def _validation_targets(self, y_val, dtype):
+        """``y_val`` as the 0/1 target matrix: labels among ``classes_``, or an indicator
+        matrix with the training targets' columns."""
+        y_val = np.asarray(y_val)
+        if y_val.ndim == 2 and y_val.shape[1] == 1:
+            y_val = y_val.ravel()
+        if self._label_binarizer.y_type_.startswith("multilabel"):
+            if y_val.ndim != 2 or y_val.shape[1] != self.n_outputs_:
+                raise ValueError(
+                    f"y_val must be an indicator matrix with {self.n_outputs_} columns, "
+                    f"as y; got shape {y_val.shape}"
+                )
+        elif y_val.ndim != 1:
+            raise ValueError(f"y_val must hold one label per row; got shape {y_val.shape}")
+        else:
+            unknown = np.setdiff1d(unique_labels(y_val), self.classes_)
+            if len(unknown):
+                raise ValueError(f"y_val has labels not in classes_: {unknown}")
+        return self._binarized(y_val)
+
     def _engine_targets(self, y, dtype):
         """Class indices for a softmax output, else 0/1 targets per output column."""
         if self.out_activation_ == "softmax":
@@ -1091,11 +1208,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             prob = prob.ravel()
         return binarizer.inverse_transform(prob)
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None):
         """Train on ``X`` ``(n_samples, n_features)`` and labels ``y`` ``(n_samples,)``
         (or a 0/1 indicator matrix ``(n_samples, n_labels)`` for multi-label), each
-        sample weighted by ``sample_weight`` ``(n_samples,)``. Returns self."""
-        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+        sample weighted by ``sample_weight`` ``(n_samples,)``. With ``early_stopping``,
+        ``X_val``, ``y_val`` (and ``sample_weight_val``) are the held-out data in place
+        of the ``validation_fraction`` split, as in HistGradientBoosting. Returns self."""
+        validation = (X_val, y_val, sample_weight_val)
+        return self._fit(X, y, sample_weight, incremental=False, validation=validation)
 
     @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None, classes=None):
@@ -1168,7 +1288,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         epsilon=1e-8,
         n_iter_no_change=10,
         max_fun=15000,
-        dtype=np.float64,
+        dtype=None,
         device="cpu",
     ):
         super().__init__(
@@ -1230,6 +1350,17 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         """Targets ``y`` as a matrix ``(n_samples, n_outputs)``."""
         return y.reshape(-1, 1) if y.ndim == 1 else y
 
+    def _validation_targets(self, y_val, dtype):
+        """``y_val`` as a finite ``dtype`` matrix with the training targets' columns."""
+        y_val = np.asarray(y_val)
+        y_val = check.numeric_array(y_val, "y_val", dtype, 1 if y_val.ndim == 1 else 2)
+        y_val = self._target_matrix(y_val)
+        if y_val.shape[1] != self.n_outputs_:
+            raise ValueError(
+                f"y_val must have {self.n_outputs_} target column(s), as y; got shape {y_val.shape}"
+            )
+        return y_val
+
     def _engine_targets(self, y, dtype):
         return _writeable(np.ascontiguousarray(y, dtype=dtype))
 
@@ -1257,11 +1388,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         scores[(numerator != 0) & (denominator == 0)] = 0.0
         return float(np.average(scores))
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None):
         """Train on ``X`` ``(n_samples, n_features)`` and targets ``y`` ``(n_samples,)``
         or ``(n_samples, n_targets)``, each sample weighted by ``sample_weight``
-        ``(n_samples,)``. Returns self."""
-        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+        ``(n_samples,)``. With ``early_stopping``, ``X_val``, ``y_val`` (and
+        ``sample_weight_val``) are the held-out data in place of the
+        ``validation_fraction`` split, as in HistGradientBoosting. Returns self."""
+        validation = (X_val, y_val, sample_weight_val)
+        return self._fit(X, y, sample_weight, incremental=False, validation=validation)
 
     @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None):

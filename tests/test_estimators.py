@@ -304,6 +304,17 @@ def test_binary_early_stopping_holds_out_scikit_learns_rows(digits):
     assert_same_model(ours, theirs, rtol=1e-6)
 
 
+def test_stratification_error_is_scikit_learns():
+    """Too few members of a class to stratify: scikit-learn's message, word for word."""
+    X, y = [[1, 2], [2, 3], [3, 4], [4, 5]], [0, 0, 0, 1]
+    messages = []
+    for cls in (MLPClassifier, sk.MLPClassifier):
+        with pytest.raises(ValueError) as error:
+            cls(early_stopping=True).fit(X, y)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1] and "['True']" in messages[0]
+
+
 @pytest.mark.parametrize("outputs", [1, 3])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_validation_score_is_scikit_learns_r2(outputs, dtype):
@@ -476,8 +487,32 @@ def test_float32_trains_in_float32(digits):
     assert all(c.dtype == np.float32 for c in ours.coefs_ + ours.intercepts_)
     assert ours.predict_proba(X32).dtype == np.float32
     assert relative_difference(ours.coefs_, theirs.coefs_) < 1e-4
-    default = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1).fit(X32, y)
-    assert default.coefs_[0].dtype == np.float64
+    forced = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1, dtype=np.float64).fit(X32, y)
+    assert forced.coefs_[0].dtype == np.float64
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_default_dtype_follows_the_first_fit(digits, cls):
+    """dtype=None: float32 data trains in float32, other data in float64; partial_fit and
+    warm_start keep the first fit's dtype whatever comes later, as in scikit-learn."""
+    X, y = digits
+    X32, X_int = X[:100].astype(np.float32), (X[:100] * 16).astype(np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for data, dtype in ((X32, np.float32), (X_int, np.float64), (X[:100], np.float64)):
+            est = cls(hidden_layer_sizes=(4,), max_iter=2, random_state=0).fit(data, y[:100])
+            assert all(a.dtype == dtype for a in est.coefs_ + est.intercepts_)
+            assert est.predict(data).dtype == (dtype if cls is MLPRegressor else y.dtype)
+        for first, later in ((X32, X[:100]), (X[:100], X32)):
+            kept = first.dtype
+            est = cls(hidden_layer_sizes=(4,), max_iter=2, random_state=0, warm_start=True)
+            est.fit(first, y[:100]).fit(later, y[:100])
+            assert all(a.dtype == kept for a in est.coefs_ + est.intercepts_)
+            est = cls(hidden_layer_sizes=(4,), random_state=0)
+            kwargs = {"classes": np.unique(y)} if cls is MLPClassifier else {}
+            est.partial_fit(first, y[:100], **kwargs).partial_fit(later, y[:100])
+            assert all(a.dtype == kept for a in est.coefs_ + est.intercepts_)
+            assert est.predict(later).shape == (100,)
 
 
 def test_device_is_passed_to_the_engine(digits):
@@ -695,3 +730,181 @@ def test_lbfgs_keyboard_interrupt_keeps_the_last_finished_iteration(
     ):
         np.testing.assert_array_equal(ours, expected)
     assert est.loss_ == pytest.approx(stopped.loss_, rel=1e-12)
+
+
+def test_diverging_fit_with_early_stopping_runs_on_as_scikit_learn():
+    """scikit-learn's issue 29504: with early stopping a diverging fit keeps going with
+    NaN losses and validation scores until max_iter, then keeps the best weights."""
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    params = dict(
+        hidden_layer_sizes=100,
+        activation="identity",
+        solver="sgd",
+        learning_rate_init=1,
+        max_iter=20,
+        early_stopping=True,
+        random_state=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ours, theirs = fit_both("regressor", X, y, **params)
+    assert ours.n_iter_ == theirs.n_iter_ == 20 and ours.t_ == theirs.t_
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
+    np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_, rtol=1e-12)
+    assert all(isinstance(s, float) for s in ours.validation_scores_)
+    assert np.isnan(ours.validation_loss_curve_[-1])
+    assert_same_model(ours, theirs, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(solver="adam"),
+        dict(solver="sgd", learning_rate="invscaling", power_t=0.25),
+        dict(solver="sgd", learning_rate="adaptive", tol=0.5, max_iter=300),
+    ],
+    ids=["adam", "invscaling", "adaptive"],
+)
+def test_learning_rate_is_readable_as_in_scikit_learn(digits, params):
+    """learning_rate_ is the schedule's step; _optimizer.learning_rate mirrors scikit-
+    learn's private attribute, after fit and after partial_fit."""
+    X, y = digits
+    X, y = X[:60], y[:60]
+    ours, theirs = fit_both("classifier", X, y, hidden_layer_sizes=(4,), random_state=0, **params)
+    assert ours._optimizer.learning_rate == pytest.approx(theirs._optimizer.learning_rate, 1e-12)
+    if params["solver"] == "sgd":
+        assert ours.learning_rate_ == ours._optimizer.learning_rate
+    else:
+        assert ours.learning_rate_ == ours.learning_rate_init
+    ours.partial_fit(X, y)
+    theirs.partial_fit(X, y)
+    assert ours._optimizer.learning_rate == pytest.approx(theirs._optimizer.learning_rate, 1e-12)
+    assert not hasattr(fitted(MLPClassifier, X, y, solver="lbfgs"), "_optimizer")
+
+
+def test_optimizer_state_continues_on_the_network(digits):
+    """optimizer_state() is the estimator's Adam state: to_network() trained on with it
+    takes the same step as the estimator's partial_fit."""
+    X, y = digits
+    X, y = X[:200], y[:200]
+    est = fitted(MLPClassifier, X, y, shuffle=False)
+    state = est.optimizer_state()
+    assert state["optimizer"] == "adam" and state["step"] == 3
+    net = est.to_network()
+    net.load_optimizer_state(state)
+    net.fit(
+        X,
+        est.engine_targets(y),
+        epochs=1,
+        lr=est.learning_rate_,
+        batch_size=200,
+        shuffle=False,
+        optimizer="adam",
+        l2=est.alpha,
+    )
+    est.partial_fit(X, y)
+    for ours, theirs in zip(net.weights + net.biases, est.coefs_ + est.intercepts_, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert est.optimizer_state()["step"] == 4
+
+
+def test_explicit_validation_set_replaces_the_split(digits):
+    """fit(X_train, y_train, X_val=..., y_val=...) with the rows the validation_fraction
+    split would hold out trains as the split does (without shuffling, whose draws the
+    split would move), and validation_loss_curve_ comes from X_val."""
+    from sklearn.model_selection import train_test_split
+
+    X, y = digits
+    X, y = X[:300], y[:300].astype(float)
+    params = dict(
+        hidden_layer_sizes=(8,), early_stopping=True, shuffle=False, max_iter=30, tol=1e-6
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        split = MLPRegressor(random_state=0, **params).fit(X, y)
+        rs = np.random.RandomState(0)
+        for fan_in, fan_out in ((64, 8), (8, 1)):  # the initial weights' draws
+            rs.uniform(size=(fan_in, fan_out)), rs.uniform(size=fan_out)
+        X_tr, X_va, y_tr, y_va = train_test_split(X, y, random_state=rs, test_size=0.1)
+        given = MLPRegressor(random_state=0, **params).fit(X_tr, y_tr, X_val=X_va, y_val=y_va)
+    assert given.validation_scores_ == split.validation_scores_
+    assert given.validation_loss_curve_ == split.validation_loss_curve_
+    assert given.n_iter_ == split.n_iter_ and given.t_ == split.t_
+    for a, b in zip(given.coefs_, split.coefs_, strict=True):
+        np.testing.assert_array_equal(a, b)
+    best = int(np.argmax(given.validation_scores_))  # the kept weights' epoch
+    assert given.validation_loss_curve_[best] == pytest.approx(
+        given.validation_loss(X_va, y_va), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs,message",
+    [
+        ("reg", dict(X_val="X"), "X_val is provided, but y_val"),
+        ("reg", dict(y_val="y"), "y_val is provided, but X_val"),
+        ("reg", dict(sample_weight_val=np.ones(10)), "sample_weight_val"),
+        ("reg-no-es", dict(X_val="X", y_val="y"), "early_stopping=True"),
+        ("reg-lbfgs", dict(X_val="X", y_val="y"), "early_stopping=True and solver"),
+        ("reg", dict(X_val="X3", y_val="y"), "X_val: X has 3 features"),
+        ("reg", dict(X_val="X", y_val="y5"), "y_val has 5 rows but X_val has 10"),
+        ("reg", dict(X_val="X", y_val="y2"), "y_val must have 1 target column"),
+        ("reg", dict(X_val="X", y_val="ynan"), "y_val contains NaN"),
+        ("reg", dict(X_val="X", y_val="y", sample_weight_val=np.ones(3)), "sample_weight_val"),
+        ("clf", dict(X_val="X", y_val="unknown"), "y_val has labels not in classes_"),
+        ("clf", dict(X_val="X", y_val="y2"), "y_val must hold one label per row"),
+    ],
+)
+def test_explicit_validation_set_errors_name_the_argument(digits, cls, kwargs, message):
+    X, y = digits
+    data = {
+        "X": X[:10],
+        "X3": X[:10, :3],
+        "y": y[:10],
+        "y5": y[:5],
+        "y2": np.c_[y[:10], y[:10]],
+        "ynan": np.full(10, np.nan),
+        "unknown": np.full(10, 99),
+    }
+    kwargs = {k: data[v] if isinstance(v, str) else v for k, v in kwargs.items()}
+    model = {
+        "reg": MLPRegressor(early_stopping=True, max_iter=2),
+        "reg-no-es": MLPRegressor(max_iter=2),
+        "reg-lbfgs": MLPRegressor(early_stopping=True, solver="lbfgs", max_iter=2),
+        "clf": MLPClassifier(early_stopping=True, max_iter=2),
+    }[cls]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model.fit(X[:100], y[:100], **kwargs)
+    assert not hasattr(model, "coefs_")
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "multiclass"])
+def test_explicit_validation_set_scores_the_classifier_on_it(digits, binary):
+    X, y = digits
+    labels = np.where(y > 4, "big", "small") if binary else y
+    X_tr, y_tr, X_va, y_va = X[:300], labels[:300], X[300:400], labels[300:400]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = MLPClassifier(hidden_layer_sizes=(8,), early_stopping=True, max_iter=20)
+        est.fit(X_tr, y_tr, X_val=X_va, y_val=y_va, sample_weight_val=np.ones(100))
+    best = int(np.argmax(est.validation_scores_))
+    assert est.validation_scores_[best] == est.best_validation_score_ == est.score(X_va, y_va)
+    assert est.validation_loss_curve_[best] == pytest.approx(est.validation_loss(X_va, y_va))
+
+
+def test_pickles_from_before_learning_rate_was_public_continue(digits):
+    """An older pickle kept the step size as _learning_rate: partial_fit continues it
+    (and the optimizer) instead of starting over."""
+    X, y = digits
+    est = fitted(MLPClassifier, X[:100], y[:100], solver="sgd", learning_rate="invscaling")
+    state = est.__getstate__()
+    state["_learning_rate"] = state.pop("learning_rate_")
+    old = MLPClassifier.__new__(MLPClassifier)
+    old.__setstate__(state)
+    assert old.learning_rate_ == est.learning_rate_
+    old.partial_fit(X[:100], y[:100])
+    est.partial_fit(X[:100], y[:100])
+    for a, b in zip(old.coefs_, est.coefs_, strict=True):
+        np.testing.assert_array_equal(a, b)
