@@ -208,13 +208,19 @@ def targets(Y, n_samples, n_out, loss, dtype):
     return Y, np.empty(0, np.int64)
 
 
-def sample_weights(weights, n_samples):
+def sample_weights(weights, n_samples, allow_negative=False):
+    """Weights as a float64 ``(n_samples,)`` array: non-negative with a positive sum, or
+    with ``allow_negative`` (scikit-learn's estimators take negative weights) any finite
+    values whose sum is not zero, the divisor of every weighted mean."""
     if weights is None:
         return np.empty(0, np.float64)
     weights = numeric_array(weights, "sample_weight", np.float64, 1)
     if weights.shape[0] != n_samples:
         raise ValueError(f"sample_weight has {weights.shape[0]} entries but X has {n_samples} rows")
-    if weights.min() < 0 or weights.sum() <= 0:
+    if allow_negative:
+        if weights.sum() == 0:
+            raise ValueError("sample_weight must not sum to zero")
+    elif weights.min() < 0 or weights.sum() <= 0:
         raise ValueError("sample_weight must be non-negative with a positive sum")
     return weights
 

@@ -116,8 +116,9 @@ def _check_hidden(sizes):
 
 
 def _check_sample_weight(sample_weight, n_samples, dtype, name="sample_weight"):
-    """Sample weights as a new ``dtype`` array ``(n_samples,)``: finite, non-negative and
-    not all zero (a number means that weight for every sample). Always a copy, so the
+    """Sample weights as a new ``dtype`` array ``(n_samples,)``: finite and not all zero,
+    negative ones allowed as scikit-learn allows them (a number means that weight for
+    every sample). Always a copy, so the
     caller's array stays untouched and the engine sees a writeable one (see
     ``_writeable``)."""
     if sample_weight is None:
@@ -130,8 +131,6 @@ def _check_sample_weight(sample_weight, n_samples, dtype, name="sample_weight"):
         raise ValueError(
             f"{name} must have shape ({n_samples},) to match {data}; got {weights.shape}"
         )
-    if weights.min() < 0:
-        raise ValueError(f"{name} must be non-negative")
     if not weights.any():
         raise ValueError(f"{name} must contain at least one non-zero weight")
     return weights
@@ -563,7 +562,11 @@ class _BaseMLP(BaseEstimator):
             net.dtype,
         )
         Y_fit = labels if labels.shape[0] else Y_fit
-        sw_fit = None if sw_train is None else check.sample_weights(sw_train, X_fit.shape[0])
+        sw_fit = (
+            None
+            if sw_train is None
+            else check.sample_weights(sw_train, X_fit.shape[0], allow_negative=True)
+        )
         sample_idx = np.arange(n_samples, dtype=np.int64)
         optimizer = self.engine_optimizer()
         try:
@@ -725,7 +728,18 @@ class _BaseMLP(BaseEstimator):
     def _fit_lbfgs(self, net, X, y, sample_weight):
         """scipy's L-BFGS-B over scikit-learn's packing (all weights, then all biases),
         with loss and gradient from the compiled engine."""
-        targets = self._engine_targets(y, net.dtype)
+        # Checked once here, not by each of L-BFGS-B's calls.
+        X = check.features(X, net.layer_sizes[0], net.dtype)
+        Y, labels = check.targets(
+            self._engine_targets(y, net.dtype),
+            X.shape[0],
+            net.layer_sizes[-1],
+            net.loss_name,
+            net.dtype,
+        )
+        targets = labels if labels.shape[0] else Y
+        if sample_weight is not None:
+            sample_weight = check.sample_weights(sample_weight, X.shape[0], allow_negative=True)
         shapes = [c.shape for c in self.coefs_]
         bounds = np.cumsum([0] + [a * b for a, b in shapes] + [b for _, b in shapes])
         n_layers = len(shapes)
@@ -739,7 +753,9 @@ class _BaseMLP(BaseEstimator):
 
         def loss_and_gradient(packed):
             unpack(packed)
-            loss, dWs, dbs = net.gradients(X, targets, sample_weight=sample_weight, l2=self.alpha)
+            loss, dWs, dbs = net.gradients(
+                X, targets, sample_weight=sample_weight, l2=self.alpha, check_input=False
+            )
             if self.out_activation_ == "identity" and n_out > 1:
                 # scikit-learn reports the squared error averaged over the outputs while
                 # following the gradient of its sum; L-BFGS-B sees the same pair.

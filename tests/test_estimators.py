@@ -667,7 +667,7 @@ def test_bad_parameters_name_the_argument_and_leave_the_model_alone(digits):
         est.set_params(**{name: MLPClassifier().get_params()[name]})
     est.set_params(hidden_layer_sizes=(4,), max_iter=2)
     with pytest.raises(ValueError, match="sample_weight"):
-        est.fit(X[:100], y[:100], sample_weight=-np.ones(100))
+        est.fit(X[:100], y[:100], sample_weight=np.r_[np.ones(50), -np.ones(50)])  # sums to 0
     with pytest.raises(ValueError, match="poisson"):
         MLPRegressor(loss="poisson").fit(X[:10], y[:10])
     assert est.__dict__.keys() == state.keys()
@@ -908,3 +908,33 @@ def test_pickles_from_before_learning_rate_was_public_continue(digits):
     est.partial_fit(X[:100], y[:100])
     for a, b in zip(old.coefs_, est.coefs_, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
+def test_negative_sample_weights_train_as_in_scikit_learn(solver, rng):
+    X = rng.standard_normal((300, 5))
+    weights = rng.uniform(0.2, 2.0, 300)
+    weights[:40] *= -0.3
+    labels = np.digitize(X[:, 0], [-0.5, 0.5])
+    targets = X[:, 1:3] + 0.1 * rng.standard_normal((300, 2))
+    for ours, theirs, y in (
+        (MLPClassifier, sk.MLPClassifier, labels),
+        (MLPRegressor, sk.MLPRegressor, targets),
+    ):
+        kwargs = dict(hidden_layer_sizes=(7,), max_iter=5, random_state=0, solver=solver)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            a = theirs(**kwargs).fit(X, y, sample_weight=weights)
+            b = ours(**kwargs).fit(X, y, sample_weight=weights)
+        for p, q in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_, strict=True):
+            np.testing.assert_allclose(q, p, rtol=1e-10, atol=1e-12)
+
+
+def test_sample_weights_that_cancel_out_are_refused():
+    X = np.ones((4, 2))
+    with pytest.raises(ValueError, match="sample_weight"):
+        MLPClassifier(max_iter=2).fit(X, [0, 1, 0, 1], sample_weight=np.zeros(4))
+    with pytest.raises(ValueError, match="sample_weight"):
+        MLPRegressor(max_iter=2, solver="lbfgs").fit(
+            X, [0.0, 1.0, 0.0, 1.0], sample_weight=[1.0, -1.0, 1.0, -1.0]
+        )
