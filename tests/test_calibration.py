@@ -131,4 +131,4 @@ def test_either_choice_trains_the_reference_numbers(store, rng, through_blas, dt
 def test_time_layer_measures_both_ways():
     for through_blas in (True, False):
         seconds = time_layer(24, 48, np.dtype("f8"), 64, False, through_blas)
-        assert 0 < seconds < 1
+        assert np.isfinite(seconds) and seconds > 0
