@@ -553,20 +553,7 @@ class _BaseMLP(BaseEstimator):
                 )
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
         # Checked once here, not by every epoch's call.
-        X_fit = check.features(X_train, net.layer_sizes[0], net.dtype)
-        Y_fit, labels = check.targets(
-            self._engine_targets(y_train, net.dtype),
-            X_fit.shape[0],
-            net.layer_sizes[-1],
-            net.loss_name,
-            net.dtype,
-        )
-        Y_fit = labels if labels.shape[0] else Y_fit
-        sw_fit = (
-            None
-            if sw_train is None
-            else check.sample_weights(sw_train, X_fit.shape[0], allow_negative=True)
-        )
+        X_fit, Y_fit, sw_fit = self._engine_data(net, X_train, y_train, sw_train)
         sample_idx = np.arange(n_samples, dtype=np.int64)
         optimizer = self.engine_optimizer()
         try:
@@ -725,10 +712,10 @@ class _BaseMLP(BaseEstimator):
             self.best_validation_score_ = score
             self._best_coefs, self._best_intercepts = net.get_params()
 
-    def _fit_lbfgs(self, net, X, y, sample_weight):
-        """scipy's L-BFGS-B over scikit-learn's packing (all weights, then all biases),
-        with loss and gradient from the compiled engine."""
-        # Checked once here, not by each of L-BFGS-B's calls.
+    def _engine_data(self, net, X, y, sample_weight):
+        """``(X, targets, sample_weight)`` checked once as ``net``'s calls with
+        ``check_input=False`` take them: targets as class labels or an array of the
+        network's dtype, weights float64 (negative ones allowed, as scikit-learn allows)."""
         X = check.features(X, net.layer_sizes[0], net.dtype)
         Y, labels = check.targets(
             self._engine_targets(y, net.dtype),
@@ -737,9 +724,15 @@ class _BaseMLP(BaseEstimator):
             net.loss_name,
             net.dtype,
         )
-        targets = labels if labels.shape[0] else Y
         if sample_weight is not None:
             sample_weight = check.sample_weights(sample_weight, X.shape[0], allow_negative=True)
+        return X, labels if labels.shape[0] else Y, sample_weight
+
+    def _fit_lbfgs(self, net, X, y, sample_weight):
+        """scipy's L-BFGS-B over scikit-learn's packing (all weights, then all biases),
+        with loss and gradient from the compiled engine."""
+        # Checked once here, not by each of L-BFGS-B's calls.
+        X, targets, sample_weight = self._engine_data(net, X, y, sample_weight)
         shapes = [c.shape for c in self.coefs_]
         bounds = np.cumsum([0] + [a * b for a, b in shapes] + [b for _, b in shapes])
         n_layers = len(shapes)

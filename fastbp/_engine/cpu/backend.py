@@ -14,12 +14,12 @@ from numba._dispatcher import compute_fingerprint
 from .. import config
 from ..codes import H_BETA1, H_BETA2, H_EPSILON, H_L2, H_LR, H_MOMENTUM, SGD, SQUARED
 from ..layout import build_layout
-from ..request import Mode, OptimizerState
+from ..request import Hyperparameters, Mode, OptimizerState, Request
 from . import blas_threads
 from .addresses import address_of
 from .entry import compiled_run, parallel_groups
 from .passes import group_pass
-from .plan import SAMPLE_PASS_ROWS, work_offsets, work_plan
+from .plan import SAMPLE_PASS_ROWS, Plan, work_offsets, work_plan
 from .tiny import TINY_WIDTH, tiny_run
 from .updates import parallel_update
 
@@ -39,11 +39,19 @@ def run(request):
     """Carry out ``request`` (``fastbp._engine.request``) on the CPU. Returns -1, or for
     a training run whose loss or parameters became non-finite the failing epoch, after
     restoring the parameters and optimizer state of the last finite one."""
+    n = request.X.shape[0]
+    batch_size = n if request.batch_size is None else request.batch_size
+    return _run_with_plan(
+        request, work_plan(request.layout, request.params.dtype, batch_size, time_layer)
+    )
+
+
+def _run_with_plan(request, plan):
+    """``run`` with its work ``plan`` made."""
     X, params = request.X, request.params
     dtype = params.dtype
     n = X.shape[0]
     batch_size = n if request.batch_size is None else request.batch_size
-    plan = work_plan(request.layout, dtype, batch_size, time_layer)
     empty = np.zeros(0, dtype)
     training = request.mode == Mode.TRAIN
     state = request.state if training else OptimizerState.empty(dtype)
@@ -439,54 +447,30 @@ def time_layer(fan_in, fan_out, dtype, chunk, first, through_blas):
     """Seconds one training batch of ``chunk`` rows spends in a ``fan_in`` x ``fan_out``
     layer (the network's first when ``first``: no input delta), through BLAS or fastbp's
     own products: ``calibration``'s measurement, made with the kernels that will run it
-    (one chunk on one thread, BLAS on one thread)."""
+    (one chunk a batch, so one thread; BLAS on one thread)."""
     sizes = [fan_in, fan_out] if first else [1, fan_in, fan_out]
     layout, n_params = build_layout(sizes, ["identity"] * (len(sizes) - 1), True)
     blas = np.zeros(layout.shape[0], np.bool_)
     blas[-1] = through_blas
+    plan = Plan(chunk, *work_offsets(layout, chunk), blas, bool(through_blas), 1)
     batches = min(50, max(2, int(CALIBRATION_SECONDS * 2e10 / (6 * chunk * fan_in * fan_out))))
-    n = batches * chunk
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((n, sizes[0])).astype(dtype)
-    Y = rng.standard_normal((n, fan_out)).astype(dtype)
-    params = (0.01 * rng.standard_normal(n_params)).astype(dtype)
-    offs, work_size = work_offsets(layout, chunk)
-    hyper = np.zeros(6)
-    hyper[H_LR] = 1e-6
-    state = OptimizerState.empty(dtype)
-    args = (
-        X,
-        Y,
+    request = Request(
+        Mode.TRAIN,
+        rng.standard_normal((batches * chunk, sizes[0])).astype(dtype),
+        rng.standard_normal((batches * chunk, fan_out)).astype(dtype),
         np.empty(0, np.int64),
         np.empty(0),
-        np.arange(n),
-        params,
+        (0.01 * rng.standard_normal(n_params)).astype(dtype),
         layout,
-        offs,
-        work_size,
         SQUARED,
         1.0 / fan_out,
-        np.finfo(dtype).eps,
-        False,
-        1,
-        chunk,
-        False,
-        np.zeros(1, np.uint64),
-        SGD,
-        hyper,
-        state.step,
-        state.m,
-        state.v,
-        chunk,
-        1,
-        1 << 62,  # never spread over threads
-        blas,
-        np.zeros(1),
-        np.zeros(0, dtype),
-        np.zeros((0, 0), dtype),
+        batch_size=chunk,
+        hyper=Hyperparameters(lr=1e-6),
+        state=OptimizerState.empty(dtype),
+        history=np.zeros(1),
     )
-    with blas_threads.one_blas_thread():
-        _run_planned(*args)  # loads the code, warms the caches
-        start = time.perf_counter()
-        _run_planned(*args)
-        return (time.perf_counter() - start) / batches
+    _run_with_plan(request, plan)  # loads the code, warms the caches
+    start = time.perf_counter()
+    _run_with_plan(request, plan)
+    return (time.perf_counter() - start) / batches

@@ -199,4 +199,4 @@ def block_loss(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "11f081c541e1565ca5956e6379289c7b39ac5ce3ebb00715bffef938d20bd0d0"
+SOURCES_DIGEST = "ce98fa05a0855f5040564b2d7bd050ada19b033d2f461f7db3032a5e29d586e0"
