@@ -85,3 +85,8 @@ _setting("BLAS_TRY_ENTRIES", "FASTBP_BLAS_TRY_ENTRIES", 1024)
 #: Most samples per chunk in networks that use BLAS, which take chunks of about half a
 #: batch: long enough for BLAS to reach its peak.
 _setting("BLAS_CHUNK_ROWS", "FASTBP_BLAS_CHUNK_ROWS", 256)
+
+#: Processes that compile a first run's kernels when numba's cache lacks them: with 2, a
+#: second process compiles ``group_pass`` while this one compiles the rest
+#: (``cpu/compile_ahead.py``); 1 compiles everything here.
+_setting("COMPILE_PROCESSES", "FASTBP_COMPILE_PROCESSES", 2)

@@ -149,6 +149,12 @@ def _private_copy(folder, subpath):
     return _private_root
 
 
+def cache_shared():
+    """Whether kernels compiled in one process are cached where the next finds them:
+    caching is on and no kernel reads a private copy of a read-only cache."""
+    return CACHE and _private_root is None
+
+
 @contextlib.contextmanager
 def _numba_cache_dir(path):
     """numba's cache folder set to ``path`` while one of fastbp's kernels is decorated:

@@ -15,7 +15,7 @@ from .. import config
 from ..codes import H_BETA1, H_BETA2, H_EPSILON, H_L2, H_LR, H_MOMENTUM, SGD, SQUARED
 from ..layout import build_layout
 from ..request import Hyperparameters, Mode, OptimizerState, Request
-from . import blas_threads
+from . import blas_threads, compile_ahead
 from .addresses import address_of
 from .entry import compiled_run, parallel_groups
 from .passes import group_pass
@@ -176,10 +176,16 @@ def _run_planned(
     )
     key = tuple(compute_fingerprint(value) for value in typed)
     group_pass_at = NOT_COMPILED
+    helper = None  # another process compiling group_pass meanwhile
     if out.shape[0] > 0 or blas.any() or min(batch_size, X.shape[0]) >= SAMPLE_PASS_ROWS:
         group_pass_at = _group_pass_at.get(key)
         if group_pass_at is None:
-            group_pass_at = _group_pass_at[key] = address_of(group_pass, _group_pass_types(*typed))
+            group_pass_types = _group_pass_types(*typed)
+            helper = compile_ahead.start(group_pass, group_pass_types)
+            if helper is None:
+                group_pass_at = _group_pass_at[key] = address_of(group_pass, group_pass_types)
+            else:
+                group_pass_at = NOT_COMPILED  # until the helper is done
     parallel_groups_at = NOT_COMPILED
     if _may_run_in_parallel(
         X.shape[0], batch_size, chunk, max_groups, params.shape[0], parallel_min_macs
@@ -206,7 +212,7 @@ def _run_planned(
         # for 2,000 rows of a 64-100-10 network cost more than the pass (1.30 -> 0.55 ms).
         groups, n_grad = min(groups, get_num_threads()), 0
     work, grads = _scratch(params.dtype, groups, work_size, n_grad)
-    return compiled_run(
+    arguments = [
         X,
         Y,
         labels,
@@ -239,7 +245,14 @@ def _run_planned(
         group_pass_at,
         parallel_groups_at,
         parallel_update_at,
-    )
+    ]
+    if helper is not None:
+        # compiled_run compiles here while the helper compiles group_pass, then
+        # group_pass loads from numba's cache (or compiles here if the helper failed).
+        compiled_run.compile(tuple(compiled_run.typeof_pyval(value) for value in arguments))
+        helper.wait()
+        arguments[-3] = _group_pass_at[key] = address_of(group_pass, group_pass_types)
+    return compiled_run(*arguments)
 
 
 #: The groups' work and gradient buffers of recent runs, by dtype and shape, kept for the

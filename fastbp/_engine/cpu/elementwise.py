@@ -175,4 +175,4 @@ def column_sums(work, off, rows, width, grad, out_off, accumulate):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "ce98fa05a0855f5040564b2d7bd050ada19b033d2f461f7db3032a5e29d586e0"
+SOURCES_DIGEST = "4f197ced5cdba099151b214ccc23fc9f92b693c9d31ec427d9bcd5d59d7228b1"
