@@ -17,4 +17,4 @@ def all_finite(values):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "4f197ced5cdba099151b214ccc23fc9f92b693c9d31ec427d9bcd5d59d7228b1"
+SOURCES_DIGEST = "2cc246a5b4474ddd904978f7af2cedfe2a98e4b8efaaaf462b64fe1e1b4a2171"
