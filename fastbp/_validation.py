@@ -10,10 +10,12 @@ import warnings
 
 import numpy as np
 
-ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
-#: The names a hidden layer may take: softmax belongs to the output layer only.
-HIDDEN_ACTIVATIONS = frozenset(ACTIVATIONS) - {"softmax"}
-LOSSES = ("mse", "half_mse", "bce", "cce")
+ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax", "exp")
+#: Activations of the output layer only: softmax, and exp (the log link of ``poisson``).
+OUTPUT_ONLY = ("softmax", "exp")
+#: The names a hidden layer may take.
+HIDDEN_ACTIVATIONS = frozenset(ACTIVATIONS) - set(OUTPUT_ONLY)
+LOSSES = ("mse", "half_mse", "bce", "cce", "poisson")
 REDUCTIONS = ("mean", "sum")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 DEVICES = ("cpu", "cuda")
@@ -77,7 +79,7 @@ def layer_sizes(sizes):
 
 
 def activations(names, n_layers):
-    """One activation name per weight layer; softmax only on the output layer."""
+    """One activation name per weight layer; softmax and exp only on the output layer."""
     if isinstance(names, str):
         names = [names] * n_layers
     try:
@@ -92,12 +94,12 @@ def activations(names, n_layers):
             f"got {len(names)}"
         )
     if set(map(type, names)) == {str} and HIDDEN_ACTIVATIONS.issuperset(names[:-1]):
-        if names[-1] in ACTIVATIONS:  # the usual plain names, softmax last at most
+        if names[-1] in ACTIVATIONS:  # the usual plain names, softmax or exp last at most
             return names
     for i, name in enumerate(names):
         choice(name, f"activations[{i}]", ACTIVATIONS)
-        if name == "softmax" and i != n_layers - 1:
-            raise ValueError(f"activations[{i}]: softmax is allowed on the output layer only")
+        if name in OUTPUT_ONLY and i != n_layers - 1:
+            raise ValueError(f"activations[{i}]: {name} is allowed on the output layer only")
     return names
 
 
@@ -107,6 +109,7 @@ UNBOUNDED_OUTPUTS = {
     "tanh": "(-1, 1)",
     "relu": "[0, inf)",
     "leaky_relu": "all reals",
+    "exp": "(0, inf)",
 }
 
 
@@ -124,6 +127,16 @@ def bce_outputs(loss, output_activation):
             "Use 'sigmoid' (or 'softmax') on the output layer.",
             UserWarning,
             stacklevel=3,
+        )
+
+
+def poisson_output(loss, output_activation):
+    """Refuse ``poisson`` on any output but ``exp``: the half Poisson deviance needs positive
+    predictions, which its log link gives."""
+    if loss == "poisson" and output_activation != "exp":
+        raise ValueError(
+            f"loss='poisson' needs the output activation 'exp' (its log link); "
+            f"got activations[-1]={output_activation!r}"
         )
 
 
@@ -205,6 +218,8 @@ def targets(Y, n_samples, n_out, loss, dtype):
         raise ValueError("Y: bce targets must lie in [0, 1]")
     if loss == "cce" and Y.min() < 0:
         raise ValueError("Y: cce targets must be non-negative (one-hot or class probabilities)")
+    if loss == "poisson" and Y.min() < 0:
+        raise ValueError("Y: poisson targets must be non-negative (counts or rates)")
     return Y, np.empty(0, np.int64)
 
 

@@ -20,7 +20,8 @@ data of the caller's choice), ``validation_loss_curve_``, ``learning_rate_`` and
 ``optimizer_state()`` (what scikit-learn keeps in its private ``_optimizer``).
 
 Known differences: input must be dense (sparse matrices are refused); ``momentum`` must
-be below 1; ``MLPRegressor`` supports ``loss="squared_error"`` only. With
+be below 1; ``MLPRegressor(loss="poisson")`` refuses negative targets (scikit-learn
+trains on them with a NaN loss). With
 ``sample_weight``, ``loss_`` and ``loss_curve_`` average the per-sample losses with the
 weights (scikit-learn weights each batch's loss by its number of samples); for several
 regression outputs, ``loss_curve_`` sums half squared errors over the outputs (the loss
@@ -68,6 +69,7 @@ _ENGINE_ACTIVATIONS = {
     "tanh": "tanh",
     "relu": "relu",
     "softmax": "softmax",
+    "exp": "exp",
 }
 _STOCHASTIC = ("sgd", "adam")
 
@@ -136,6 +138,12 @@ def _check_sample_weight(sample_weight, n_samples, dtype, name="sample_weight"):
     return weights
 
 
+def _check_poisson_targets(loss, y, name):
+    """Refuse negative targets for ``loss='poisson'``, where the deviance is undefined."""
+    if loss == "poisson" and np.min(y) < 0:
+        raise ValueError(f"{name} must be non-negative for loss='poisson'")
+
+
 def _writeable(array):
     """The engine compiles one kernel per array type; read-only arrays would be another."""
     return array if array is None or array.flags.writeable else array.copy()
@@ -154,11 +162,15 @@ def _shuffled(sample_idx, random_state):
 
 def _loss_value(out_activation, y, prob, sample_weight):
     """scikit-learn's loss of predictions ``prob`` for 2-D targets ``y``, without the L2
-    term: half squared error (mean over outputs), binary log loss (summed over outputs)
-    or multiclass log loss; probabilities are clipped to ``[eps, 1 - eps]``."""
+    term: half squared error (mean over outputs), half Poisson deviance (summed over
+    outputs), binary log loss (summed over outputs) or multiclass log loss; probabilities
+    are clipped to ``[eps, 1 - eps]``."""
     y = y.astype(prob.dtype)
     if out_activation == "identity":
         return float(0.5 * np.average((y - prob) ** 2, weights=sample_weight, axis=0).mean())
+    if out_activation == "exp":
+        terms = xlogy(y, y / prob) - y + prob
+        return float(np.average(terms, weights=sample_weight, axis=0).sum())
     eps = np.finfo(prob.dtype).eps
     prob = np.clip(prob, eps, 1 - eps)
     if out_activation == "logistic":
@@ -288,11 +300,14 @@ class _BaseMLP(BaseEstimator):
 
     def _engine_loss(self):
         """Engine loss name and per-sample scale giving scikit-learn's gradients: the
-        binary log loss and half the squared error are summed over the outputs."""
+        binary log loss, the half Poisson deviance and half the squared error are summed
+        over the outputs."""
         if self.out_activation_ == "softmax":
             return "cce", 1.0
         if self.out_activation_ == "logistic":
             return "bce", 1.0
+        if self.out_activation_ == "exp":
+            return "poisson", 1.0
         return "half_mse", 0.5
 
     def _sync_net(self, dtype, device):
@@ -1258,14 +1273,15 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
     __doc__ = (
-        """Multilayer perceptron regressor (squared error) trained by fastbp's engine.
+        """Multilayer perceptron regressor (squared error or Poisson) trained by fastbp's engine.
 
-    A drop-in replacement of ``sklearn.neural_network.MLPRegressor`` with an identity
-    output; several targets are fitted at once.
+    A drop-in replacement of ``sklearn.neural_network.MLPRegressor``; several targets are
+    fitted at once.
 
-    loss : {'squared_error'}, default='squared_error'
-        Half the squared error; scikit-learn's ``'poisson'`` needs an exponential output
-        the engine does not have.
+    loss : {'squared_error', 'poisson'}, default='squared_error'
+        Half the squared error with an identity output, or half the Poisson deviance
+        with an exponential output (``out_activation_ = 'exp'``, scikit-learn's log
+        link) for non-negative targets such as counts. ``score`` is ``r2_score`` for both.
 """
         + _PARAMETER_DOC
     )
@@ -1330,19 +1346,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         )
 
     def _check_params(self):
-        if self.loss == "poisson":
-            raise ValueError(
-                "loss='poisson' is not supported by fastbp (its engine has no "
-                "exponential output); use loss='squared_error'"
-            )
-        check.choice(self.loss, "loss", ("squared_error",))
+        check.choice(self.loss, "loss", ("squared_error", "poisson"))
         return super()._check_params()
 
     def _is_classifier(self):
         return False
 
     def _output_activation(self):
-        return "identity"
+        return "exp" if self.loss == "poisson" else "identity"
 
     def _partial_fit_classes(self, y, classes):
         pass
@@ -1353,6 +1364,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         )
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
+        _check_poisson_targets(self.loss, y, "y")
         return X, y
 
     def _target_matrix(self, y):
@@ -1368,6 +1380,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             raise ValueError(
                 f"y_val must have {self.n_outputs_} target column(s), as y; got shape {y_val.shape}"
             )
+        _check_poisson_targets(self.loss, y_val, "y_val")
         return y_val
 
     def _engine_targets(self, y, dtype):

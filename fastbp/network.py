@@ -75,11 +75,14 @@ class MLP:
         ``[n_in, h1, ..., n_out]``, at least two entries.
     activations : str or sequence of str
         One name for every layer, or one per weight layer: ``identity``, ``sigmoid``,
-        ``tanh``, ``relu``, ``leaky_relu`` (slope 0.01), ``softmax`` (output layer only).
+        ``tanh``, ``relu``, ``leaky_relu`` (slope 0.01), ``softmax`` and ``exp`` (output
+        layer only).
     loss : str
         ``mse`` (mean of (y - yhat)**2 over the outputs), ``half_mse`` (half of it),
-        ``bce`` (binary cross-entropy averaged over the outputs) or ``cce`` (categorical
-        cross-entropy; targets one-hot, class probabilities or integer labels).
+        ``bce`` (binary cross-entropy averaged over the outputs), ``cce`` (categorical
+        cross-entropy; targets one-hot, class probabilities or integer labels) or
+        ``poisson`` (half the Poisson deviance ``y log(y / yhat) - y + yhat`` summed over
+        the outputs; needs the ``exp`` output and non-negative targets).
     bias : bool
         Whether every layer has a bias vector.
     reduction : {"mean", "sum"}
@@ -107,6 +110,7 @@ class MLP:
         self.layer_sizes = check.layer_sizes(layer_sizes)
         self.activations = check.activations(activations, len(self.layer_sizes) - 1)
         self.loss_name = check.choice(loss, "loss", check.LOSSES)
+        check.poisson_output(self.loss_name, self.activations[-1])
         check.bce_outputs(self.loss_name, self.activations[-1])
         self.bias = check.flag(bias, "bias")
         self.reduction = check.choice(reduction, "reduction", check.REDUCTIONS)
@@ -201,8 +205,8 @@ class MLP:
     @property
     def loss_scale(self) -> float:
         """The factor of each sample's summed element losses: ``1 / n_out`` for ``mse``
-        and ``bce``, ``0.5 / n_out`` for ``half_mse``, 1 for ``cce``. Callers that follow
-        another convention (scikit-learn's, for example) may set it."""
+        and ``bce``, ``0.5 / n_out`` for ``half_mse``, 1 for ``cce`` and ``poisson``.
+        Callers that follow another convention (scikit-learn's, for example) may set it."""
         return self._loss_scale
 
     @loss_scale.setter

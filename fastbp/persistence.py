@@ -11,7 +11,8 @@ format            str        ``"fastbp.MLP"``
 format_version    int64      ``1``
 layer_sizes       int64      ``(n_layers + 1,)``: ``[n_in, h1, ..., n_out]``
 activations       str        ``(n_layers,)``: one activation name per weight layer
-loss              str        loss name (``mse``, ``half_mse``, ``bce`` or ``cce``)
+loss              str        loss name (``mse``, ``half_mse``, ``bce``, ``cce`` or
+                             ``poisson``)
 loss_scale        float64    per-sample scale of the loss (``fastbp._engine.layout.loss_code``
                              gives the default; the scikit-learn estimators change it)
 bias              bool       whether the layers have biases

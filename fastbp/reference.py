@@ -30,6 +30,8 @@ def activate(name, z):
     if name == "softmax":
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
+    if name == "exp":
+        return np.exp(z)
     return z
 
 
@@ -43,26 +45,32 @@ def derivative(name, a):
         return (a > 0).astype(a.dtype)
     if name == "leaky_relu":
         return np.where(a > 0, 1.0, LEAKY_SLOPE).astype(a.dtype)
+    if name == "exp":
+        return a
     return np.ones_like(a)
 
 
 def loss_scale(loss, n_out):
     """Per-sample losses average the element losses over the outputs (``half_mse``
-    halves that); categorical cross-entropy sums them."""
-    return {"mse": 1.0 / n_out, "half_mse": 0.5 / n_out, "bce": 1.0 / n_out, "cce": 1.0}[loss]
+    halves that); categorical cross-entropy and the half Poisson deviance sum them."""
+    scales = {"mse": 1.0 / n_out, "half_mse": 0.5 / n_out, "bce": 1.0 / n_out}
+    return scales.get(loss, 1.0)
 
 
 def output_loss(activation, loss, Z, Y):
     """Per-sample losses (n,) and dL/dZ (n, n_out) of the output layer, unweighted.
 
-    Sigmoid with BCE and softmax with CCE use exact logit forms; every other pairing
-    clips probabilities to [eps, 1 - eps] and chains through the activation."""
+    Sigmoid with BCE, softmax with CCE and exp with Poisson use exact logit forms; every
+    other pairing clips probabilities to [eps, 1 - eps] and chains through the activation."""
     scale = loss_scale(loss, Z.shape[1])
     eps = np.finfo(Z.dtype).eps
     A = activate(activation, Z)
     if loss in ("mse", "half_mse"):
         values = ((A - Y) ** 2).sum(axis=1)
         dA = 2 * (A - Y)
+    elif loss == "poisson":  # exp output only: log(A) is Z
+        values = (Y * np.log(np.where(Y > 0, Y, 1)) - Y * Z - Y + A).sum(axis=1)
+        return scale * values, scale * (A - Y)
     elif loss == "bce" and activation == "sigmoid":
         values = (np.maximum(Z, 0) - Z * Y + np.log1p(np.exp(-np.abs(Z)))).sum(axis=1)
         return scale * values, scale * (A - Y)
@@ -120,6 +128,7 @@ class MLP:
         self.layer_sizes = check.layer_sizes(layer_sizes)
         self.activations = check.activations(activations, len(self.layer_sizes) - 1)
         self.loss_name = check.choice(loss, "loss", check.LOSSES)
+        check.poisson_output(self.loss_name, self.activations[-1])
         check.bce_outputs(self.loss_name, self.activations[-1])
         self.bias = check.flag(bias, "bias")
         self.reduction = check.choice(reduction, "reduction", check.REDUCTIONS)

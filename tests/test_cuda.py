@@ -114,6 +114,8 @@ def data(n, n_in, n_out, loss, seed=0, labels=False):
         Y = classes if labels else np.eye(n_out)[classes]
     elif loss == "bce":
         Y = rng.integers(0, 2, (n, n_out)).astype(float)
+    elif loss == "poisson":
+        Y = rng.poisson(1.5, (n, n_out)).astype(float)
     else:
         Y = rng.normal(size=(n, n_out))
     return X, Y
@@ -174,6 +176,8 @@ def test_hidden_activations(hidden, width):
         ("softmax", "cce"),
         ("sigmoid", "cce"),
         ("identity", "cce"),
+        ("exp", "poisson"),
+        ("exp", "half_mse"),
     ],
 )
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

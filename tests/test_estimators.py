@@ -15,6 +15,7 @@ import pytest
 
 sklearn = pytest.importorskip("sklearn")
 
+from scipy.special import xlogy  # noqa: E402
 from sklearn import neural_network as sk  # noqa: E402
 from sklearn.datasets import load_digits, make_regression  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
@@ -437,6 +438,62 @@ def test_regressor_matches(digits):
         assert ours.score(X, Y) == pytest.approx(theirs.score(X, Y), rel=1e-6)
 
 
+POISSON_SOLVERS = {
+    "sgd": dict(solver="sgd", max_iter=10),
+    "adam": dict(solver="adam", max_iter=10),
+    "adam-early-stopping": dict(solver="adam", max_iter=10, early_stopping=True),
+    "lbfgs": dict(solver="lbfgs", max_iter=30),
+}
+
+
+@pytest.mark.parametrize("name", list(POISSON_SOLVERS))
+def test_poisson_regressor_matches(digits, name):
+    """loss='poisson': scikit-learn's exp output, half Poisson deviance and r2 score."""
+    X, y = digits
+    X, y = X[:400], y[:400]
+    counts = np.random.RandomState(0).poisson(np.exp(X[:, 20] + X[:, 30]))
+    Y = np.column_stack([y, counts]) if name == "sgd" else y.astype(float)  # two outputs
+    ours, theirs = fit_both(
+        "regressor",
+        X,
+        Y,
+        loss="poisson",
+        hidden_layer_sizes=(16,),
+        random_state=0,
+        learning_rate_init=0.001,
+        **POISSON_SOLVERS[name],
+    )
+    assert ours.out_activation_ == "exp"
+    lbfgs = name == "lbfgs"
+    assert_same_model(ours, theirs, rtol=1e-5 if lbfgs else 1e-6)
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-7 if lbfgs else 1e-9)
+    if not lbfgs:
+        np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
+    if ours.early_stopping:
+        assert ours.validation_scores_ == pytest.approx(theirs.validation_scores_)
+    prediction = ours.predict(X)
+    np.testing.assert_allclose(prediction, theirs.predict(X), rtol=1e-6)
+    assert ours.score(X, Y) == pytest.approx(theirs.score(X, Y), rel=1e-6)
+    Y2 = Y.reshape(len(Y), -1)
+    deviance = xlogy(Y2, Y2 / prediction.reshape(Y2.shape)) - Y2 + prediction.reshape(Y2.shape)
+    assert ours.validation_loss(X, Y) == pytest.approx(deviance.mean(axis=0).sum(), rel=1e-12)
+
+
+def test_poisson_refuses_negative_targets_and_keeps_the_model(digits):
+    X, y = digits
+    est = MLPRegressor(loss="poisson", hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X[:50], y[:50])
+    before = [c.copy() for c in est.coefs_]
+    with pytest.raises(ValueError, match="y must be non-negative for loss='poisson'"):
+        est.fit(X[:50], y[:50] - 1.0)
+    for a, b in zip(est.coefs_, before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="y_val must be non-negative"):
+        est.set_params(early_stopping=True).fit(X[:50], y[:50], X_val=X[50:60], y_val=-y[50:60])
+
+
 @pytest.mark.parametrize("kind", ["classifier", "regressor"])
 def test_lbfgs_matches(digits, kind):
     X, y = digits
@@ -668,8 +725,8 @@ def test_bad_parameters_name_the_argument_and_leave_the_model_alone(digits):
     est.set_params(hidden_layer_sizes=(4,), max_iter=2)
     with pytest.raises(ValueError, match="sample_weight"):
         est.fit(X[:100], y[:100], sample_weight=np.r_[np.ones(50), -np.ones(50)])  # sums to 0
-    with pytest.raises(ValueError, match="poisson"):
-        MLPRegressor(loss="poisson").fit(X[:10], y[:10])
+    with pytest.raises(ValueError, match="loss"):
+        MLPRegressor(loss="absolute_error").fit(X[:10], y[:10])
     assert est.__dict__.keys() == state.keys()
     for a, b in zip(est.coefs_, before, strict=True):
         np.testing.assert_array_equal(a, b)

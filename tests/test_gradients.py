@@ -1,12 +1,12 @@
 """``MLP.gradients`` against central finite differences of ``MLP.loss``, and loss values
 against formulas written out independently.
 
-Every output activation is paired with every loss, with and without biases, for both
-reductions; each pairing is checked on networks of 1 to 4 weight layers whose hidden
-layers, between them, use every hidden activation. Data is drawn so that finite
-differences are meaningful: ReLU-like pre-activations stay away from the kink, and
-probability losses on outputs that are not sigmoid or softmax see outputs well inside
-(0, 1), where the engine's clipping to [eps, 1 - eps] is inactive.
+Every output activation is paired with every loss it accepts (``poisson`` takes ``exp``
+only), with and without biases, for both reductions; each pairing is checked on networks
+of 1 to 4 weight layers whose hidden layers, between them, use every hidden activation.
+Data is drawn so that finite differences are meaningful: ReLU-like pre-activations stay
+away from the kink, and probability losses on outputs that are not sigmoid or softmax see
+outputs well inside (0, 1), where the engine's clipping to [eps, 1 - eps] is inactive.
 """
 
 import numpy as np
@@ -17,8 +17,8 @@ import fastbp
 # Every activation meets every loss here, bce on unbounded outputs included.
 pytestmark = pytest.mark.filterwarnings("ignore:loss='bce' needs outputs:UserWarning")
 
-OUTPUTS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
-LOSSES = ("mse", "half_mse", "bce", "cce")
+OUTPUTS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax", "exp")
+LOSSES = ("mse", "half_mse", "bce", "cce", "poisson")
 HIDDEN = ("identity", "sigmoid", "tanh", "relu", "leaky_relu")
 KINKED = ("relu", "leaky_relu")
 REDUCTIONS = ("mean", "sum")
@@ -44,6 +44,8 @@ def _activate(name, z):
     if name == "softmax":
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
+    if name == "exp":
+        return np.exp(z)
     return z
 
 
@@ -73,6 +75,10 @@ def _targets(rng, loss, n, n_out):
         Y[: n // 2] = np.eye(n_out)[rng.integers(0, n_out, n // 2)]  # some one-hot rows
         Y[-1] *= 1.7  # a row that does not sum to 1
         return Y
+    if loss == "poisson":
+        Y = rng.poisson(1.5, (n, n_out)).astype(float)
+        Y[0, 0], Y[-1, -1] = 0.0, 4.0  # a zero count, whose y log y term is 0
+        return Y
     return rng.normal(size=(n, n_out))
 
 
@@ -100,9 +106,12 @@ def _draw(rng, sizes, activations, loss, bias):
             if bias:
                 weights[-1] *= 0.05
                 biases[-1] = rng.uniform(0.4, 0.6, sizes[-1])
+                if output == "exp":
+                    biases[-1] = np.log(biases[-1])
             else:
+                # Pre-activations in (0, 0.8], or in [-0.8, 0) for exp's outputs below 1.
                 top = _pre_activations(weights, biases, activations, X)[-1].max()
-                weights[-1] *= 0.8 / top
+                weights[-1] *= (-0.8 if output == "exp" else 0.8) / top
         zs = _pre_activations(weights, biases, activations, X)
         ok = all(
             np.abs(z).min() > KINK_MARGIN and (z > 0).any()
@@ -177,6 +186,10 @@ def _check_network(rng, sizes, activations, loss, bias, reduction, **kwargs):
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("output", OUTPUTS)
 def test_gradient_every_pairing(rng, output, loss, bias, reduction):
+    if loss == "poisson" and output != "exp":
+        with pytest.raises(ValueError, match="poisson.*'exp'"):
+            fastbp.MLP((3, N_OUT), output, loss)
+        return
     rotation = OUTPUTS.index(output) + LOSSES.index(loss) + 2 * bias + REDUCTIONS.index(reduction)
     for sizes, activations in _networks(rotation, output):
         _check_network(rng, sizes, activations, loss, bias, reduction)
@@ -190,6 +203,7 @@ PAIRINGS = [
     ("relu", "bce"),
     ("leaky_relu", "cce"),
     ("softmax", "mse"),
+    ("exp", "poisson"),
 ]
 
 
@@ -216,6 +230,7 @@ def test_gradient_l2_and_sample_weight(rng, output, loss, extra, reduction):
         ("tanh", "half_mse"),
         ("relu", "bce"),
         ("sigmoid", "cce"),
+        ("exp", "poisson"),
     ],
 )
 def test_gradient_single_output(rng, output, loss):
@@ -251,6 +266,9 @@ def _expected_loss(output, loss, Z, Y, sample_weight, reduction, l2_term):
         per_sample = 0.5 * ((Y - A) ** 2).mean(axis=1)
     elif loss == "bce":
         per_sample = -(Y * np.log(A) + (1 - Y) * np.log(1 - A)).sum(axis=1) / n_out
+    elif loss == "poisson":
+        y_log = np.where(Y > 0, Y * np.log(np.where(Y > 0, Y, 1.0) / A), 0.0)
+        per_sample = (y_log - Y + A).sum(axis=1)
     else:
         per_sample = -(Y * np.log(A)).sum(axis=1)
     w = np.ones(len(Z)) if sample_weight is None else sample_weight
@@ -270,6 +288,8 @@ def _expected_loss(output, loss, Z, Y, sample_weight, reduction, l2_term):
         ("relu", "bce"),
         ("sigmoid", "cce"),
         ("softmax", "mse"),
+        ("exp", "poisson"),
+        ("exp", "half_mse"),
     ],
 )
 def test_loss_matches_formula(rng, output, loss, weighted, reduction):

@@ -26,6 +26,7 @@ def trained(sizes, activations, loss, **options):
         ([5, 7, 3], ["tanh", "softmax"], "cce", {}),
         ([4, 6, 5, 2], ["relu", "leaky_relu", "sigmoid"], "bce", {"reduction": "sum"}),
         ([3, 2], "identity", "half_mse", {"bias": False, "dtype": np.float32}),
+        ([3, 4, 2], ["tanh", "exp"], "poisson", {}),
     ],
 )
 def test_round_trip_is_exact(tmp_path, sizes, activations, loss, options):

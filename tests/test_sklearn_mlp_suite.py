@@ -26,8 +26,6 @@ EXPECTED_FAILURES = {
     "test_gradient_ported",
     "test_sparse_matrices[csr_matrix]": "fastbp refuses sparse input (documented difference)",
     "test_sparse_matrices[csr_array]": "fastbp refuses sparse input (documented difference)",
-    "test_mlp_vs_poisson_glm_equivalent": "loss='poisson' needs an exponential output the "
-    "engine does not have (documented difference)",
 }
 
 

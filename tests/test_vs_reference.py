@@ -33,6 +33,9 @@ ARCHITECTURES = {
     # Layers of one unit take their weight gradient as a row, d^T A, the first one from
     # X as stored or as gathered.
     "one-unit-layers": ([5, 1, 4, 1], ["tanh", "relu", "sigmoid"], "bce", True, "mean"),
+    "tanh-sigmoid-exp-poisson": ([4, 6, 5, 2], ["tanh", "sigmoid", "exp"], "poisson", True, "mean"),
+    # Two units wide at most: plain SGD trains it in ``tiny_run``.
+    "tiny-exp-poisson-sum": ([2, 2, 1], ["sigmoid", "exp"], "poisson", True, "sum"),
 }
 TRAINED = list(ARCHITECTURES)
 # Wide enough that matrix products sweep several panels and leave odd tails; evaluated,
@@ -64,6 +67,8 @@ def _data(rng, name, n=N_SAMPLES):
         Y = rng.integers(0, sizes[-1], n)
     elif loss == "bce":
         Y = rng.uniform(0, 1, (n, sizes[-1]))
+    elif loss == "poisson":
+        Y = rng.poisson(1.5, (n, sizes[-1])).astype(float)
     else:
         Y = rng.normal(size=(n, sizes[-1]))
     return X, Y, rng.uniform(0.2, 2.0, n)

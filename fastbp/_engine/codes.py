@@ -2,11 +2,11 @@
 the layout table. Plain Python: the API layer reads them without importing numba."""
 
 # Activation codes.
-IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = 0, 1, 2, 3, 4, 5
+IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX, EXP = 0, 1, 2, 3, 4, 5, 6
 LEAKY_SLOPE = 0.01
 
 # Loss codes. The per-sample loss is ``loss_scale * sum over outputs`` of the element loss.
-SQUARED, BINARY_CROSS_ENTROPY, CATEGORICAL_CROSS_ENTROPY = 0, 1, 2
+SQUARED, BINARY_CROSS_ENTROPY, CATEGORICAL_CROSS_ENTROPY, POISSON = 0, 1, 2, 3
 
 # Optimizer codes.
 SGD, MOMENTUM, NESTEROV, ADAM = 0, 1, 2, 3

@@ -1,4 +1,5 @@
-"""The activations, their derivatives and the sigmoid/binary cross-entropy loss, written once.
+"""The activations, their derivatives and the logit forms of the sigmoid/binary cross-entropy
+and exp/Poisson losses, written once.
 
 Plain Python, which each backend compiles with its own decorator: the CPU kernels as
 ``@njit(inline="always")`` (``cpu/scalar.py``), the CUDA kernels as device functions
@@ -12,12 +13,12 @@ the same way. Hot loops call these with the code as a module constant: once inli
 branch folds away and the loop vectorizes.
 """
 
-from .codes import LEAKY_RELU, RELU, SIGMOID, TANH
+from .codes import EXP, LEAKY_RELU, RELU, SIGMOID, TANH
 
 
-def activation_over(sigmoid, tanh):
-    """``activation(code, z, zero, slope)`` built on the backend's ``sigmoid`` and ``tanh``:
-    the CPU's branch-free versions, or the device's libdevice-based ones."""
+def activation_over(sigmoid, tanh, exp):
+    """``activation(code, z, zero, slope)`` built on the backend's ``sigmoid``, ``tanh``
+    and ``exp``: the CPU's branch-free versions, or the device's libdevice-based ones."""
 
     def activation(code, z, zero, slope):
         """The activation of ``z`` (softmax is applied per row by the loss code)."""
@@ -29,6 +30,8 @@ def activation_over(sigmoid, tanh):
             return z if z > 0 else zero * z
         if code == LEAKY_RELU:
             return z if z > 0 else slope * z
+        if code == EXP:
+            return exp(z)
         return z
 
     return activation
@@ -46,6 +49,8 @@ def derivative(code, a, one, zero, slope):
         return one if a > 0 else zero
     if code == LEAKY_RELU:
         return one if a > 0 else slope
+    if code == EXP:
+        return a
     return one
 
 
@@ -57,4 +62,15 @@ def sigmoid_bce_loss(z, y, softplus):
 
 def sigmoid_bce_delta(a, y):
     """dL/dz of ``sigmoid_bce_loss`` from the output ``a = sigmoid(z)``."""
+    return a - y
+
+
+def exp_poisson_loss(z, y, a, y_log_y):
+    """Half Poisson deviance of ``a = exp(z)`` against ``y``, from the log ``z``:
+    ``y log y - y z - y + a``, given ``y_log_y`` (0 for ``y = 0``)."""
+    return y_log_y - y * z - y + a
+
+
+def exp_poisson_delta(a, y):
+    """dL/dz of ``exp_poisson_loss`` from the output ``a = exp(z)``."""
     return a - y

@@ -16,19 +16,23 @@ ACTIVATION_CODES = {
     "relu": K.RELU,
     "leaky_relu": K.LEAKY_RELU,
     "softmax": K.SOFTMAX,
+    "exp": K.EXP,
 }
 OPTIMIZER_CODES = {"sgd": K.SGD, "momentum": K.MOMENTUM, "nesterov": K.NESTEROV, "adam": K.ADAM}
 
 
 def loss_code(loss, n_out):
     """Kernel code and per-sample scale of a loss name: element losses are averaged over
-    the outputs (``half_mse`` halves that), categorical cross-entropy is summed."""
+    the outputs (``half_mse`` halves that), categorical cross-entropy and the half Poisson
+    deviance are summed."""
     if loss == "mse":
         return K.SQUARED, 1.0 / n_out
     if loss == "half_mse":
         return K.SQUARED, 0.5 / n_out
     if loss == "bce":
         return K.BINARY_CROSS_ENTROPY, 1.0 / n_out
+    if loss == "poisson":
+        return K.POISSON, 1.0
     return K.CATEGORICAL_CROSS_ENTROPY, 1.0
 
 

@@ -6,7 +6,9 @@ import numpy as np
 from ..codes import (
     BINARY_CROSS_ENTROPY,
     CATEGORICAL_CROSS_ENTROPY,
+    EXP,
     LEAKY_SLOPE,
+    POISSON,
     SIGMOID,
     SOFTMAX,
     SQUARED,
@@ -17,6 +19,8 @@ from .scalar import (
     activation,
     derivative,
     exp,
+    exp_poisson_delta,
+    exp_poisson_loss,
     sigmoid_bce_delta,
     sigmoid_bce_loss,
     sigmoid_softplus,
@@ -52,8 +56,11 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, we
     """Turn one row of output pre-activations into activations (in place), return the
     sample's loss, and write dL/dz (times ``weight``) to ``work[d_off:d_off + n_out]``.
 
-    Canonical pairs (sigmoid with BCE, softmax with CCE) use the exact logit forms, which
-    never overflow; every other pairing chains dL/da through the activation's derivative."""
+    Canonical pairs (sigmoid with BCE, softmax with CCE, exp with Poisson) use the exact
+    logit forms (the first two never overflow); every other pairing chains dL/da through
+    the activation's derivative."""
+    sigmoid_bce_pair = code == SIGMOID and loss == BINARY_CROSS_ENTROPY
+    exp_poisson_pair = code == EXP and loss == POISSON
     top = 0.0
     log_total = 0.0
     total = 1.0
@@ -75,10 +82,14 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, we
         z = work[o + i]
         y = (1.0 if i == label else 0.0) if label >= 0 else Y[row, i]
         target_sum += y
-        if code == SIGMOID and loss == BINARY_CROSS_ENTROPY:
+        if sigmoid_bce_pair:
             a, softplus = sigmoid_softplus(z)
             value += sigmoid_bce_loss(z, y, softplus)
             g = sigmoid_bce_delta(a, y)  # already dL/dz
+        elif exp_poisson_pair:
+            a = exp(z)
+            value += exp_poisson_loss(z, y, a, y * np.log(y) if y > 0.0 else 0.0)
+            g = exp_poisson_delta(a, y)  # already dL/dz
         elif code == SOFTMAX and loss == CATEGORICAL_CROSS_ENTROPY:
             a = work[d_off + i] / total
             if y != 0.0:
@@ -113,7 +124,7 @@ def output_loss(code, loss, loss_scale, clip, work, o, n_out, Y, labels, row, we
             inner += work[d_off + i] * work[o + i]
         for i in range(n_out):
             work[d_off + i] = work[o + i] * (work[d_off + i] - inner)
-    elif not (code == SIGMOID and loss == BINARY_CROSS_ENTROPY):
+    elif not (sigmoid_bce_pair or exp_poisson_pair):
         for i in range(n_out):
             work[d_off + i] *= derivative(code, work[o + i], 1.0, 0.0, LEAKY_SLOPE)
     scale = loss_scale * weight
@@ -199,4 +210,4 @@ def block_loss(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "2cc246a5b4474ddd904978f7af2cedfe2a98e4b8efaaaf462b64fe1e1b4a2171"
+SOURCES_DIGEST = "eaf9b3fcb4544270da64511b0351df18b278eaa066936da5b98256040104678d"

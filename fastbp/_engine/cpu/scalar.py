@@ -1,6 +1,6 @@
 """Scalar math for compiled code: exp, tanh, sigmoid and softplus without libm calls or
 branches, so loops over a layer vectorize; the shared formulas of the activations, their
-derivatives and the sigmoid/BCE loss (``formulas.py``) compiled over them."""
+derivatives and the sigmoid/BCE and exp/Poisson losses (``formulas.py``) compiled over them."""
 
 import numpy as np
 from llvmlite import ir
@@ -311,11 +311,13 @@ sigmoid_softplus = _by_precision(sigmoid_softplus64, sigmoid_softplus32)
 
 # The shared formulas (``formulas.py``) over this file's scalar math, inlined into every
 # CPU kernel that calls them.
-activation = njit(inline="always", error_model=NUMPY_ERRORS)(F.activation_over(sigmoid, tanh))
+activation = njit(inline="always", error_model=NUMPY_ERRORS)(F.activation_over(sigmoid, tanh, exp))
 derivative = njit(inline="always")(F.derivative)
 sigmoid_bce_loss = njit(inline="always")(F.sigmoid_bce_loss)
 sigmoid_bce_delta = njit(inline="always")(F.sigmoid_bce_delta)
+exp_poisson_loss = njit(inline="always")(F.exp_poisson_loss)
+exp_poisson_delta = njit(inline="always")(F.exp_poisson_delta)
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "2cc246a5b4474ddd904978f7af2cedfe2a98e4b8efaaaf462b64fe1e1b4a2171"
+SOURCES_DIGEST = "eaf9b3fcb4544270da64511b0351df18b278eaa066936da5b98256040104678d"

@@ -143,4 +143,4 @@ def squared_weights(params, layout):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "2cc246a5b4474ddd904978f7af2cedfe2a98e4b8efaaaf462b64fe1e1b4a2171"
+SOURCES_DIGEST = "eaf9b3fcb4544270da64511b0351df18b278eaa066936da5b98256040104678d"

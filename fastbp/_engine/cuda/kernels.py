@@ -48,16 +48,17 @@ except ImportError:  # numba-cuda releases that keep it elsewhere
 #: Python thread and supports a single block per cooperative grid.
 SIMULATOR = bool(_cuda_config.ENABLE_CUDASIM)
 
-IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = (
+IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX, EXP = (
     K.IDENTITY,
     K.SIGMOID,
     K.TANH,
     K.RELU,
     K.LEAKY_RELU,
     K.SOFTMAX,
+    K.EXP,
 )
 LEAKY_SLOPE = K.LEAKY_SLOPE
-SQUARED, BINARY_CROSS_ENTROPY = K.SQUARED, K.BINARY_CROSS_ENTROPY
+SQUARED, BINARY_CROSS_ENTROPY, POISSON = K.SQUARED, K.BINARY_CROSS_ENTROPY, K.POISSON
 SGD, MOMENTUM, NESTEROV = K.SGD, K.MOMENTUM, K.NESTEROV
 
 # Block geometry. A tile of TILE x TILE outputs is computed by T x T threads, each owning
@@ -118,10 +119,11 @@ S_FAILED, S_BAD = 0, 1
 
 
 # ---------------------------------------------------------------- scalar math
-# The shared formulas of the activations, their derivatives and the sigmoid/BCE loss
-# (``formulas.py``), compiled for the device over libdevice's exp and tanh rather than the
-# CPU's branch-free versions: CUDA results are compared with the CPU's within tolerances,
-# not bit for bit. (numba-cuda compiles the CPU versions too, bit casts included.)
+# The shared formulas of the activations, their derivatives and the sigmoid/BCE and
+# exp/Poisson losses (``formulas.py``), compiled for the device over libdevice's exp and
+# tanh rather than the CPU's branch-free versions: CUDA results are compared with the
+# CPU's within tolerances, not bit for bit. (numba-cuda compiles the CPU versions too, bit
+# casts included.)
 
 
 @cuda.jit(device=True)
@@ -133,10 +135,12 @@ def sigmoid(z):
     return e / (1.0 + e)
 
 
-activation = cuda.jit(device=True)(F.activation_over(sigmoid, math.tanh))
+activation = cuda.jit(device=True)(F.activation_over(sigmoid, math.tanh, math.exp))
 derivative = cuda.jit(device=True)(F.derivative)
 sigmoid_bce_loss = cuda.jit(device=True)(F.sigmoid_bce_loss)
 sigmoid_bce_delta = cuda.jit(device=True)(F.sigmoid_bce_delta)
+exp_poisson_loss = cuda.jit(device=True)(F.exp_poisson_loss)
+exp_poisson_delta = cuda.jit(device=True)(F.exp_poisson_delta)
 
 
 @cuda.jit(device=True)
@@ -196,6 +200,9 @@ def output_loss(
         if loss == SQUARED:
             value += (a - y) * (a - y)
             g = 2.0 * (a - y)
+        elif loss == POISSON:  # with an exp output only
+            value += exp_poisson_loss(z, y, a, y * math.log(y) if y > 0.0 else 0.0)
+            g = exp_poisson_delta(a, y)
         elif loss == BINARY_CROSS_ENTROPY:
             if code == SIGMOID:
                 value += sigmoid_bce_loss(z, y, max(z, 0.0) + math.log1p(math.exp(-abs(z))))
@@ -225,7 +232,7 @@ def output_loss(
             inner += delta[d_off + i] * work[o + i]
         for i in range(n_out):
             delta[d_off + i] = work[o + i] * (delta[d_off + i] - inner)
-    elif not (code == SIGMOID and loss == BINARY_CROSS_ENTROPY):
+    elif not ((code == SIGMOID and loss == BINARY_CROSS_ENTROPY) or loss == POISSON):
         for i in range(n_out):
             delta[d_off + i] *= derivative_from_output(code, work[o + i])
     scale = loss_scale * weight
@@ -1202,4 +1209,4 @@ def train_kernel(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "2cc246a5b4474ddd904978f7af2cedfe2a98e4b8efaaaf462b64fe1e1b4a2171"
+SOURCES_DIGEST = "eaf9b3fcb4544270da64511b0351df18b278eaa066936da5b98256040104678d"
