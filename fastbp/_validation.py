@@ -6,6 +6,7 @@ so a rejected call always leaves the network as it was.
 
 import math
 import numbers
+import os
 import warnings
 
 import numpy as np
@@ -46,6 +47,15 @@ def seed(value):
     return int(value)
 
 
+def uint64(value, name):
+    """``value`` as an int in ``0 .. 2**64 - 1``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer in 0 .. 2**64 - 1; got {value!r}")
+    if not 0 <= value < 2**64:
+        raise ValueError(f"{name} must be in 0 .. 2**64 - 1; got {value!r}")
+    return int(value)
+
+
 def positive_int(value, name):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a positive integer; got {value!r}")
@@ -63,6 +73,16 @@ def positive_float(value, name, allow_zero=False):
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         kind = "non-negative" if allow_zero else "positive"
         raise ValueError(f"{name} must be a finite {kind} number; got {value!r}")
+    return value
+
+
+def file_path(value, name):
+    """``value`` as a str path to a file (it need not exist), not to a folder."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike); got {value!r}")
+    value = os.fspath(value)
+    if not isinstance(value, str) or not value or os.path.isdir(value):
+        raise ValueError(f"{name} must be the path of a file; got {value!r}")
     return value
 
 

@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from . import persistence
+from . import _files, persistence
 from ._tables import DataError, read_table
 
 EXIT_STATUS = """exit status:
@@ -803,7 +803,7 @@ def _plot(curves, path, loss_curve):
     axes.set_ylabel("loss")
     axes.legend()
     figure.tight_layout()
-    with persistence.replacing(path) as file:
+    with _files.replacing(path) as file:
         figure.savefig(file, format=os.path.splitext(path)[1][1:].lower())
     plt.close(figure)
 
@@ -858,13 +858,13 @@ def _write(values, header, path):
     """Predictions to stdout as CSV, or to ``path`` in the format its extension names
     (``PREDICTION_FORMATS``), replacing the file at once when complete."""
     if path and PREDICTION_FORMATS[os.path.splitext(path)[1].lower()] == "npy":
-        with persistence.replacing(path) as file:
+        with _files.replacing(path) as file:
             np.save(file, values if values.shape[1] > 1 else values.ravel())
         return
     lines = [",".join(header)] + [",".join(_format(v) for v in row) for row in values]
     text = "\n".join(lines) + "\n"
     if path:
-        with persistence.replacing(path) as file:
+        with _files.replacing(path) as file:
             file.write(text.encode("utf-8"))
     else:
         sys.stdout.write(text)

@@ -203,6 +203,17 @@ class MLP:
         self._optimizer, self._state = name, OptimizerState(m, v, step)
 
     @property
+    def shuffle_state(self) -> int:
+        """The state of the stream that draws each shuffled epoch's order (a uint64 seeded
+        from ``seed``, advanced by every shuffled epoch): saved and restored by checkpoints,
+        so a resumed run draws the orders an uninterrupted one would."""
+        return int(self._shuffle_state[0])
+
+    @shuffle_state.setter
+    def shuffle_state(self, value: int) -> None:
+        self._shuffle_state = np.array([check.uint64(value, "shuffle_state")], np.uint64)
+
+    @property
     def loss_scale(self) -> float:
         """The factor of each sample's summed element losses: ``1 / n_out`` for ``mse``
         and ``bce``, ``0.5 / n_out`` for ``half_mse``, 1 for ``cce`` and ``poisson``.
@@ -334,6 +345,9 @@ class MLP:
         sample_weight: ArrayLike | None = None,
         order: ArrayLike | None = None,
         check_input: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_seconds: float | None = None,
     ) -> NDArray[np.float64]:
         """Train in place; returns the loss of every epoch (the mean, or with
         ``reduction="sum"`` the sum, over the epoch's samples, each measured before the
@@ -360,6 +374,14 @@ class MLP:
 
         If the loss or the parameters become non-finite, training stops, the parameters
         of the last finite epoch are restored and FloatingPointError names the epoch.
+
+        ``checkpoint`` (a path) makes the run resumable (``fastbp.checkpoint``): the state
+        is written there, atomically, every ``checkpoint_every`` epochs (default 1) or,
+        with ``checkpoint_seconds``, once that many seconds have passed (checked between
+        epochs), and when the run ends. If ``path`` holds a checkpoint of this same run
+        (network and its state at the start, data, settings), ``fit`` resumes from it and
+        returns what an uninterrupted run returns, to the bit; a checkpoint of another run,
+        or any other file, is refused with an error that says what differs.
         """
         if check_input:
             epochs = check.positive_int(epochs, "epochs")
@@ -384,6 +406,48 @@ class MLP:
         self._check_finite_params()
         n = X.shape[0]
         batch_size = n if batch_size is None else min(batch_size, n)
+        hyper = Hyperparameters(lr, momentum, beta1, beta2, epsilon, l2)
+        data = (X, Y, labels, sample_weight)
+        if checkpoint is None:
+            return self._train(data, order, epochs, batch_size, shuffle, optimizer, hyper)
+        from . import checkpoint as checkpoints
+
+        def train(first, count):
+            if order is not None and order.shape[0] > n:  # one permutation per epoch
+                block = order[first * n : (first + count) * n]
+            else:
+                block = order
+            return self._train(
+                data, block, count, batch_size, shuffle, optimizer, hyper, first, epochs
+            )
+
+        return checkpoints.run(
+            self,
+            checkpoint,
+            epochs,
+            train,
+            data={"X": X, "Y": Y, "labels": labels, "sample_weight": sample_weight, "order": order},
+            settings=dict(
+                batch_size=batch_size,
+                shuffle=shuffle,
+                optimizer=optimizer,
+                lr=lr,
+                momentum=momentum,
+                beta1=beta1,
+                beta2=beta2,
+                epsilon=epsilon,
+                l2=l2,
+            ),
+            every=checkpoint_every,
+            seconds=checkpoint_seconds,
+        )
+
+    def _train(
+        self, data, order, epochs, batch_size, shuffle, optimizer, hyper, first=0, total=None
+    ):
+        """Train checked ``data`` for ``epochs`` epochs; errors count epochs from ``first``
+        of ``total``, for runs trained in blocks."""
+        X, Y, labels, sample_weight = data
         if optimizer != self._optimizer:
             self.reset_optimizer()
             self._optimizer = optimizer
@@ -410,16 +474,16 @@ class MLP:
                 shuffle=shuffle,
                 shuffle_state=self._shuffle_state,
                 optimizer=_layout.OPTIMIZER_CODES[optimizer],
-                hyper=Hyperparameters(lr, momentum, beta1, beta2, epsilon, l2),
+                hyper=hyper,
                 state=self._state,
                 history=history,
             )
         )
         if failed >= 0:
             error = FloatingPointError(
-                f"training diverged in epoch {failed + 1} of {epochs}: the loss or the "
-                f"parameters became NaN or infinite; the parameters are those at the end of "
-                f"epoch {failed} (lower lr?)"
+                f"training diverged in epoch {first + failed + 1} of {total or epochs}: the "
+                f"loss or the parameters became NaN or infinite; the parameters are those at "
+                f"the end of epoch {first + failed} (lower lr?)"
             )
             error.history = history[:failed]
             raise error
