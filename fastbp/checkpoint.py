@@ -65,6 +65,7 @@ def identity(net, data: dict, settings: dict) -> dict[str, str]:
         start.update(np.ascontiguousarray(array).data)
     start.update(f"{state['optimizer']} {state['step']} {net.shuffle_state}".encode())
     entries = {
+        "kind": "MLP.fit",
         "network": (
             f"{list(net.layer_sizes)} {list(net.activations)} {net.loss_name} "
             f"loss_scale={net.loss_scale!r} bias={net.bias} reduction={net.reduction} "
@@ -92,19 +93,9 @@ def run(net, path, epochs, train, *, data, settings, every=None, seconds=None):
     if every is None and seconds is None:
         every = 1
     run_identity = identity(net, data, settings)
-    saved = read(path)
+    saved = read(path, run_identity)
     history = np.zeros(0)
     if saved is not None:
-        differences = [
-            f"{name}: checkpoint {saved['run'].get(name, 'none')}, this fit {value}"
-            for name, value in run_identity.items()
-            if saved["run"].get(name) != value
-        ] + [f"{name}: only in the checkpoint" for name in saved["run"] if name not in run_identity]
-        if differences:
-            raise ValueError(
-                f"checkpoint {path} belongs to another run; it is left as it is. What "
-                "differs:\n  " + "\n  ".join(differences)
-            )
         if saved["epochs_done"] > epochs:
             raise ValueError(
                 f"checkpoint {path} holds {saved['epochs_done']} epochs of this run; this fit "
@@ -140,8 +131,6 @@ def write(path, net, history: np.ndarray, run_identity: dict[str, str]) -> None:
     weights, biases = net.get_params()
     state = net.optimizer_state()
     arrays = {
-        "format": np.array(FORMAT),
-        "format_version": np.array(FORMAT_VERSION, np.int64),
         "epochs_done": np.array(history.shape[0], np.int64),
         "history": np.asarray(history, np.float64),
         "optimizer": np.array(state["optimizer"] or ""),
@@ -154,15 +143,47 @@ def write(path, net, history: np.ndarray, run_identity: dict[str, str]) -> None:
         arrays[f"W{i}"] = w
     for i, b in enumerate(biases or []):
         arrays[f"b{i}"] = b
+    save_archive(path, arrays, run_identity)
+
+
+def read(path, run_identity: dict[str, str]) -> dict | None:
+    """The checkpoint of this run at ``path`` as a dict, None if there is no file."""
+    arrays = load_archive(path, run_identity)
+    if arrays is None:
+        return None
+    n_layers = sum(1 for name in arrays if name[0] == "W" and name[1:].isdigit())
+    return {
+        "epochs_done": int(arrays["epochs_done"]),
+        "history": arrays["history"],
+        "weights": [arrays[f"W{i}"] for i in range(n_layers)],
+        "biases": [arrays[f"b{i}"] for i in range(n_layers)] if "b0" in arrays else None,
+        "optimizer": {
+            "optimizer": str(arrays["optimizer"]) or None,
+            "m": arrays["m"],
+            "v": arrays["v"],
+            "step": int(arrays["step"]),
+        },
+        "shuffle_state": int(arrays["shuffle_state"]),
+    }
+
+
+def save_archive(path, arrays: dict[str, np.ndarray], run_identity: dict[str, str]) -> None:
+    """Write a checkpoint of any kind: ``arrays`` beside the run's identity, atomically."""
+    entries = {
+        "format": np.array(FORMAT),
+        "format_version": np.array(FORMAT_VERSION, np.int64),
+        **arrays,
+    }
     for name, value in run_identity.items():
-        arrays[_RUN + name] = np.array(value)
+        entries[_RUN + name] = np.array(value)
     with replacing(path) as file:
-        np.savez(file, **arrays)
+        np.savez(file, **entries)
 
 
-def read(path) -> dict | None:
-    """The checkpoint at ``path`` as a dict, None if there is no file; a ValueError for a
-    file that is not a fastbp checkpoint (it is never overwritten)."""
+def load_archive(path, run_identity: dict[str, str]) -> dict[str, np.ndarray] | None:
+    """The arrays of the checkpoint at ``path`` if it belongs to the run ``run_identity``
+    says, None if there is no file. Anything else is a ValueError that says what differs,
+    and the file is left as it is."""
     if not os.path.exists(path):
         return None
     try:
@@ -173,30 +194,23 @@ def read(path) -> dict | None:
         version = int(arrays["format_version"])
         if version > FORMAT_VERSION:
             raise ValueError(f"it has format version {version}; upgrade fastbp to read it")
-        n_layers = sum(1 for name in arrays if name.startswith("W"))
-        return {
-            "epochs_done": int(arrays["epochs_done"]),
-            "history": arrays["history"],
-            "weights": [arrays[f"W{i}"] for i in range(n_layers)],
-            "biases": [arrays[f"b{i}"] for i in range(n_layers)] if "b0" in arrays else None,
-            "optimizer": {
-                "optimizer": str(arrays["optimizer"]) or None,
-                "m": arrays["m"],
-                "v": arrays["v"],
-                "step": int(arrays["step"]),
-            },
-            "shuffle_state": int(arrays["shuffle_state"]),
-            "run": {
-                name[len(_RUN) :]: str(value)
-                for name, value in arrays.items()
-                if name.startswith(_RUN)
-            },
-        }
     except (KeyError, ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(
             f"checkpoint {path} exists but is not a fastbp checkpoint ({error}); "
             "it is left as it is: name another path or remove it"
         ) from None
+    saved = {name[len(_RUN) :]: str(v) for name, v in arrays.items() if name.startswith(_RUN)}
+    differences = [
+        f"{name}: checkpoint {saved.get(name, 'none')}, this run {value}"
+        for name, value in run_identity.items()
+        if saved.get(name) != value
+    ] + [f"{name}: only in the checkpoint" for name in saved if name not in run_identity]
+    if differences:
+        raise ValueError(
+            f"checkpoint {path} belongs to another run; it is left as it is. What "
+            "differs:\n  " + "\n  ".join(differences)
+        )
+    return arrays
 
 
 def _restore(net, saved):

@@ -30,6 +30,11 @@ def _same(a, b):
     )
 
 
+def _epochs_done(path):
+    with np.load(path) as archive:
+        return int(archive["epochs_done"])
+
+
 SETTINGS = dict(lr=0.02, batch_size=32)
 
 
@@ -43,7 +48,7 @@ def test_resumed_run_has_the_bits_of_an_uninterrupted_one(tmp_path, optimizer, s
     expected = whole.fit(X, Y, epochs=9, **settings)
     path = tmp_path / "run.ckpt"
     _net(dtype=dtype).fit(X, Y, epochs=4, checkpoint=path, checkpoint_every=3, **settings)
-    assert checkpoints.read(path)["epochs_done"] == 4  # the end of a run is always written
+    assert _epochs_done(path) == 4  # the end of a run is always written
     resumed = _net(dtype=dtype)
     history = resumed.fit(X, Y, epochs=9, checkpoint=path, checkpoint_every=2, **settings)
     np.testing.assert_array_equal(history, expected)
@@ -177,7 +182,7 @@ def test_divergence_names_the_epoch_of_the_whole_run(tmp_path):
         plain.fit(X, Y, epochs=40, lr=2.0)
     assert str(error.value) == str(expected.value)
     assert _same(net, plain)
-    assert checkpoints.read(tmp_path / "run.ckpt")["epochs_done"] == 6
+    assert _epochs_done(tmp_path / "run.ckpt") == 6
 
 
 CHILD = textwrap.dedent(
@@ -220,7 +225,7 @@ def test_a_run_killed_at_random_moments_finishes_with_the_uninterrupted_bits(tmp
             if child.poll() is None:
                 child.send_signal(signal.SIGKILL)
                 child.wait()
-                kills.append(checkpoints.read(path)["epochs_done"])
+                kills.append(_epochs_done(path))
         if child.wait(timeout=120) == 0:
             break
     assert result.exists(), "the run never finished"
