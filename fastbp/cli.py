@@ -9,6 +9,8 @@ a slice of the data). ``--out`` saves the model (``fastbp.persistence`` format, 
 labels and the scaling of features and regression target as metadata). Output paths are
 checked before any work starts. Ctrl-C stops after the running epoch; a second Ctrl-C or
 SIGTERM stops at once; either way the last finished epoch's model is saved.
+``--checkpoint`` writes the trainer's state every few epochs and resumes a run that was
+stopped or killed, to the bits of an uninterrupted one.
 
 ``fastbp predict MODEL DATA`` writes one prediction per row, to stdout or ``--out``.
 
@@ -162,6 +164,18 @@ def _parser():
         help="save the loss curves to this image, its format named "
         "by the extension: .png, .pdf, .svg, ... (needs "
         "matplotlib)",
+    )
+    train.add_argument(
+        "--checkpoint",
+        help="write the training state to this file every --checkpoint-every epochs; if it "
+        "holds this run's state, resume from it (a checkpoint holds a pickle of the "
+        "estimator: resume only your own)",
+    )
+    train.add_argument(
+        "--checkpoint-every",
+        type=_positive(int),
+        default=1,
+        help="epochs between checkpoints (default 1)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument(
@@ -559,11 +573,17 @@ def train_command(args):
     if args.plot:
         import matplotlib  # noqa: F401  (fail before training, not after)
     _check_outputs(
-        [("--out", args.out, "model"), ("--plot", args.plot, "plot")],
+        [
+            ("--out", args.out, "model"),
+            ("--plot", args.plot, "plot"),
+            ("--checkpoint", args.checkpoint, "checkpoint"),
+        ],
         [("the training data", args.data)],
     )
     if args.alpha < 0:
         raise CommandError(f"--alpha must be non-negative; got {args.alpha}")
+    if args.checkpoint and args.solver == "lbfgs":
+        raise CommandError("--checkpoint needs an epoch-based solver (adam or sgd), not lbfgs")
     from sklearn.model_selection import train_test_split
 
     from .estimators import MLPClassifier, MLPRegressor
@@ -620,6 +640,11 @@ def train_command(args):
         est.batch_size,
         np.dtype(args.dtype).itemsize,
     )
+    data = (X_train, y_train, X_val, y_val)
+    curves = {"train": [], "validation": []}
+    finished = _Finished()
+    if args.checkpoint:
+        est = _resume(est, args, data, curves, finished)
     _warm_up(np.dtype(args.dtype))
     sizes = "-".join(str(s) for s in (X.shape[1], *args.hidden, n_out))
     print(
@@ -628,9 +653,9 @@ def train_command(args):
         f"on {len(y_train)} rows of {source}" + (f", validating on {len(y_val)}" if n_val else ""),
         flush=True,
     )
-
-    curves = {"train": [], "validation": []}
-    finished = _Finished()
+    resumed = finished.state[0] if finished.state is not None else 0
+    if resumed:
+        print(f"  resumed from {args.checkpoint} after epoch {resumed}", flush=True)
     stopper = _StopOnInterrupt("iterations" if args.solver == "lbfgs" else "epochs")
     start = time.perf_counter()
     with stopper, warnings.catch_warnings():
@@ -645,7 +670,7 @@ def train_command(args):
                     args,
                     task,
                     classes,
-                    (X_train, y_train, X_val, y_val),
+                    data,
                     curves,
                     finished,
                     stopper,
@@ -689,7 +714,8 @@ def train_command(args):
         try:
             if stopper.forced:
                 raise KeyboardInterrupt
-            _report(est, args, task, epochs_done, seconds, X_train, y_train, X_val, y_val)
+            trained = (epochs_done, epochs_done - resumed)
+            _report(est, args, task, trained, seconds, X_train, y_train, X_val, y_val)
             if args.out:
                 print(f"  model saved to {args.out}")
             if args.plot:
@@ -708,9 +734,13 @@ def _run_epochs(est, args, task, classes, data, curves, finished, stopper, start
     """Train one epoch at a time until ``args.epochs`` or a stop request, keeping each
     finished epoch's parameters in ``finished``."""
     X_train, y_train, X_val, y_val = data
+    done = finished.state[0] if finished.state else 0
     bar = _progress(args, args.epochs)
+    if bar is not None:
+        bar.update(done)
+    written = done
     try:
-        for _ in range(args.epochs):
+        for _ in range(args.epochs - done):
             if stopper.requested:
                 break
             if task == "classify":
@@ -728,25 +758,92 @@ def _run_epochs(est, args, task, classes, data, curves, finished, stopper, start
             curves["train"].append(est.loss_)
             if X_val is not None:
                 curves["validation"].append(est.validation_loss(X_val, y_val))
+            if args.checkpoint and (
+                epochs_done % args.checkpoint_every == 0 or epochs_done == args.epochs
+            ):
+                _write_checkpoint(est, args, data, curves, epochs_done)
+                written = epochs_done
             if bar is not None:
                 elapsed = time.perf_counter() - start
                 postfix = {"loss": f"{est.loss_:.4f}"}
                 if curves["validation"]:
                     postfix["val"] = f"{curves['validation'][-1]:.4f}"
-                postfix["samples/s"] = f"{epochs_done * len(y_train) / elapsed:,.0f}"
+                postfix["samples/s"] = f"{(epochs_done - done) * len(y_train) / elapsed:,.0f}"
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
+        if args.checkpoint and finished.state and written < finished.state[0]:
+            _write_checkpoint(est, args, data, curves, finished.state[0])  # stopped early
     finally:
         if bar is not None:
             bar.close()
 
 
-def _report(est, args, task, epochs_done, seconds, X_train, y_train, X_val, y_val):
-    """Print the time, the scores and (with ``--compare-numpy``) the speedup."""
+def _checkpoint_identity(args, data):
+    """What makes a command-line run this run: the data after the split and scaling, and
+    every option that changes the bits (not ``--epochs``: a longer run goes on)."""
+    from . import checkpoint
+
+    identity = {"kind": "fastbp train"}
+    for name, array in zip(("X_train", "y_train", "X_val", "y_val"), data, strict=True):
+        identity[name] = "none" if array is None else checkpoint.digest(np.asarray(array))
+    for option in ("task", "hidden", "activation", "solver", "alpha", "batch_size", "lr"):
+        identity[option] = repr(getattr(args, option))
+    for option in ("seed", "dtype"):
+        identity[option] = repr(getattr(args, option))
+    return identity
+
+
+def _write_checkpoint(est, args, data, curves, epochs_done):
+    """Write the estimator (its parameters, optimizer, random state and counters), the
+    curves and the epoch count, whole or not at all."""
+    import pickle
+
+    from . import checkpoint
+
+    arrays = {
+        "epochs_done": np.array(epochs_done, np.int64),
+        "estimator": np.frombuffer(pickle.dumps(est, protocol=5), np.uint8),
+        "train_curve": np.array(curves["train"], np.float64),
+        "validation_curve": np.array(curves["validation"], np.float64),
+    }
+    checkpoint.save_archive(args.checkpoint, arrays, _checkpoint_identity(args, data))
+
+
+def _resume(est, args, data, curves, finished):
+    """The estimator saved in ``--checkpoint`` if it holds this run (its curves and epoch
+    count put in place), or ``est`` when there is no checkpoint yet."""
+    import pickle
+
+    from . import checkpoint
+
+    try:
+        arrays = checkpoint.load_archive(args.checkpoint, _checkpoint_identity(args, data))
+    except ValueError as error:
+        raise CommandError(f"--checkpoint: {error}") from None
+    if arrays is None:
+        return est
+    done = int(arrays["epochs_done"])
+    if done > args.epochs:
+        raise CommandError(
+            f"--checkpoint {args.checkpoint} holds {done} epochs of this run; --epochs "
+            f"asks for {args.epochs} (ask for at least {done})"
+        )
+    est = pickle.loads(arrays["estimator"].tobytes())
+    curves["train"].extend(arrays["train_curve"].tolist())
+    curves["validation"].extend(arrays["validation_curve"].tolist())
+    finished.state = (done, [c.copy() for c in est.coefs_], [b.copy() for b in est.intercepts_])
+    return est
+
+
+def _report(est, args, task, trained, seconds, X_train, y_train, X_val, y_val):
+    """Print the time, the scores and (with ``--compare-numpy``) the speedup; ``trained``
+    is ``(epochs done, of them trained by this process)``."""
     metric = "accuracy" if task == "classify" else "R^2"
+    epochs_done, here = trained
     print(
         f"  epochs {epochs_done}, time {seconds:.2f} s "
-        f"({epochs_done * len(y_train) / max(seconds, 1e-9):,.0f} samples/s)"
+        + (f"for the last {here} " if here != epochs_done else "")
+        + f"({here * len(y_train) / max(seconds, 1e-9):,.0f} samples/s)"
         if args.solver != "lbfgs"
         else f"  lbfgs iterations {epochs_done}, time {seconds:.2f} s",
         flush=True,

@@ -956,3 +956,99 @@ def test_kill_9_at_any_moment_never_leaves_a_partial_model(tmp_path, digits_csv)
         assert net.layer_sizes[0] == 64
         assert model.read_bytes() == earlier or persistence.read_metadata(model)["epochs"] >= 1
         earlier = model.read_bytes()
+
+
+def _model_bits(path):
+    with np.load(path) as archive:
+        return {k: archive[k] for k in archive.files if k[0] in "Wb" and k[1:].isdigit()}
+
+
+def _same_models(a, b):
+    first, second = _model_bits(a), _model_bits(b)
+    return first.keys() == second.keys() and all(np.array_equal(first[k], second[k]) for k in first)
+
+
+def test_checkpoint_resumes_to_the_bits_of_an_uninterrupted_run(tmp_path, capsys, digits_csv):
+    ckpt, whole, resumed = tmp_path / "run.ckpt", tmp_path / "whole.npz", tmp_path / "res.npz"
+    options = ["--hidden", "16", "--lr", "0.02", "--no-progress", "--batch-size", "50"]
+    code, _, _ = run(capsys, "train", digits_csv, "--epochs", "7", *options, "--out", whole)
+    assert code == 0
+    code, out, _ = run(
+        capsys, "train", digits_csv, "--epochs", "3", *options, "--checkpoint", ckpt,
+        "--checkpoint-every", "2",
+    )  # fmt: skip
+    assert code == 0 and "resumed" not in out
+    code, out, _ = run(
+        capsys, "train", digits_csv, "--epochs", "7", *options, "--checkpoint", ckpt,
+        "--out", resumed,
+    )  # fmt: skip
+    assert code == 0 and "resumed from" in out and "after epoch 3" in out
+    assert "for the last 4" in out
+    assert _same_models(whole, resumed)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (["--lr", "0.05"], "lr: checkpoint 0.02, this run 0.05"),
+        (["--seed", "1"], "seed"),
+        (["--hidden", "17"], "hidden"),
+        (["--validation", "0.2"], "X_train"),
+    ],
+)
+def test_checkpoint_of_another_run_is_refused_and_kept(tmp_path, capsys, digits_csv, change, words):
+    ckpt = tmp_path / "run.ckpt"
+    options = ["--epochs", "2", "--hidden", "16", "--lr", "0.02", "--no-progress"]
+    assert run(capsys, "train", digits_csv, *options, "--checkpoint", ckpt)[0] == 0
+    before = ckpt.read_bytes()
+    code, out, err = run(capsys, "train", digits_csv, *options, *change, "--checkpoint", ckpt)
+    assert_one_line_error(code, err, "--checkpoint", "another run", words)
+    assert ckpt.read_bytes() == before
+
+
+def test_checkpoint_options_that_cannot_work_are_refused(tmp_path, capsys, digits_csv):
+    model = tmp_path / "m.npz"
+    quick = [*QUICK, "--checkpoint"]
+    code, _, err = run(capsys, "train", digits_csv, *quick, model, "--out", model)
+    assert_one_line_error(code, err, "is the same file as --out")
+    code, _, err = run(capsys, "train", digits_csv, *quick, tmp_path / "c", "--solver", "lbfgs")
+    assert_one_line_error(code, err, "--checkpoint needs an epoch-based solver")
+    assert run(capsys, "train", digits_csv, *quick, tmp_path / "c")[0] == 0
+    code, _, err = run(capsys, "train", digits_csv, *QUICK[2:], "--epochs", "2", *quick[-1:],
+                       tmp_path / "c")  # fmt: skip
+    assert_one_line_error(code, err, "holds 3 epochs of this run")
+    model.write_text("not a checkpoint")
+    code, _, err = run(capsys, "train", digits_csv, *quick, model)
+    assert_one_line_error(code, err, "not a fastbp checkpoint")
+    assert model.read_text() == "not a checkpoint"
+
+
+def test_checkpointed_command_killed_at_random_moments_ends_with_the_same_model(
+    tmp_path, digits_csv
+):
+    options = ["--epochs", "40", "--hidden", "32", "--batch-size", "20", "--no-progress"]
+    whole, out, ckpt = tmp_path / "whole.npz", tmp_path / "out.npz", tmp_path / "run.ckpt"
+    assert _start_training(digits_csv, *options, "--out", whole).wait(timeout=300) == 0
+    rng = np.random.default_rng(7)
+    kills = []
+    for attempt in range(10):
+        written = ckpt.stat().st_mtime_ns if ckpt.exists() else None
+        process = _start_training(digits_csv, *options, "--checkpoint", ckpt, "--out", out)
+        if attempt < 3:
+            deadline = time.monotonic() + 60
+            while process.poll() is None and time.monotonic() < deadline:
+                if ckpt.exists() and ckpt.stat().st_mtime_ns != written:
+                    break
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.3))
+            if process.poll() is None:
+                process.kill()
+                process.communicate(timeout=60)
+                with np.load(ckpt) as archive:
+                    kills.append(int(archive["epochs_done"]))
+                continue
+        process.communicate(timeout=300)
+        if process.returncode == 0:
+            break
+    assert kills and 0 < kills[0] < 40, kills
+    assert _same_models(whole, out)
