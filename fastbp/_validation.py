@@ -5,6 +5,7 @@ so a rejected call always leaves the network as it was.
 """
 
 import math
+import mmap
 import numbers
 import os
 import warnings
@@ -197,10 +198,49 @@ def numeric_array(value, name, dtype, ndim):
         raise ValueError(f"{name} must be {ndim}-dimensional; got shape {array.shape}")
     if array.size == 0:
         raise ValueError(f"{name} is empty (shape {array.shape})")
+    if not (array.dtype == dtype and array.flags.c_contiguous) and memory_mapped(array):
+        raise ValueError(
+            f"{name} is a memory-mapped {array.dtype} array"
+            + ("" if array.flags.c_contiguous else " in Fortran order")
+            + f"; using it as C-ordered {np.dtype(dtype).name} would copy it whole into "
+            f"memory: store it that way (np.save(path, np.ascontiguousarray({name}, "
+            f"np.{np.dtype(dtype).name}))) or load it without mmap_mode"
+        )
     array = np.ascontiguousarray(array, dtype=dtype)
-    if not np.isfinite(array).all():
+    if not all_finite(array):
         raise ValueError(f"{name} contains NaN or infinity")
     return array
+
+
+def memory_mapped(array):
+    """Whether ``array`` views a memory-mapped file (``np.load(..., mmap_mode=...)``)."""
+    while array is not None:
+        if isinstance(array, (np.memmap, mmap.mmap)):
+            return True
+        array = getattr(array, "base", None)
+    return False
+
+
+#: Elements checked at a time: a memory-mapped array is read in pieces, never held whole.
+_FINITE_PIECE = 1 << 20
+
+
+def all_finite(array):
+    """Whether every value of a float or integer array is finite. For a large array, a sum
+    reads the data once without allocating; only a sum that overflows or is NaN is
+    followed by the exact check, piece by piece."""
+    if array.dtype.kind in "iub":
+        return True
+    if array.size <= _FINITE_PIECE:
+        return bool(np.isfinite(array).all())
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(array.sum(dtype=np.float64)):
+            return True
+    flat = array.reshape(-1)
+    for start in range(0, flat.shape[0], _FINITE_PIECE):
+        if not np.isfinite(flat[start : start + _FINITE_PIECE]).all():
+            return False
+    return True
 
 
 def features(X, n_in, dtype):

@@ -120,9 +120,7 @@ def _check_hidden(sizes):
 def _check_sample_weight(sample_weight, n_samples, dtype, name="sample_weight"):
     """Sample weights as a new ``dtype`` array ``(n_samples,)``: finite and not all zero,
     negative ones allowed as scikit-learn allows them (a number means that weight for
-    every sample). Always a copy, so the
-    caller's array stays untouched and the engine sees a writeable one (see
-    ``_writeable``)."""
+    every sample). Always a copy, so the caller's array stays untouched."""
     if sample_weight is None:
         return None
     if isinstance(sample_weight, numbers.Number):
@@ -142,11 +140,6 @@ def _check_poisson_targets(loss, y, name):
     """Refuse negative targets for ``loss='poisson'``, where the deviance is undefined."""
     if loss == "poisson" and np.min(y) < 0:
         raise ValueError(f"{name} must be non-negative for loss='poisson'")
-
-
-def _writeable(array):
-    """The engine compiles one kernel per array type; read-only arrays would be another."""
-    return array if array is None or array.flags.writeable else array.copy()
 
 
 # ---------------------------------------------------------------- engine helpers
@@ -393,7 +386,6 @@ class _BaseMLP(BaseEstimator):
         dtype = self._fit_dtype(dtype, first_pass)
         X, y = self._validate_input(X, y, incremental, reset=first_pass, dtype=dtype)
         dtype = X.dtype
-        X = _writeable(X)
         sample_weight = _check_sample_weight(sample_weight, X.shape[0], dtype)
         if y.ndim == 1:
             y = y.reshape((-1, 1))
@@ -516,7 +508,7 @@ class _BaseMLP(BaseEstimator):
                 "early_stopping=True and solver 'sgd' or 'adam'"
             )
         try:
-            X_val = _writeable(_validate_data(self, X_val, reset=False, dtype=dtype))
+            X_val = _validate_data(self, X_val, reset=False, dtype=dtype)
         except ValueError as error:
             raise ValueError(f"X_val: {error}") from error
         y_val = self._validation_targets(y_val, dtype)
@@ -839,7 +831,7 @@ class _BaseMLP(BaseEstimator):
         dtype = self.coefs_[0].dtype
         if self._valid_as_is(X, dtype):
             return self._sync_net(dtype, self._fitted_device()).forward(X, check_input=False)
-        X = _writeable(_validate_data(self, X, reset=False, dtype=dtype))
+        X = _validate_data(self, X, reset=False, dtype=dtype)
         return self._sync_net(dtype, self._fitted_device()).forward(X)
 
     def _valid_as_is(self, X, dtype):
@@ -1384,7 +1376,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return y_val
 
     def _engine_targets(self, y, dtype):
-        return _writeable(np.ascontiguousarray(y, dtype=dtype))
+        return np.ascontiguousarray(y, dtype=dtype)
 
     def _score_output(self, prob, y, sample_weight):
         """``r2_score`` of ``prob`` against ``y`` (outputs averaged uniformly, a

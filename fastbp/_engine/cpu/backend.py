@@ -68,10 +68,10 @@ def _run_with_plan(request, plan):
     hyper_array[H_EPSILON], hyper_array[H_L2] = hyper.epsilon, hyper.l2
     with blas_threads.one_blas_thread() if plan.uses_blas else blas_threads.NO_LIMIT:
         return _run_planned(
-            request.X,
-            request.Y,
-            request.labels,
-            request.sample_weight,
+            _read_only(request.X),
+            _read_only(request.Y),
+            _read_only(request.labels),
+            _read_only(request.sample_weight),
             np.arange(n) if request.order is None else request.order,
             params,
             request.layout,
@@ -98,6 +98,14 @@ def _run_with_plan(request, plan):
             out_grad,
             out,
         )
+
+
+def _read_only(array):
+    """A read-only view of ``array``: the kernels only read the data, and one array type
+    for it compiles them once for data in memory and read-only memory maps alike."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _run_planned(

@@ -175,4 +175,4 @@ def column_sums(work, off, rows, width, grad, out_off, accumulate):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "eaf9b3fcb4544270da64511b0351df18b278eaa066936da5b98256040104678d"
+SOURCES_DIGEST = "3f7238dd69e74a9c4889207ff2af46fcdf46495535eb98aa4fc4719461dc1644"
