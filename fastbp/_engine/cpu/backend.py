@@ -5,6 +5,7 @@ Chunks fix the order in which gradients are summed, so every choice here depends
 network, its dtype and the batch size alone, never on the thread count.
 """
 
+import threading
 import time
 
 import numpy as np
@@ -266,8 +267,9 @@ def _run_planned(
 #: The groups' work and gradient buffers of recent runs, by dtype and shape, kept for the
 #: next run: allocating and zeroing them cost 40 of the 100 us of a 1-epoch fit of a
 #: 4-100-3 network on 150 rows. The kernels write every entry before reading it, so a
-#: run never sees the last one's values (a test fills them with NaN).
-_scratch_buffers = {}
+#: run never sees the last one's values (a test fills them with NaN). Each Python thread
+#: keeps its own: the kernels run without the GIL, so two threads may train at once.
+_scratch_buffers = threading.local()
 SCRATCH_KEPT = 4
 SCRATCH_KEPT_BYTES = 8 << 20
 
@@ -277,17 +279,19 @@ def _scratch(dtype, groups, work_size, n_params):
     earlier run of the same shapes, or new ones, kept when small enough (the oldest kept
     ones make room)."""
     key = (dtype, groups, work_size, n_params)
-    buffers = _scratch_buffers.get(key)
+    kept = getattr(_scratch_buffers, "kept", None)
+    if kept is None:
+        kept = _scratch_buffers.kept = {}
+    buffers = kept.get(key)
     if buffers is None:
         buffers = (np.zeros((groups, work_size), dtype), np.zeros((groups, n_params), dtype))
         if buffers[0].nbytes + buffers[1].nbytes <= SCRATCH_KEPT_BYTES:
-            _scratch_buffers[key] = buffers
+            kept[key] = buffers
             while (
-                len(_scratch_buffers) > SCRATCH_KEPT
-                or sum(w.nbytes + g.nbytes for w, g in _scratch_buffers.values())
-                > SCRATCH_KEPT_BYTES
+                len(kept) > SCRATCH_KEPT
+                or sum(w.nbytes + g.nbytes for w, g in kept.values()) > SCRATCH_KEPT_BYTES
             ):
-                del _scratch_buffers[next(iter(_scratch_buffers))]
+                del kept[next(iter(kept))]
     return buffers
 
 

@@ -406,4 +406,4 @@ def group_pass(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "3f7238dd69e74a9c4889207ff2af46fcdf46495535eb98aa4fc4719461dc1644"
+SOURCES_DIGEST = "d46f80e06b95831d8d24dcd2568e557432bb62e175ca22c8b641ceb3c0040477"
