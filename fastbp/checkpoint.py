@@ -80,27 +80,43 @@ def identity(net, data: dict, settings: dict) -> dict[str, str]:
     return entries
 
 
-def run(net, path, epochs, train, *, data, settings, every=None, seconds=None):
+def run(
+    net, path, epochs, train, *, data, settings, every=None, seconds=None, writer=True, comm=None
+):
     """Train ``net`` for ``epochs`` epochs by ``train(first, count)`` (which trains epochs
     ``first .. first + count - 1`` and returns their losses), resuming from the checkpoint
     at ``path`` if it holds this run, and writing one every ``every`` epochs or
-    ``seconds`` seconds and at the end. Returns the losses of all ``epochs`` epochs."""
-    path = check.file_path(path, "checkpoint")
-    if every is not None:
-        every = check.positive_int(every, "checkpoint_every")
-    if seconds is not None:
-        seconds = check.positive_float(seconds, "checkpoint_seconds")
-    if every is None and seconds is None:
-        every = 1
-    run_identity = identity(net, data, settings)
-    saved = read(path, run_identity)
-    history = np.zeros(0)
-    if saved is not None:
-        if saved["epochs_done"] > epochs:
+    ``seconds`` seconds and at the end. Returns the losses of all ``epochs`` epochs.
+
+    Over MPI (``comm``), every process reads the checkpoint and only the ``writer``
+    writes it; a checkpoint refused by one process is refused by all."""
+    try:
+        path = check.file_path(path, "checkpoint")
+        if every is not None:
+            every = check.positive_int(every, "checkpoint_every")
+        if seconds is not None:
+            seconds = check.positive_float(seconds, "checkpoint_seconds")
+        run_identity = identity(net, data, settings)
+        saved = read(path, run_identity)
+        if saved is not None and saved["epochs_done"] > epochs:
             raise ValueError(
                 f"checkpoint {path} holds {saved['epochs_done']} epochs of this run; this fit "
                 f"asks for {epochs} (ask for at least {saved['epochs_done']})"
             )
+    except Exception as error:
+        if comm is not None:
+            from .distributed import agree
+
+            agree(comm, error)
+        raise
+    if comm is not None:
+        from .distributed import agree
+
+        agree(comm, None)  # every process has read it before any writes again
+    if every is None and seconds is None:
+        every = 1
+    history = np.zeros(0)
+    if saved is not None:
         _restore(net, saved)
         history = saved["history"]
     done = history.shape[0]
@@ -120,7 +136,7 @@ def run(net, path, epochs, train, *, data, settings, every=None, seconds=None):
         due = every is not None and done % every == 0
         if seconds is not None and time.monotonic() - last_write >= seconds:
             due = True
-        if due or done == epochs:
+        if writer and (due or done == epochs):
             write(path, net, np.concatenate(blocks), run_identity)
             last_write = time.monotonic()
     return np.concatenate(blocks)

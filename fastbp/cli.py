@@ -19,6 +19,7 @@ SIGTERM); ``EXIT_STATUS`` below is what ``--help`` shows.
 """
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -569,7 +570,38 @@ def _speedup(est, X, y, args, repeats=5):
     return n, float(np.median(times[:, 0]) / np.median(times[:, 1]))
 
 
+#: Variables that MPI launchers (MPICH's and Open MPI's mpiexec, Slurm's srun) set to
+#: the number of processes.
+_MPI_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS")
+
+
+def _mpi_world():
+    """MPI's world communicator when ``mpiexec`` started several processes, else None."""
+    sizes = [os.environ.get(name, "") for name in _MPI_SIZE_VARIABLES]
+    if not any(size.isdigit() and int(size) > 1 for size in sizes):
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise CommandError(
+            'started by mpiexec, but mpi4py is missing: pip install "fastbp[mpi]"'
+        ) from None
+    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+
+
 def train_command(args):
+    args.comm = _mpi_world()
+    args.checkpoint_writer = args.comm is None or args.comm.Get_rank() == 0
+    if not args.checkpoint_writer:
+        # Every process trains alike; process 0 alone prints and writes files.
+        args.out = args.plot = None
+        args.no_progress, args.compare_numpy = True, False
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            return _train(args)
+    return _train(args)
+
+
+def _train(args):
     if args.plot:
         import matplotlib  # noqa: F401  (fail before training, not after)
     _check_outputs(
@@ -663,7 +695,7 @@ def train_command(args):
         warnings.filterwarnings("ignore", message="Training interrupted by user")
         try:
             if args.solver == "lbfgs":
-                est.fit(X_train, y_train)
+                est.fit(X_train, y_train, comm=args.comm)
             else:
                 _run_epochs(
                     est,
@@ -744,9 +776,9 @@ def _run_epochs(est, args, task, classes, data, curves, finished, stopper, start
             if stopper.requested:
                 break
             if task == "classify":
-                est.partial_fit(X_train, y_train, classes=classes)
+                est.partial_fit(X_train, y_train, classes=classes, comm=args.comm)
             else:
-                est.partial_fit(X_train, y_train)
+                est.partial_fit(X_train, y_train, comm=args.comm)
             if stopper.forced:
                 break  # interrupted within the epoch: it did not finish
             epochs_done = (finished.state[0] if finished.state else 0) + 1
@@ -758,8 +790,10 @@ def _run_epochs(est, args, task, classes, data, curves, finished, stopper, start
             curves["train"].append(est.loss_)
             if X_val is not None:
                 curves["validation"].append(est.validation_loss(X_val, y_val))
-            if args.checkpoint and (
-                epochs_done % args.checkpoint_every == 0 or epochs_done == args.epochs
+            if (
+                args.checkpoint
+                and args.checkpoint_writer
+                and (epochs_done % args.checkpoint_every == 0 or epochs_done == args.epochs)
             ):
                 _write_checkpoint(est, args, data, curves, epochs_done)
                 written = epochs_done
@@ -771,7 +805,12 @@ def _run_epochs(est, args, task, classes, data, curves, finished, stopper, start
                 postfix["samples/s"] = f"{(epochs_done - done) * len(y_train) / elapsed:,.0f}"
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
-        if args.checkpoint and finished.state and written < finished.state[0]:
+        if (
+            args.checkpoint
+            and args.checkpoint_writer
+            and finished.state
+            and written < finished.state[0]
+        ):
             _write_checkpoint(est, args, data, curves, finished.state[0])  # stopped early
     finally:
         if bar is not None:

@@ -366,18 +366,44 @@ class _BaseMLP(BaseEstimator):
             net, optimizer = engine
             net.load_optimizer_state(optimizer)
 
-    def _fit(self, X, y, sample_weight=None, incremental=False, classes=None, validation=None):
+    def _fit(
+        self, X, y, sample_weight=None, incremental=False, classes=None, validation=None, comm=None
+    ):
+        if comm is not None:
+            from .distributed import ranks
+
+            ranks(comm)  # a communicator refused alike in every process
         hidden, dtype = self._check_params()
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         snapshot = self._snapshot()
+        # Until every process has checked its data, an error is reported to all of them.
+        self._comm, self._agreed = comm, comm is None
         try:
             return self._fit_checked(
                 X, y, sample_weight, incremental, classes, hidden, dtype, validation
             )
-        except BaseException:
-            self._restore(snapshot)
+        except BaseException as error:
+            try:
+                if not self._agreed and isinstance(error, Exception):
+                    from .distributed import agree
+
+                    agree(comm, error)
+            finally:
+                self._restore(snapshot)
             raise
+        finally:
+            self.__dict__.pop("_comm", None)
+            self.__dict__.pop("_agreed", None)
+
+    def _data_agreed(self):
+        """Over MPI, wait until every process has checked its data (raising if one refused
+        it); from here on all processes train alike."""
+        if not self._agreed:
+            from .distributed import agree
+
+            agree(self._comm, None)
+            self._agreed = True
 
     def _fit_checked(self, X, y, sample_weight, incremental, classes, hidden, dtype, validation):
         if incremental:
@@ -561,6 +587,7 @@ class _BaseMLP(BaseEstimator):
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
         # Checked once here, not by every epoch's call.
         X_fit, Y_fit, sw_fit = self._engine_data(net, X_train, y_train, sw_train)
+        self._data_agreed()
         sample_idx = np.arange(n_samples, dtype=np.int64)
         optimizer = self.engine_optimizer()
         try:
@@ -594,6 +621,7 @@ class _BaseMLP(BaseEstimator):
                             epsilon=self.epsilon,
                             l2=self.alpha,
                             check_input=False,
+                            comm=self._comm,
                         )
                     except FloatingPointError as error:
                         if not early_stopping:
@@ -740,6 +768,8 @@ class _BaseMLP(BaseEstimator):
         with loss and gradient from the compiled engine."""
         # Checked once here, not by each of L-BFGS-B's calls.
         X, targets, sample_weight = self._engine_data(net, X, y, sample_weight)
+        self._data_agreed()
+        comm = self._comm
         shapes = [c.shape for c in self.coefs_]
         bounds = np.cumsum([0] + [a * b for a, b in shapes] + [b for _, b in shapes])
         n_layers = len(shapes)
@@ -754,7 +784,7 @@ class _BaseMLP(BaseEstimator):
         def loss_and_gradient(packed):
             unpack(packed)
             loss, dWs, dbs = net.gradients(
-                X, targets, sample_weight=sample_weight, l2=self.alpha, check_input=False
+                X, targets, sample_weight=sample_weight, l2=self.alpha, check_input=False, comm=comm
             )
             if self.out_activation_ == "identity" and n_out > 1:
                 # scikit-learn reports the squared error averaged over the outputs while
@@ -1224,20 +1254,35 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             prob = prob.ravel()
         return binarizer.inverse_transform(prob)
 
-    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None):
+    def fit(
+        self,
+        X,
+        y,
+        sample_weight=None,
+        *,
+        X_val=None,
+        y_val=None,
+        sample_weight_val=None,
+        comm=None,
+    ):
         """Train on ``X`` ``(n_samples, n_features)`` and labels ``y`` ``(n_samples,)``
         (or a 0/1 indicator matrix ``(n_samples, n_labels)`` for multi-label), each
         sample weighted by ``sample_weight`` ``(n_samples,)``. With ``early_stopping``,
         ``X_val``, ``y_val`` (and ``sample_weight_val``) are the held-out data in place
-        of the ``validation_fraction`` split, as in HistGradientBoosting. Returns self."""
+        of the ``validation_fraction`` split, as in HistGradientBoosting. ``comm`` trains
+        over MPI as ``fastbp.MLP.fit`` does: every process calls ``fit`` with the same
+        arguments and ends with the same model, that of one process. Returns self."""
         validation = (X_val, y_val, sample_weight_val)
-        return self._fit(X, y, sample_weight, incremental=False, validation=validation)
+        return self._fit(X, y, sample_weight, incremental=False, validation=validation, comm=comm)
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X, y, sample_weight=None, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None, *, comm=None):
         """One epoch over ``X``, ``y``, continuing the optimizer's state; ``classes``
-        (every label the model will see) is required on the first call. Returns self."""
-        return self._fit(X, y, sample_weight=sample_weight, incremental=True, classes=classes)
+        (every label the model will see) is required on the first call; ``comm`` as in
+        ``fit``. Returns self."""
+        return self._fit(
+            X, y, sample_weight=sample_weight, incremental=True, classes=classes, comm=comm
+        )
 
     def predict(self, X):
         """Class labels ``(n_samples,)``, or an indicator matrix for multi-label."""
@@ -1402,19 +1447,32 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         scores[(numerator != 0) & (denominator == 0)] = 0.0
         return float(np.average(scores))
 
-    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None):
+    def fit(
+        self,
+        X,
+        y,
+        sample_weight=None,
+        *,
+        X_val=None,
+        y_val=None,
+        sample_weight_val=None,
+        comm=None,
+    ):
         """Train on ``X`` ``(n_samples, n_features)`` and targets ``y`` ``(n_samples,)``
         or ``(n_samples, n_targets)``, each sample weighted by ``sample_weight``
         ``(n_samples,)``. With ``early_stopping``, ``X_val``, ``y_val`` (and
         ``sample_weight_val``) are the held-out data in place of the
-        ``validation_fraction`` split, as in HistGradientBoosting. Returns self."""
+        ``validation_fraction`` split, as in HistGradientBoosting. ``comm`` trains over
+        MPI as ``fastbp.MLP.fit`` does: every process calls ``fit`` with the same
+        arguments and ends with the same model, that of one process. Returns self."""
         validation = (X_val, y_val, sample_weight_val)
-        return self._fit(X, y, sample_weight, incremental=False, validation=validation)
+        return self._fit(X, y, sample_weight, incremental=False, validation=validation, comm=comm)
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X, y, sample_weight=None):
-        """One epoch over ``X``, ``y``, continuing the optimizer's state. Returns self."""
-        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+    def partial_fit(self, X, y, sample_weight=None, *, comm=None):
+        """One epoch over ``X``, ``y``, continuing the optimizer's state; ``comm`` as in
+        ``fit``. Returns self."""
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True, comm=comm)
 
     def predict(self, X):
         """Predictions ``(n_samples,)``, or ``(n_samples, n_targets)`` for several targets."""

@@ -46,6 +46,14 @@ def _architecture(sizes, activations, bias):
 
 
 @functools.cache
+def _distributed():
+    """``fastbp.distributed``, imported when a call first gets a ``comm``."""
+    from . import distributed
+
+    return distributed
+
+
+@functools.cache
 def _compiled():
     """``fastbp._engine``'s compiled helpers, imported on first use: numba loads with the
     first network, not with ``import fastbp``."""
@@ -270,7 +278,7 @@ class MLP:
         Y, labels = check.targets(Y, X.shape[0], self.layer_sizes[-1], self.loss_name, self.dtype)
         return X, Y, labels, check.sample_weights(sample_weight, X.shape[0])
 
-    def _gradient(self, X, Y, labels, sample_weight, l2):
+    def _gradient(self, X, Y, labels, sample_weight, l2, ranks=(0, 1)):
         """Loss and flat gradient of the whole data set as one batch."""
         self._check_finite_params()
         grad = np.empty_like(self._params)
@@ -290,6 +298,7 @@ class MLP:
                 hyper=Hyperparameters(l2=l2),
                 history=history,
                 out=grad,
+                ranks=ranks,
             )
         )
         return float(history[0]), grad
@@ -302,12 +311,12 @@ class MLP:
         sample_weight: ArrayLike | None = None,
         l2: float = 0.0,
         check_input: bool = True,
+        comm=None,
     ) -> float:
         """Loss of the whole data set, reduced over samples as ``reduction`` says; ``l2``
-        adds ``0.5 * l2 * sum(W**2)`` divided like the data term. ``check_input`` as in
-        ``fit``."""
-        l2 = check.positive_float(l2, "l2", allow_zero=True)
-        return self._gradient(*self._data(X, Y, sample_weight, check_input), l2)[0]
+        adds ``0.5 * l2 * sum(W**2)`` divided like the data term. ``check_input`` and
+        ``comm`` as in ``fit``."""
+        return self._whole_batch(X, Y, sample_weight, l2, check_input, comm)[0]
 
     def gradients(
         self,
@@ -317,13 +326,34 @@ class MLP:
         sample_weight: ArrayLike | None = None,
         l2: float = 0.0,
         check_input: bool = True,
+        comm=None,
     ) -> tuple[float, list[NDArray], list[NDArray] | None]:
         """``(loss, dWs, dbs)`` of the whole data set as one batch; parameters unchanged.
-        ``dbs`` is None for a network without biases. ``check_input`` as in ``fit``."""
-        l2 = check.positive_float(l2, "l2", allow_zero=True)
-        value, grad = self._gradient(*self._data(X, Y, sample_weight, check_input), l2)
+        ``dbs`` is None for a network without biases. ``check_input`` and ``comm`` as in
+        ``fit``."""
+        value, grad = self._whole_batch(X, Y, sample_weight, l2, check_input, comm)
         biases = _layout.bias_views(grad, self._layout)
         return value, _layout.weight_views(grad, self._layout), biases
+
+    def _ranks(self, comm):
+        """``(rank, size)`` of a checked ``comm``."""
+        if self.device != "cpu":
+            raise ValueError("comm: training over MPI runs on device='cpu' only")
+        return _distributed().ranks(comm)
+
+    def _whole_batch(self, X, Y, sample_weight, l2, check_input, comm):
+        """``(loss, flat gradient)`` of ``loss`` and ``gradients``, checked first."""
+        ranks = (0, 1) if comm is None else self._ranks(comm)
+        try:
+            l2 = check.positive_float(l2, "l2", allow_zero=True)
+            data = self._data(X, Y, sample_weight, check_input)
+        except Exception as error:
+            if comm is not None:
+                _distributed().agree(comm, error)
+            raise
+        if comm is not None:
+            _distributed().agree(comm, None)
+        return self._gradient(*data, l2, ranks)
 
     # ---------------------------------------------------------------- training
 
@@ -348,6 +378,7 @@ class MLP:
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
         checkpoint_seconds: float | None = None,
+        comm=None,
     ) -> NDArray[np.float64]:
         """Train in place; returns the loss of every epoch (the mean, or with
         ``reduction="sum"`` the sum, over the epoch's samples, each measured before the
@@ -382,7 +413,70 @@ class MLP:
         (network and its state at the start, data, settings), ``fit`` resumes from it and
         returns what an uninterrupted run returns, to the bit; a checkpoint of another run,
         or any other file, is refused with an error that says what differs.
+
+        ``comm`` (mpi4py's ``MPI.COMM_WORLD``, with ``pip install "fastbp[mpi]"``) trains
+        over all of MPI's processes: each calls ``fit`` with the same arguments, computes a
+        share of every batch (reading only its rows) and ends with the parameters, to the
+        bit, of this fit in one process (``fastbp.distributed``). Input refused in one
+        process raises in all. With ``checkpoint``, process 0 writes it and all resume.
         """
+        ranks = (0, 1) if comm is None else self._ranks(comm)
+        try:
+            checked = self._fit_arguments(
+                X, Y, epochs, lr, batch_size, shuffle, optimizer, momentum, beta1, beta2,
+                epsilon, l2, sample_weight, order, check_input,
+            )  # fmt: skip
+        except Exception as error:
+            if comm is not None:
+                _distributed().agree(comm, error)
+            raise
+        if comm is not None:
+            _distributed().agree(comm, None)
+        data, order, batch_size, hyper = checked
+        if checkpoint is None:
+            return self._train(data, order, epochs, batch_size, shuffle, optimizer, hyper, ranks)
+        from . import checkpoint as checkpoints
+
+        n = data[0].shape[0]
+
+        def train(first, count):
+            if order is not None and order.shape[0] > n:  # one permutation per epoch
+                block = order[first * n : (first + count) * n]
+            else:
+                block = order
+            return self._train(
+                data, block, count, batch_size, shuffle, optimizer, hyper, ranks, first, epochs
+            )
+
+        X, Y, labels, sample_weight = data
+        return checkpoints.run(
+            self,
+            checkpoint,
+            epochs,
+            train,
+            data={"X": X, "Y": Y, "labels": labels, "sample_weight": sample_weight, "order": order},
+            settings=dict(
+                batch_size=batch_size,
+                shuffle=shuffle,
+                optimizer=optimizer,
+                lr=lr,
+                momentum=momentum,
+                beta1=beta1,
+                beta2=beta2,
+                epsilon=epsilon,
+                l2=l2,
+            ),
+            every=checkpoint_every,
+            seconds=checkpoint_seconds,
+            writer=ranks[0] == 0,
+            comm=comm,
+        )
+
+    def _fit_arguments(
+        self, X, Y, epochs, lr, batch_size, shuffle, optimizer, momentum, beta1, beta2,
+        epsilon, l2, sample_weight, order, check_input,
+    ):  # fmt: skip
+        """``fit``'s arguments checked: ``(data, order, batch_size, hyperparameters)``."""
         if check_input:
             epochs = check.positive_int(epochs, "epochs")
             lr = check.positive_float(lr, "lr")
@@ -407,43 +501,20 @@ class MLP:
         n = X.shape[0]
         batch_size = n if batch_size is None else min(batch_size, n)
         hyper = Hyperparameters(lr, momentum, beta1, beta2, epsilon, l2)
-        data = (X, Y, labels, sample_weight)
-        if checkpoint is None:
-            return self._train(data, order, epochs, batch_size, shuffle, optimizer, hyper)
-        from . import checkpoint as checkpoints
-
-        def train(first, count):
-            if order is not None and order.shape[0] > n:  # one permutation per epoch
-                block = order[first * n : (first + count) * n]
-            else:
-                block = order
-            return self._train(
-                data, block, count, batch_size, shuffle, optimizer, hyper, first, epochs
-            )
-
-        return checkpoints.run(
-            self,
-            checkpoint,
-            epochs,
-            train,
-            data={"X": X, "Y": Y, "labels": labels, "sample_weight": sample_weight, "order": order},
-            settings=dict(
-                batch_size=batch_size,
-                shuffle=shuffle,
-                optimizer=optimizer,
-                lr=lr,
-                momentum=momentum,
-                beta1=beta1,
-                beta2=beta2,
-                epsilon=epsilon,
-                l2=l2,
-            ),
-            every=checkpoint_every,
-            seconds=checkpoint_seconds,
-        )
+        return (X, Y, labels, sample_weight), order, batch_size, hyper
 
     def _train(
-        self, data, order, epochs, batch_size, shuffle, optimizer, hyper, first=0, total=None
+        self,
+        data,
+        order,
+        epochs,
+        batch_size,
+        shuffle,
+        optimizer,
+        hyper,
+        ranks=(0, 1),
+        first=0,
+        total=None,
     ):
         """Train checked ``data`` for ``epochs`` epochs; errors count epochs from ``first``
         of ``total``, for runs trained in blocks."""
@@ -477,6 +548,7 @@ class MLP:
                 hyper=hyper,
                 state=self._state,
                 history=history,
+                ranks=ranks,
             )
         )
         if failed >= 0:

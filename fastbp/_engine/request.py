@@ -104,3 +104,6 @@ class Request(NamedTuple):
     history: np.ndarray | None = None
     #: GRADIENT: the flat gradient, shaped like ``params``; FORWARD: ``(n, n_out)``.
     out: np.ndarray | None = None
+    #: ``(rank, size)``: this process's rank among ``size`` processes that run the same
+    #: request over MPI, each computing a share of every batch; ``(0, 1)`` alone.
+    ranks: tuple = (0, 1)

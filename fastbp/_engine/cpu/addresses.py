@@ -23,6 +23,14 @@ def signature_code(argtypes):
     return zlib.crc32(repr(tuple(argtypes)).encode())
 
 
+class Named:
+    """Stands in for a dispatcher that is not imported where its caller is compiled (the
+    MPI exchange, whose module needs MPI): only its name and return type are needed."""
+
+    def __init__(self, name):
+        self.__name__ = name
+
+
 def caller_of(dispatcher, call=True, returns=None):
     """An intrinsic ``(at, args)``: calls ``dispatcher``'s compiled code at ``at[0]`` with
     the tuple ``args``. ``at[1]`` must be ``signature_code`` of the types of ``args``;

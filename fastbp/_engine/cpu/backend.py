@@ -5,6 +5,7 @@ Chunks fix the order in which gradients are summed, so every choice here depends
 network, its dtype and the batch size alone, never on the thread count.
 """
 
+import ctypes
 import threading
 import time
 
@@ -68,11 +69,12 @@ def _run_with_plan(request, plan):
     hyper_array[H_BETA1], hyper_array[H_BETA2] = hyper.beta1, hyper.beta2
     hyper_array[H_EPSILON], hyper_array[H_L2] = hyper.epsilon, hyper.l2
     with blas_threads.one_blas_thread() if plan.uses_blas else blas_threads.NO_LIMIT:
+        # The request's arrays stay referenced meanwhile: the aliases hold no reference.
         return _run_planned(
-            _read_only(request.X),
-            _read_only(request.Y),
-            _read_only(request.labels),
-            _read_only(request.sample_weight),
+            _writeable_typed(request.X),
+            _writeable_typed(request.Y),
+            _writeable_typed(request.labels),
+            _writeable_typed(request.sample_weight),
             np.arange(n) if request.order is None else request.order,
             params,
             request.layout,
@@ -98,15 +100,20 @@ def _run_with_plan(request, plan):
             history,
             out_grad,
             out,
+            request.ranks,
         )
 
 
-def _read_only(array):
-    """A read-only view of ``array``: the kernels only read the data, and one array type
-    for it compiles them once for data in memory and read-only memory maps alike."""
-    view = array.view()
-    view.flags.writeable = False
-    return view
+def _writeable_typed(array):
+    """``array``, or for a read-only one (a memory map opened with ``mmap_mode="r"``) an
+    alias of its memory that numba types as writeable. The kernels compile once for both,
+    and nothing is copied: typed read-only, the data compiled the products a second and
+    third time (5 s more of a cold start). The kernels never write their data; a write
+    through the alias would fault on a read-only map rather than change the file."""
+    if array.flags.writeable or array.size == 0:
+        return array
+    memory = (ctypes.c_char * array.nbytes).from_address(array.ctypes.data)
+    return np.frombuffer(memory, array.dtype).reshape(array.shape)
 
 
 def _run_planned(
@@ -139,6 +146,7 @@ def _run_planned(
     history,
     out_grad,
     out,
+    ranks=(0, 1),
 ):
     """``run`` on its arguments as ``compiled_run`` takes them. Trains tiny networks in
     ``tiny_run``; otherwise finds ``group_pass``, and ``parallel_groups`` and
@@ -221,6 +229,17 @@ def _run_planned(
         # for 2,000 rows of a 64-100-10 network cost more than the pass (1.30 -> 0.55 ms).
         groups, n_grad = min(groups, get_num_threads()), 0
     work, grads = _scratch(params.dtype, groups, work_size, n_grad)
+    rank, size = ranks
+    exchange_at, send, send_loss = NOT_COMPILED, _NO_SEND.get(params.dtype), _NO_SEND_LOSS
+    if send is None:
+        send = _NO_SEND[params.dtype] = np.zeros(0, params.dtype)
+    if size > 1 and out.shape[0] == 0:
+        # Room for every process's share of the largest batch's groups (the last share
+        # may be short), and the exchange compiled for these types.
+        share = -(-groups // size)
+        grads = np.zeros((share * size, n_grad), params.dtype)
+        send, send_loss = np.zeros(share * n_grad, params.dtype), np.zeros(share)
+        exchange_at = _exchange_at(grads, send, send_loss)
     arguments = [
         X,
         Y,
@@ -254,14 +273,36 @@ def _run_planned(
         group_pass_at,
         parallel_groups_at,
         parallel_update_at,
+        np.array(ranks, np.int64),
+        exchange_at,
+        send,
+        send_loss,
     ]
     if helper is not None:
         # compiled_run compiles here while the helper compiles group_pass, then
         # group_pass loads from numba's cache (or compiles here if the helper failed).
         compiled_run.compile(tuple(compiled_run.typeof_pyval(value) for value in arguments))
         helper.wait()
-        arguments[-3] = _group_pass_at[key] = address_of(group_pass, group_pass_types)
+        arguments[_GROUP_PASS_AT] = _group_pass_at[key] = address_of(group_pass, group_pass_types)
     return compiled_run(*arguments)
+
+
+#: Where ``group_pass_at`` stands among ``compiled_run``'s arguments.
+_GROUP_PASS_AT = -7
+#: The empty exchange buffers of runs in one process.
+_NO_SEND = {}
+_NO_SEND_LOSS = np.zeros(0)
+
+
+def _exchange_at(grads, send, send_loss):
+    """The address of ``exchange.exchange_groups`` for these buffers (imported here: it
+    needs MPI)."""
+    from . import exchange
+
+    argtypes = tuple(
+        typeof(value) for value in (grads.reshape(-1), np.zeros(1), send, send_loss, 0, 0, 0)
+    )
+    return address_of(exchange.exchange_groups, argtypes)
 
 
 #: The groups' work and gradient buffers of recent runs, by dtype and shape, kept for the

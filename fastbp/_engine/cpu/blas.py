@@ -201,4 +201,4 @@ def transpose_weights(params, wt, layout, reads):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "d46f80e06b95831d8d24dcd2568e557432bb62e175ca22c8b641ceb3c0040477"
+SOURCES_DIGEST = "78e062c33f3b114ef5a669854a04dd892dce89b5b026a02d8e69e0e5e05a5cc0"

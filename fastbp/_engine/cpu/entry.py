@@ -7,7 +7,7 @@ from numba import prange, types
 from ..codes import H_L2
 from ..shuffle import shuffle_order
 from ..sources import njit
-from .addresses import caller_of
+from .addresses import Named, caller_of
 from .blas import reads_transposed, transpose_weights
 from .compile_options import PRANGE_ONLY
 from .elementwise import prefetch_samples
@@ -114,6 +114,8 @@ def parallel_groups(
 
 
 call_parallel_groups = caller_of(parallel_groups, returns=types.none)
+# ``exchange.exchange_groups``: compiled, with MPI, only for runs over several processes.
+call_exchange = caller_of(Named("exchange_groups"), returns=types.none)
 call_parallel_update = caller_of(parallel_update, returns=types.none)
 
 
@@ -151,6 +153,10 @@ def compiled_run(
     group_pass_at,
     parallel_groups_at,
     parallel_update_at,
+    ranks,
+    exchange_at,
+    send,
+    send_loss,
 ):
     """``run``'s compiled body; ``group_pass_at``, ``parallel_groups_at`` and
     ``parallel_update_at`` are ``(address, signature_code)`` of ``group_pass``,
@@ -173,6 +179,13 @@ def compiled_run(
     there and its loss to ``history[0]``. With a non-empty ``out`` only the forward pass of
     the first batch runs, its output activations going to ``out``.
 
+    Over several processes (``ranks``: this one's rank and their number, ``[0, 1]``
+    alone), each process computes a contiguous share of every batch's chunk groups and
+    ``exchange_at`` (``exchange.exchange_groups``) gathers all groups' gradients and
+    losses into ``grads`` and the group losses through ``send`` and ``send_loss``; every
+    process then sums them in the one fixed order, so all end with the bits of one
+    process. Batches of ``sample_pass`` and forward passes run whole in every process.
+
     One entry point serves all three because each compiled function that reaches the
     chunk loops costs seconds of compilation. ``blas`` says which layers multiply through
     BLAS (``plan.work_plan``)."""
@@ -186,7 +199,9 @@ def compiled_run(
     wt = np.empty_like(params)
     transpose_weights(params, wt, layout, reads_wt)
     most_groups = work.shape[0]
-    group_loss = np.zeros(most_groups)
+    group_loss = np.zeros(most_groups + ranks[1])  # room for every process's share
+    grads_flat = grads.reshape(grads.size)
+    distributed = ranks[1] > 1 and out.shape[0] == 0
     first_work, first_grad = work[0], grads[0]  # views made once: each costs atomics
     x_flat = X.reshape(X.size)  # a view: X is C-contiguous
     far_data = X.nbytes >= PREFETCH_MIN_BYTES
@@ -239,7 +254,7 @@ def compiled_run(
                     offs,
                     first_grad,
                 )
-            elif n_groups > 1 and size * 3 * n_params >= parallel_min_macs:
+            elif n_groups > 1 and size * 3 * n_params >= parallel_min_macs and not distributed:
                 call_parallel_groups(
                     parallel_groups_at,
                     (
@@ -269,7 +284,11 @@ def compiled_run(
                     ),
                 )
             else:
-                for g in range(n_groups):
+                share, first = n_groups, 0
+                if distributed:
+                    share = (n_groups + ranks[1] - 1) // ranks[1]
+                    first = min(ranks[0] * share, n_groups)
+                for g in range(first, min(first + share, n_groups)):
                     group_loss[g] = call_group_pass(
                         group_pass_at,
                         (
@@ -296,6 +315,11 @@ def compiled_run(
                             grads[g],
                             out,
                         ),
+                    )
+                if distributed:
+                    call_exchange(
+                        exchange_at,
+                        (grads_flat, group_loss, send, send_loss, n_groups, share, n_params),
                     )
             if out.shape[0] > 0:
                 return -1
@@ -388,4 +412,4 @@ def compiled_run(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "d46f80e06b95831d8d24dcd2568e557432bb62e175ca22c8b641ceb3c0040477"
+SOURCES_DIGEST = "78e062c33f3b114ef5a669854a04dd892dce89b5b026a02d8e69e0e5e05a5cc0"
