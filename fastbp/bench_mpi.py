@@ -100,13 +100,14 @@ def _run(command, env):
 
 
 def model(row, dtype, step_seconds_one, network):
-    """Largest process count (up to 1024) at ``EFFICIENCY`` of ideal on ``network``:
-    each process computes ``ceil(G / p)`` of a step's ``G`` chunk groups, then an
-    allgather ring moves ``(p - 1) / p`` of all groups' gradients to each process."""
+    """Largest process count at ``EFFICIENCY`` of ideal on ``network``: each process
+    computes ``ceil(G / p)`` of a step's ``G`` chunk groups, then an allgather ring
+    moves ``(p - 1) / p`` of all groups' gradients to each process. More than ``G``
+    processes would only wait."""
     bandwidth, latency = NETWORKS[network]
     groups, group_bytes = groups_and_bytes(row, dtype)
     best = 1
-    for p in range(2, 1025):
+    for p in range(2, groups + 1):
         share = -(-groups // p)
         compute = step_seconds_one * share / groups
         exchange = (p - 1) * latency + (p - 1) * share * group_bytes * 8 / bandwidth
