@@ -90,29 +90,28 @@ def run(
 
     Over MPI (``comm``), every process reads the checkpoint and only the ``writer``
     writes it; a checkpoint refused by one process is refused by all."""
-    try:
-        path = check.file_path(path, "checkpoint")
-        if every is not None:
-            every = check.positive_int(every, "checkpoint_every")
-        if seconds is not None:
-            seconds = check.positive_float(seconds, "checkpoint_seconds")
+
+    def checked():
+        checked_path = check.file_path(path, "checkpoint")
+        checked_every = None if every is None else check.positive_int(every, "checkpoint_every")
+        checked_seconds = (
+            None if seconds is None else check.positive_float(seconds, "checkpoint_seconds")
+        )
         run_identity = identity(net, data, settings)
-        saved = read(path, run_identity)
+        saved = read(checked_path, run_identity)
         if saved is not None and saved["epochs_done"] > epochs:
             raise ValueError(
-                f"checkpoint {path} holds {saved['epochs_done']} epochs of this run; this fit "
-                f"asks for {epochs} (ask for at least {saved['epochs_done']})"
+                f"checkpoint {checked_path} holds {saved['epochs_done']} epochs of this run; "
+                f"this fit asks for {epochs} (ask for at least {saved['epochs_done']})"
             )
-    except Exception as error:
-        if comm is not None:
-            from .distributed import agree
+        return checked_path, checked_every, checked_seconds, run_identity, saved
 
-            agree(comm, error)
-        raise
-    if comm is not None:
-        from .distributed import agree
+    if comm is None:
+        path, every, seconds, run_identity, saved = checked()
+    else:  # every process has read it before any writes again
+        from .distributed import checked_everywhere
 
-        agree(comm, None)  # every process has read it before any writes again
+        path, every, seconds, run_identity, saved = checked_everywhere(comm, checked)
     if every is None and seconds is None:
         every = 1
     history = np.zeros(0)

@@ -44,3 +44,15 @@ def agree(comm, error: BaseException | None) -> None:
         raise error
     rank, message = refused[0]
     raise ValueError(f"process {rank} of {len(messages)} refused its input: {message}")
+
+
+def checked_everywhere(comm, check):
+    """``check()``'s result, once every process has run its own; if it raised in any
+    process, it raises in all (``agree``)."""
+    try:
+        result = check()
+    except Exception as error:
+        agree(comm, error)
+        raise
+    agree(comm, None)
+    return result

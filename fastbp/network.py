@@ -53,6 +53,11 @@ def _distributed():
     return distributed
 
 
+def _checked(comm, check):
+    """``check()``; over MPI, an error in one process raises in all (``fastbp.distributed``)."""
+    return check() if comm is None else _distributed().checked_everywhere(comm, check)
+
+
 @functools.cache
 def _compiled():
     """``fastbp._engine``'s compiled helpers, imported on first use: numba loads with the
@@ -344,15 +349,13 @@ class MLP:
     def _whole_batch(self, X, Y, sample_weight, l2, check_input, comm):
         """``(loss, flat gradient)`` of ``loss`` and ``gradients``, checked first."""
         ranks = (0, 1) if comm is None else self._ranks(comm)
-        try:
-            l2 = check.positive_float(l2, "l2", allow_zero=True)
-            data = self._data(X, Y, sample_weight, check_input)
-        except Exception as error:
-            if comm is not None:
-                _distributed().agree(comm, error)
-            raise
-        if comm is not None:
-            _distributed().agree(comm, None)
+
+        def checked():
+            return check.positive_float(l2, "l2", allow_zero=True), self._data(
+                X, Y, sample_weight, check_input
+            )
+
+        l2, data = _checked(comm, checked)
         return self._gradient(*data, l2, ranks)
 
     # ---------------------------------------------------------------- training
@@ -421,18 +424,13 @@ class MLP:
         process raises in all. With ``checkpoint``, process 0 writes it and all resume.
         """
         ranks = (0, 1) if comm is None else self._ranks(comm)
-        try:
-            checked = self._fit_arguments(
+        data, order, batch_size, hyper = _checked(
+            comm,
+            lambda: self._fit_arguments(
                 X, Y, epochs, lr, batch_size, shuffle, optimizer, momentum, beta1, beta2,
                 epsilon, l2, sample_weight, order, check_input,
-            )  # fmt: skip
-        except Exception as error:
-            if comm is not None:
-                _distributed().agree(comm, error)
-            raise
-        if comm is not None:
-            _distributed().agree(comm, None)
-        data, order, batch_size, hyper = checked
+            ),
+        )  # fmt: skip
         if checkpoint is None:
             return self._train(data, order, epochs, batch_size, shuffle, optimizer, hyper, ranks)
         from . import checkpoint as checkpoints
