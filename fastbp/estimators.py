@@ -19,9 +19,12 @@ scikit-learn; the parameter can force either),
 data of the caller's choice), ``validation_loss_curve_``, ``learning_rate_`` and
 ``optimizer_state()`` (what scikit-learn keeps in its private ``_optimizer``).
 
-Known differences: input must be dense (sparse matrices are refused); ``momentum`` must
-be below 1; ``MLPRegressor(loss="poisson")`` refuses negative targets (scikit-learn
-trains on them with a NaN loss). With
+Sparse input: CSR and CSC matrices and arrays (others are converted to CSR, as
+scikit-learn does) train and predict without being densified: the first layer multiplies
+the stored entries (``fastbp.MLP``; CSC becomes CSR once, on the CPU only).
+
+Known differences: ``momentum`` must be below 1; ``MLPRegressor(loss="poisson")``
+refuses negative targets (scikit-learn trains on them with a NaN loss). With
 ``sample_weight``, ``loss_`` and ``loss_curve_`` average the per-sample losses with the
 weights (scikit-learn weights each batch's loss by its number of samples); for several
 regression outputs, ``loss_curve_`` sums half squared errors over the outputs (the loss
@@ -51,7 +54,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _validation as check
 from ._engine.cpu.blas_threads import one_blas_thread
-from .network import MLP
+from .network import MLP, features
 
 try:
     from sklearn.utils.validation import validate_data as _validate_data
@@ -145,8 +148,16 @@ def _check_poisson_targets(loss, y, name):
 
 
 def _writeable(array):
-    """The engine compiles one kernel per array type; read-only arrays would be another."""
-    return array if array is None or array.flags.writeable else array.copy()
+    """The engine compiles one kernel per array type; read-only arrays would be another.
+    Sparse input is left as it is: ``fastbp.MLP`` copies its arrays where it must."""
+    if array is None or check.is_sparse(array) or array.flags.writeable:
+        return array
+    return array.copy()
+
+
+#: The sparse formats the estimators keep; scikit-learn's validation converts others to
+#: the first, as it does for scikit-learn's MLP.
+_SPARSE = ["csr", "csc"]
 
 
 # ---------------------------------------------------------------- engine helpers
@@ -516,7 +527,9 @@ class _BaseMLP(BaseEstimator):
                 "early_stopping=True and solver 'sgd' or 'adam'"
             )
         try:
-            X_val = _writeable(_validate_data(self, X_val, reset=False, dtype=dtype))
+            X_val = _writeable(
+                _validate_data(self, X_val, accept_sparse=_SPARSE, reset=False, dtype=dtype)
+            )
         except ValueError as error:
             raise ValueError(f"X_val: {error}") from error
         y_val = self._validation_targets(y_val, dtype)
@@ -731,7 +744,7 @@ class _BaseMLP(BaseEstimator):
         """``(X, targets, sample_weight)`` checked once as ``net``'s calls with
         ``check_input=False`` take them: targets as class labels or an array of the
         network's dtype, weights float64 (negative ones allowed, as scikit-learn allows)."""
-        X = check.features(X, net.layer_sizes[0], net.dtype)
+        X = features(X, net.layer_sizes[0], net.dtype)
         Y, labels = check.targets(
             self._engine_targets(y, net.dtype),
             X.shape[0],
@@ -839,7 +852,7 @@ class _BaseMLP(BaseEstimator):
         dtype = self.coefs_[0].dtype
         if self._valid_as_is(X, dtype):
             return self._sync_net(dtype, self._fitted_device()).forward(X, check_input=False)
-        X = _writeable(_validate_data(self, X, reset=False, dtype=dtype))
+        X = _writeable(_validate_data(self, X, accept_sparse=_SPARSE, reset=False, dtype=dtype))
         return self._sync_net(dtype, self._fitted_device()).forward(X)
 
     def _valid_as_is(self, X, dtype):
@@ -1130,7 +1143,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             self._label_binarizer.fit(classes)
 
     def _validate_input(self, X, y, incremental, reset, dtype):
-        X, y = _validate_data(self, X, y, multi_output=True, dtype=dtype, reset=reset)
+        X, y = _validate_data(
+            self, X, y, accept_sparse=_SPARSE, multi_output=True, dtype=dtype, reset=reset
+        )
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
@@ -1360,7 +1375,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _validate_input(self, X, y, incremental, reset, dtype):
         X, y = _validate_data(
-            self, X, y, multi_output=True, y_numeric=True, dtype=dtype, reset=reset
+            self,
+            X,
+            y,
+            accept_sparse=_SPARSE,
+            multi_output=True,
+            y_numeric=True,
+            dtype=dtype,
+            reset=reset,
         )
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)

@@ -28,4 +28,4 @@ def shuffle_order(order, state):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "eaf9b3fcb4544270da64511b0351df18b278eaa066936da5b98256040104678d"
+SOURCES_DIGEST = "9c3354f7bc8377ac498a1673b13717fe746a99ae073abbfee5f5328b55b1abba"

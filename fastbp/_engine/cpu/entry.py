@@ -31,6 +31,9 @@ def parallel_groups(
     n_groups,
     n_chunks,
     X,
+    indptr,
+    indices,
+    values,
     Y,
     labels,
     sample_weight,
@@ -62,6 +65,9 @@ def parallel_groups(
             n_groups,
             n_chunks,
             X,
+            indptr,
+            indices,
+            values,
             Y,
             labels,
             sample_weight,
@@ -91,6 +97,9 @@ def parallel_groups(
                 n_groups,
                 n_chunks,
                 X,
+                indptr,
+                indices,
+                values,
                 Y,
                 labels,
                 sample_weight,
@@ -120,6 +129,9 @@ call_parallel_update = caller_of(parallel_update, returns=types.none)
 @njit(cache=True)
 def compiled_run(
     X,
+    indptr,
+    indices,
+    values,
     Y,
     labels,
     sample_weight,
@@ -160,6 +172,11 @@ def compiled_run(
 
     The one compiled entry point: training, or one gradient, or a forward pass.
 
+    Sparse input comes as the CSR arrays ``indptr``, ``indices``, ``values``
+    (``request.SparseRows``) with ``X`` a placeholder of no columns; dense input passes
+    them empty. They are arguments of every call rather than a second entry point: one
+    compiled signature per dtype serves both.
+
     ``work`` and ``grads`` hold a work buffer and a gradient buffer for each chunk group
     of the largest batch (from ``run``'s ``_scratch``; a forward pass gets no gradient
     columns); whatever they hold on entry is never read.
@@ -179,7 +196,11 @@ def compiled_run(
     n = X.shape[0]
     n_params = params.shape[0]
     reads_wt = reads_transposed(layout, blas)
-    by_sample = out.shape[0] == 0 and not blas.any()
+    sparse = indptr.shape[0] > 0
+    if sparse:
+        reads_wt[0] = False  # sparse rows gather rows of W_0 as stored
+    # Sparse rows go to group_pass, however small the batch: sample_pass reads X.
+    by_sample = out.shape[0] == 0 and not blas.any() and not sparse
     # Batches that all run sample by sample read the weights as stored, never ``wt``.
     if by_sample and min(batch_size, n) < SAMPLE_PASS_ROWS:
         reads_wt[:] = False
@@ -246,6 +267,9 @@ def compiled_run(
                         n_groups,
                         n_chunks,
                         X,
+                        indptr,
+                        indices,
+                        values,
                         Y,
                         labels,
                         sample_weight,
@@ -277,6 +301,9 @@ def compiled_run(
                             n_groups,
                             n_chunks,
                             X,
+                            indptr,
+                            indices,
+                            values,
                             Y,
                             labels,
                             sample_weight,
@@ -388,4 +415,4 @@ def compiled_run(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "eaf9b3fcb4544270da64511b0351df18b278eaa066936da5b98256040104678d"
+SOURCES_DIGEST = "9c3354f7bc8377ac498a1673b13717fe746a99ae073abbfee5f5328b55b1abba"

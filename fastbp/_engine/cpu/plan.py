@@ -37,9 +37,9 @@ class Plan(NamedTuple):
     max_groups: int
 
 
-def work_plan(layout, dtype, batch_size, time_layer=None):
+def work_plan(layout, dtype, batch_size, time_layer=None, sparse=False):
     """The ``Plan`` of a network with this ``layout`` and ``dtype`` for batches of
-    ``batch_size`` rows.
+    ``batch_size`` rows, of dense input or, with ``sparse``, of CSR rows.
 
     Layers of at least ``BLAS_MIN_ENTRIES`` weights multiply through BLAS; those of at
     least ``BLAS_TRY_ENTRIES`` do where BLAS measured faster on this machine
@@ -51,8 +51,16 @@ def work_plan(layout, dtype, batch_size, time_layer=None):
     that two cores get equal work: three chunks leave one core idle a third of the time.
     Chunks are as long as their work buffer allows (see WORK_BUFFER_BYTES); networks with
     BLAS layers take chunks of about half a batch (at most BLAS_CHUNK_ROWS), long enough
-    for BLAS to run near its peak."""
+    for BLAS to run near its peak.
+
+    Sparse input never goes through BLAS in the first layer (``sparse.sparse_forward``
+    multiplies it) and keeps no input rows in the work buffer. Its networks may take a
+    single chunk group where one gradient buffer is all that GRADIENT_BUFFER_ENTRIES
+    allows: a wide sparse first layer's gradient buffers are cleared and summed whole for
+    every batch, and a second one (two cores' worth of the few products sparse rows
+    need) cost more than it saved."""
     key = (
+        sparse,
         layout.tobytes(),
         dtype.str,
         batch_size,
@@ -71,6 +79,9 @@ def work_plan(layout, dtype, batch_size, time_layer=None):
         return plan
     entries = layout[:, L_FAN_IN] * layout[:, L_FAN_OUT]
     blas = entries >= config.BLAS_MIN_ENTRIES
+    if sparse:
+        entries[0] = 0  # never timed either
+        blas[0] = False
     half = -(-batch_size // 2)
     blas_most = max(config.FEWEST_CHUNK_ROWS, min(config.BLAS_CHUNK_ROWS, half))
     if time_layer is not None and batch_size >= SAMPLE_PASS_ROWS:
@@ -87,15 +98,19 @@ def work_plan(layout, dtype, batch_size, time_layer=None):
     if uses_blas:
         most = blas_most
     else:
-        per_row = work_offsets(layout, 1)[1] * dtype.itemsize
+        per_row = work_offsets(layout, 1, sparse)[1] * dtype.itemsize
         fits = config.WORK_BUFFER_BYTES // per_row
         most = min(config.CHUNK_ROWS, max(config.FEWEST_CHUNK_ROWS, min(fits, half)))
     chunk = _chunk(batch_size, most)
     n_params = _n_params(layout)
-    max_groups = min(config.MAX_GROUPS, max(2, config.GRADIENT_BUFFER_ENTRIES // n_params))
+    fewest_groups = 1 if sparse else 2
+    max_groups = min(
+        config.MAX_GROUPS, max(fewest_groups, config.GRADIENT_BUFFER_ENTRIES // n_params)
+    )
     if len(_plans) >= PLANS_KEPT:
         _plans.clear()
-    plan = _plans[key] = Plan(chunk, *work_offsets(layout, chunk), blas, uses_blas, max_groups)
+    offsets, work_size = work_offsets(layout, chunk, sparse)
+    plan = _plans[key] = Plan(chunk, offsets, work_size, blas, uses_blas, max_groups)
     return plan
 
 
@@ -114,14 +129,18 @@ def _n_params(layout):
     return b_off + fan_out if b_off >= 0 else w_off + fan_in * fan_out
 
 
-def work_offsets(layout, chunk):
+def work_offsets(layout, chunk, sparse=False):
     """Offsets inside one chunk group's work buffer, and the buffer's size.
 
     For layers 0..L the activations A_l (chunk x width, sample-major) start at
     ``offs[l]`` and their transposes at ``offs[L + 1 + l]``; then come two delta buffers
-    and their two transposes, each chunk x the widest layer."""
+    and their two transposes, each chunk x the widest layer. With ``sparse`` input the
+    input rows take no room (A_0 and its transpose are empty), and neither do the
+    input's widths in the deltas: the first layer's delta is never computed."""
     n_layers = layout.shape[0]
     widths = [int(w) for w in layout[:, L_FAN_IN]] + [int(layout[-1, L_FAN_OUT])]
+    if sparse:
+        widths[0] = 0
     offs = np.zeros(2 * (n_layers + 1) + 4, np.int64)
     pos = 0
     for i, width in enumerate(widths + widths):
