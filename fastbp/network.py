@@ -230,6 +230,17 @@ class MLP:
                 "set finite values with set_params"
             )
 
+    def _features(self, X):
+        """``features`` of ``X`` for this network; sparse input is refused on a GPU
+        before anything changes (the CUDA backend has no sparse products)."""
+        X = features(X, self.layer_sizes[0], self.dtype)
+        if self.device != "cpu" and isinstance(X, SparseRows):
+            raise TypeError(
+                f"X: sparse input is supported on device='cpu' only; densify it "
+                f"(X.toarray()) for device={self.device!r}"
+            )
+        return X
+
     # ---------------------------------------------------------------- evaluation
 
     def forward(self, X: ArrayLike, *, check_input: bool = True) -> NDArray:
@@ -238,7 +249,7 @@ class MLP:
         returns it: a C-contiguous ``(n_samples, n_in)`` array of the network's dtype with
         finite values, or ``SparseRows`` (see ``fit``)."""
         if check_input:
-            X = features(X, self.layer_sizes[0], self.dtype)
+            X = self._features(X)
         self._check_finite_params()
         out = np.empty((X.shape[0], self.layer_sizes[-1]), self.dtype)
         self._backend.run(
@@ -266,7 +277,7 @@ class MLP:
             if Y.ndim == 1:  # class labels
                 return X, np.empty((0, self.layer_sizes[-1]), self.dtype), Y, weights
             return X, Y, np.empty(0, np.int64), weights
-        X = features(X, self.layer_sizes[0], self.dtype)
+        X = self._features(X)
         Y, labels = check.targets(Y, X.shape[0], self.layer_sizes[-1], self.loss_name, self.dtype)
         return X, Y, labels, check.sample_weights(sample_weight, X.shape[0])
 
