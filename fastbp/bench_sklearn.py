@@ -16,9 +16,22 @@ held-out score.
 A "small calls" section (``--small-calls`` runs it alone, in a few seconds) times calls
 that do little work, side by side with scikit-learn's nearest call, as the fastest of
 ``SMALL_REPEATS`` runs of many calls each (``small_calls``).
+
+A "sparse" section (``--sparse`` runs it alone) fits both on a generated text-like
+problem in CSR form (``text_like``: 20 topics, Zipf-distributed word frequencies,
+L2-normalized log counts; ``--sparse-rows`` x ``--sparse-features`` at
+``--sparse-density``, 50,000 x 100,000 at 0.001 is the full size) with scikit-learn's
+defaults for ``--sparse-max-iter`` epochs, each fit in a process of its own
+(``sparse_compare``), which reports its fit time and its peak memory: the highest
+resident set size during the fit above the one before it.
 """
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 
@@ -187,6 +200,153 @@ def small_calls(stream=print, repeats=SMALL_REPEATS, max_iter=10):
     return results
 
 
+def text_like(rows, features, density, classes=20, seed=0):
+    """A generated text-like classification problem: ``(X, y)``, X a CSR matrix of
+    ``rows`` x ``features`` with about ``density`` of its entries stored.
+
+    Each row is a document of one of ``classes`` topics: its words (about ``density *
+    features`` of them, Poisson) come from a Zipf-like distribution over the vocabulary,
+    a third of them from its topic's own 2% of the vocabulary; entries are
+    ``1 + log(count)``, each row scaled to unit length, as ``TfidfVectorizer``'s
+    sublinear, normalized counts (without the idf)."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, rows)
+    lengths = np.maximum(1, rng.poisson(density * features, rows))
+    total = int(lengths.sum())
+    rank = np.arange(1, features + 1)
+    zipf = 1.0 / rank**1.1
+    cumulative = np.cumsum(zipf / zipf.sum())
+    words = np.minimum(np.searchsorted(cumulative, rng.uniform(size=total)), features - 1)
+    words = rng.permutation(features)[words]  # frequent words spread over the columns
+    topical = rng.uniform(size=total) < 1 / 3
+    topic_size = max(1, features * 2 // 100)
+    topic_words = rng.permutation(features)[: classes * topic_size].reshape(classes, -1)
+    row_of = np.repeat(np.arange(rows), lengths)
+    picks = rng.integers(0, topic_size, total)
+    words[topical] = topic_words[y[row_of[topical]] % classes, picks[topical]]
+    counts = sp.csr_matrix(
+        (np.ones(total), (row_of, words)), shape=(rows, features), dtype=np.float64
+    )
+    counts.sum_duplicates()
+    counts.data = 1.0 + np.log(counts.data)
+    norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
+    X = sp.diags(1.0 / np.maximum(norms, 1e-12)) @ counts
+    return X.tocsr(), y
+
+
+#: The child process of ``sparse_compare``: loads the split, warms the library up on a
+#: small sparse fit, then fits once and prints its seconds, peak memory and score.
+SPARSE_CHILD = r"""
+import json, sys, time, warnings
+import numpy as np
+import scipy.sparse as sp
+
+library, path, max_iter = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if library == "fastbp":
+    from fastbp import MLPClassifier
+else:
+    from sklearn.neural_network import MLPClassifier
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+data = np.load(path)
+X_train, X_test = (
+    sp.csr_matrix((data[p + "_data"], data[p + "_indices"], data[p + "_indptr"]),
+                  shape=tuple(data[p + "_shape"]))
+    for p in ("train", "test")
+)
+y_train, y_test = data["y_train"], data["y_test"]
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    MLPClassifier(max_iter=1, random_state=0).fit(X_train[:400], y_train[:400])
+    before = status("VmRSS")
+    try:  # reset the peak resident set size (Linux 4.0 on)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    time.sleep(0.5)
+    start = time.perf_counter()
+    model = MLPClassifier(max_iter=max_iter, random_state=0).fit(X_train, y_train)
+    seconds = time.perf_counter() - start
+peak = status("VmHWM")
+print(json.dumps({"seconds": seconds, "peak": peak - before if reset else None,
+                  "rss_before": before, "epochs": model.n_iter_,
+                  "accuracy": float(model.score(X_test, y_test))}))
+"""
+
+
+def sparse_compare(rows, features, density, repeats, max_iter, stream=print):
+    """Fit time and peak memory of both estimators on ``text_like`` data (75/25 split),
+    each fit in a fresh process (``SPARSE_CHILD``), the libraries alternating; returns a
+    result dict of medians (seconds, bytes) and the test accuracies."""
+    from sklearn.model_selection import train_test_split
+
+    X, y = text_like(rows, features, density)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0)
+    stream(
+        f"\nSparse: text-like CSR, {rows} x {features} at density {X.nnz / rows / features:.4f} "
+        f"({X.nnz} entries), 20 classes; scikit-learn's defaults, max_iter {max_iter}; "
+        f"each fit in its own process, median of {repeats}\n"
+    )
+    stream("  library     fit time    peak memory during fit    epochs   test accuracy")
+    results = {"fastbp": [], "sklearn": []}
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "split.npz")
+        arrays = {"y_train": y_train, "y_test": y_test}
+        for part, matrix in (("train", X_train.tocsr()), ("test", X_test.tocsr())):
+            arrays.update(
+                {
+                    part + "_data": matrix.data,
+                    part + "_indices": matrix.indices,
+                    part + "_indptr": matrix.indptr,
+                    part + "_shape": np.array(matrix.shape),
+                }
+            )
+        np.savez(path, **arrays)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        for _ in range(repeats):
+            for library in results:
+                done = subprocess.run(
+                    [sys.executable, "-c", SPARSE_CHILD, library, path, str(max_iter)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
+                if done.returncode != 0:
+                    raise RuntimeError(f"the {library} fit failed:\n{done.stderr[-3000:]}")
+                results[library].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    row = {"rows": rows, "features": features, "nnz": int(X.nnz)}
+    for library, runs in results.items():
+        peaks = [run["peak"] for run in runs if run["peak"] is not None]
+        row[library] = float(np.median([run["seconds"] for run in runs]))
+        row[library + "_all"] = [run["seconds"] for run in runs]
+        row[library + "_peak"] = float(np.median(peaks)) if peaks else None
+        row[library + "_accuracy"] = runs[-1]["accuracy"]
+        row[library + "_epochs"] = runs[-1]["epochs"]
+        peak = row[library + "_peak"]
+        stream(
+            f"  {library:8s} {format_seconds(row[library]):>11s} "
+            f"{'-' if peak is None else f'{peak / 2**20:,.0f} MiB':>18s}         "
+            f"{row[library + '_epochs']:6d}   {row[library + '_accuracy']:.4f}"
+        )
+    row["ratio"] = row["sklearn"] / row["fastbp"]
+    stream(f"  fit time ratio (sklearn / fastbp): {row['ratio']:.1f}x")
+    return row
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m fastbp.bench_sklearn", description=__doc__.split("\n\n")[0]
@@ -214,9 +374,36 @@ def main(argv=None):
         action="store_true",
         help="time the small calls alone (construction, set_params, predictions)",
     )
+    parser.add_argument(
+        "--sparse", action="store_true", help="run the sparse (text-like CSR) problem alone"
+    )
+    parser.add_argument(
+        "--sparse-rows", type=int, default=20_000, help="rows of the sparse problem (20000)"
+    )
+    parser.add_argument(
+        "--sparse-features",
+        type=int,
+        default=50_000,
+        help="columns of the sparse problem (50000; 100000 with 50000 rows is the full size)",
+    )
+    parser.add_argument(
+        "--sparse-density", type=float, default=0.001, help="stored fraction (0.001)"
+    )
+    parser.add_argument(
+        "--sparse-max-iter", type=int, default=5, help="epochs of the sparse fits (5)"
+    )
     args = parser.parse_args(argv)
     if args.small_calls:
         return small_calls()
+    sparse = (
+        args.sparse_rows,
+        args.sparse_features,
+        args.sparse_density,
+        args.repeats,
+        args.sparse_max_iter,
+    )
+    if args.sparse:
+        return sparse_compare(*sparse)
     options = {"solver": args.solver, "early_stopping": args.early_stopping}
 
     import numba
@@ -253,6 +440,7 @@ def main(argv=None):
         compare(f"make_classification {args.rows}", X, y, args.repeats, args.max_iter, **options)
     )
     small_calls()
+    sparse_compare(*sparse)
     return rows
 
 
