@@ -133,16 +133,20 @@ def test_a_wide_sparse_input_is_never_densified(rng):
     assert np.isfinite(net.gradients(X[:1000], y[:1000])[0])
 
 
-def test_a_first_layer_too_wide_for_two_gradient_buffers_takes_one_chunk_group():
-    """Dense networks take two gradient buffers at least; sparse ones one where
-    GRADIENT_BUFFER_ENTRIES holds no more."""
-    layout, n_params = build_layout([1_000_000, 20, 2], ["relu", "softmax"], True)
-    assert n_params > _config.GRADIENT_BUFFER_ENTRIES
-    assert work_plan(layout, np.dtype(np.float64), 200, sparse=True).max_groups == 1
-    assert work_plan(layout, np.dtype(np.float64), 200).max_groups == 2
-    small, _ = build_layout([1000, 20, 2], ["relu", "softmax"], True)
-    sparse_plan = work_plan(small, np.dtype(np.float64), 200, sparse=True)
-    assert sparse_plan.max_groups == work_plan(small, np.dtype(np.float64), 200).max_groups > 2
+def test_sparse_batches_take_one_chunk_group_unless_the_dense_layers_have_work():
+    """Every group clears and sums a gradient buffer of the first layer's weights; sparse
+    rows make few products there, so only the later layers' work pays for more groups."""
+    f64 = np.dtype(np.float64)
+    for sizes in ([1_000_000, 20, 2], [50_000, 100, 20], [1000, 20, 2]):
+        layout, _ = build_layout(sizes, ["relu", "softmax"], True)
+        assert work_plan(layout, f64, 200, sparse=True).max_groups == 1
+        assert work_plan(layout, f64, 200).max_groups >= 2
+    layout, _ = build_layout([1000, 20, 200, 2], ["relu", "relu", "softmax"], True)
+    assert (
+        work_plan(layout, f64, 200, sparse=True).max_groups
+        == work_plan(layout, f64, 200).max_groups
+        == _config.MAX_GROUPS
+    )
 
 
 # ---------------------------------------------------------------- finite differences

@@ -17,6 +17,14 @@ from . import calibration
 #: through BLAS below ``BLAS_MIN_ENTRIES``.
 SAMPLE_PASS_ROWS = 16
 
+#: Sparse input's batches run in one chunk group unless the multiply-adds of the layers
+#: after the first (batch x 3 x their parameters) reach this many times the first
+#: layer's weights: each further group clears and sums a gradient buffer of them for
+#: every batch. ``bench_sklearn --sparse`` (20,000 x 50,000 CSR, 100 hidden units, 5
+#: epochs of Adam): 13.3 s in the three groups the memory rule allows, 9.3 s in one (on
+#: two draws of its data, 852,300 and 777,579 entries).
+SPARSE_GROUP_COST = 4
+
 #: Plans by architecture, dtype, batch size and settings, shared by every network: the
 #: first fit of a new 2-2-1 network spent 8 us of its 28 working one out.
 _plans = {}
@@ -54,11 +62,10 @@ def work_plan(layout, dtype, batch_size, time_layer=None, sparse=False):
     for BLAS to run near its peak.
 
     Sparse input never goes through BLAS in the first layer (``sparse.sparse_forward``
-    multiplies it) and keeps no input rows in the work buffer. Its networks may take a
-    single chunk group where one gradient buffer is all that GRADIENT_BUFFER_ENTRIES
-    allows: a wide sparse first layer's gradient buffers are cleared and summed whole for
-    every batch, and a second one (two cores' worth of the few products sparse rows
-    need) cost more than it saved."""
+    multiplies it) and keeps no input rows in the work buffer. Its batches run in one
+    chunk group where the dense layers' multiply-adds are few beside the first layer's
+    weights (``SPARSE_GROUP_COST``): every group's buffer for the first layer's gradient
+    is cleared and summed whole for every batch, while the sparse products are few."""
     key = (
         sparse,
         layout.tobytes(),
@@ -78,6 +85,7 @@ def work_plan(layout, dtype, batch_size, time_layer=None, sparse=False):
     if plan is not None:
         return plan
     entries = layout[:, L_FAN_IN] * layout[:, L_FAN_OUT]
+    entries_0 = int(entries[0])
     blas = entries >= config.BLAS_MIN_ENTRIES
     if sparse:
         entries[0] = 0  # never timed either
@@ -103,10 +111,9 @@ def work_plan(layout, dtype, batch_size, time_layer=None, sparse=False):
         most = min(config.CHUNK_ROWS, max(config.FEWEST_CHUNK_ROWS, min(fits, half)))
     chunk = _chunk(batch_size, most)
     n_params = _n_params(layout)
-    fewest_groups = 1 if sparse else 2
-    max_groups = min(
-        config.MAX_GROUPS, max(fewest_groups, config.GRADIENT_BUFFER_ENTRIES // n_params)
-    )
+    max_groups = min(config.MAX_GROUPS, max(2, config.GRADIENT_BUFFER_ENTRIES // n_params))
+    if sparse and batch_size * 3 * (n_params - entries_0) < SPARSE_GROUP_COST * entries_0:
+        max_groups = 1
     if len(_plans) >= PLANS_KEPT:
         _plans.clear()
     offsets, work_size = work_offsets(layout, chunk, sparse)

@@ -320,4 +320,4 @@ exp_poisson_delta = njit(inline="always")(F.exp_poisson_delta)
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "9c3354f7bc8377ac498a1673b13717fe746a99ae073abbfee5f5328b55b1abba"
+SOURCES_DIGEST = "8e8e2ef99c67e8b4515a720a10a19477a3a87898a23aa81d4a8d5cb126acb701"
