@@ -523,6 +523,7 @@ def _parallel_update_types(params, layout, optimizer, hyper, state_m, state_v, o
         state_m,
         state_v,
         out_grad,
+        types.int64,
     )
 
 

@@ -4,7 +4,7 @@ a batch's chunk groups over threads."""
 import numpy as np
 from numba import prange, types
 
-from ..codes import H_L2
+from ..codes import H_L2, L_FAN_IN, L_FAN_OUT
 from ..shuffle import shuffle_order
 from ..sources import njit
 from .addresses import caller_of
@@ -13,6 +13,7 @@ from .compile_options import PRANGE_ONLY
 from .elementwise import prefetch_samples
 from .passes import group_pass, sample_pass
 from .plan import SAMPLE_PASS_ROWS
+from .sparse import clear_leading
 from .updates import UPDATE_BLOCK, apply_gradient, parallel_update, squared_weights
 
 #: ``sample_pass`` batches prefetch the next batch's samples when X has at least this
@@ -197,8 +198,14 @@ def compiled_run(
     n_params = params.shape[0]
     reads_wt = reads_transposed(layout, blas)
     sparse = indptr.shape[0] > 0
+    # Sparse rows scatter the first layer's weight gradient into each group's buffer,
+    # which stays clear between batches: cleared here, then by each update as it reads it.
+    clear = 0
     if sparse:
         reads_wt[0] = False  # sparse rows gather rows of W_0 as stored
+        if out.shape[0] == 0:
+            clear = layout[0, L_FAN_IN] * layout[0, L_FAN_OUT]
+            clear_leading(grads, grads.shape[0], clear)
     # Sparse rows go to group_pass, however small the batch: sample_pass reads X.
     by_sample = out.shape[0] == 0 and not blas.any() and not sparse
     # Batches that all run sample by sample read the weights as stored, never ``wt``.
@@ -337,7 +344,10 @@ def compiled_run(
                     for b in range(start, start + size):
                         norm += sample_weight[order[b]]
                     if norm == 0.0:
-                        continue  # a batch of zero total weight carries nothing to learn
+                        # A batch of zero total weight carries nothing to learn. Its
+                        # gradient is zero, or NaN where a delta was infinite: cleared.
+                        clear_leading(grads, n_groups, clear)
+                        continue
             batch_loss = loss_sum / norm
             if hyper[H_L2] > 0.0:
                 batch_loss += 0.5 * hyper[H_L2] * squared_weights(params, layout) / norm
@@ -368,6 +378,7 @@ def compiled_run(
                         state_m,
                         state_v,
                         out_grad,
+                        clear,
                     ),
                 )
             else:
@@ -384,6 +395,7 @@ def compiled_run(
                         state_m,
                         state_v,
                         out_grad,
+                        clear,
                         lo,
                         min(lo + UPDATE_BLOCK, n_params),
                     )
@@ -415,4 +427,4 @@ def compiled_run(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "8e8e2ef99c67e8b4515a720a10a19477a3a87898a23aa81d4a8d5cb126acb701"
+SOURCES_DIGEST = "d61ca16c9af4938f936ae3e7a2e9bd8f4cf7158b14d67f5a8db2a36e8a5a0efc"

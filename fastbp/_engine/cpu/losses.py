@@ -210,4 +210,4 @@ def block_loss(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "8e8e2ef99c67e8b4515a720a10a19477a3a87898a23aa81d4a8d5cb126acb701"
+SOURCES_DIGEST = "d61ca16c9af4938f936ae3e7a2e9bd8f4cf7158b14d67f5a8db2a36e8a5a0efc"

@@ -35,16 +35,15 @@ def sparse_forward(indptr, indices, values, order, lo, count, params, w_off, fan
 
 @njit(cache=True, _nrt=False)
 def sparse_weight_gradient(
-    indptr, indices, values, order, lo, count, work, d_off, grad, w_off, fan_in, fan_out, accumulate
+    indptr, indices, values, order, lo, count, work, d_off, grad, w_off, fan_out
 ):
-    """``dW (+)= X[rows].T @ D`` for the rows of ``sparse_forward`` and the
-    sample-major delta D in ``work`` at ``d_off``: the block of ``grad`` at ``w_off`` is
-    cleared first unless ``accumulate``, then each stored entry scatters its row of D."""
+    """``dW += X[rows].T @ D`` for the rows of ``sparse_forward`` and the sample-major
+    delta D in ``work`` at ``d_off``: each stored entry scatters its row of D into the
+    block of ``grad`` at ``w_off``. The block is clear before a batch's first chunk (see
+    ``clear_leading``): clearing it here, for every group and batch, was a pass over the
+    whole first layer of its own."""
     width = np.uint64(fan_out)
     w_off = np.uint64(w_off)
-    if not accumulate:
-        for i in range(w_off, w_off + np.uint64(fan_in) * width):
-            grad[i] = 0
     for b in range(count):
         d = np.uint64(d_off + b * fan_out)
         row = order[lo + b]
@@ -55,5 +54,14 @@ def sparse_weight_gradient(
                 grad[g + k] += x * work[d + k]
 
 
+@njit(cache=True, _nrt=False)
+def clear_leading(grads, n_groups, count):
+    """Zero the first ``count`` entries of the first ``n_groups`` rows of ``grads``."""
+    for s in range(n_groups):
+        buffer = grads[s]
+        for i in range(count):
+            buffer[i] = 0
+
+
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "8e8e2ef99c67e8b4515a720a10a19477a3a87898a23aa81d4a8d5cb126acb701"
+SOURCES_DIGEST = "d61ca16c9af4938f936ae3e7a2e9bd8f4cf7158b14d67f5a8db2a36e8a5a0efc"
