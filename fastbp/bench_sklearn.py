@@ -204,17 +204,31 @@ def text_like(rows, features, density, classes=20, seed=0, topical=0.1):
     """A generated text-like classification problem: ``(X, y)``, X a CSR matrix of
     ``rows`` x ``features`` with about ``density`` of its entries stored.
 
-    Each row is a document of one of ``classes`` topics: its words (about ``density *
-    features`` of them, Poisson) come from a Zipf-like distribution over the vocabulary,
-    a fraction ``topical`` of them from its topic's own 2% of the vocabulary (a tenth:
-    scikit-learn's defaults reach about 90% test accuracy in 5 epochs); entries are
-    ``1 + log(count)``, each row scaled to unit length, as ``TfidfVectorizer``'s
-    sublinear, normalized counts (without the idf)."""
+    Each row is a document of one of ``classes`` topics: its words (Poisson many) come
+    from a Zipf-like distribution over the vocabulary, a fraction ``topical`` of them from
+    its topic's own 2% of the vocabulary (a tenth: scikit-learn's defaults reach about
+    90% test accuracy in 5 epochs); entries are ``1 + log(count)``, each row scaled to
+    unit length, as ``TfidfVectorizer``'s sublinear, normalized counts (without the idf).
+    Frequent words repeat within a document, so the documents are drawn twice: the
+    second time longer by the share of repeats the first draw had."""
+    words = density * features
+    counts, y = _documents(rows, features, words, classes, seed, topical)
+    counts, y = _documents(
+        rows, features, words * density * rows * features / counts.nnz, classes, seed, topical
+    )
+    counts.data = 1.0 + np.log(counts.data)
+    norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
+    X = counts.multiply(1.0 / np.maximum(norms, 1e-12)[:, None])
+    return X.tocsr(), y
+
+
+def _documents(rows, features, words_per_row, classes, seed, topical):
+    """``text_like``'s word counts (CSR) and topics, ``words_per_row`` words on average."""
     import scipy.sparse as sp
 
     rng = np.random.default_rng(seed)
     y = rng.integers(0, classes, rows)
-    lengths = np.maximum(1, rng.poisson(density * features, rows))
+    lengths = np.maximum(1, rng.poisson(words_per_row, rows))
     total = int(lengths.sum())
     rank = np.arange(1, features + 1)
     zipf = 1.0 / rank**1.1
@@ -231,10 +245,7 @@ def text_like(rows, features, density, classes=20, seed=0, topical=0.1):
         (np.ones(total), (row_of, words)), shape=(rows, features), dtype=np.float64
     )
     counts.sum_duplicates()
-    counts.data = 1.0 + np.log(counts.data)
-    norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
-    X = sp.diags(1.0 / np.maximum(norms, 1e-12)) @ counts
-    return X.tocsr(), y
+    return counts, y
 
 
 #: The child process of ``sparse_compare``: loads the split, warms the library up on a

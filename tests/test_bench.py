@@ -191,7 +191,7 @@ def test_text_like_data_is_seeded_sparse_and_learnable():
     again, y_again = text_like(2000, 5000, 0.004)
     assert X.format == "csr" and X.shape == (2000, 5000)
     assert (X != again).nnz == 0 and (y == y_again).all()
-    assert 0.5 * 0.004 < X.nnz / (2000 * 5000) <= 0.004 * 1.1
+    assert 0.9 * 0.004 < X.nnz / (2000 * 5000) <= 0.004 * 1.1
     np.testing.assert_allclose(np.sqrt(X.multiply(X).sum(axis=1)).A1, 1.0)
     assert set(np.unique(y)) == set(range(20))
 
