@@ -8,6 +8,7 @@ import math
 import mmap
 import numbers
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -243,7 +244,71 @@ def all_finite(array):
     return True
 
 
+def is_sparse(value):
+    """Whether ``value`` is a scipy.sparse matrix or array (scipy is not imported for it:
+    without ``scipy.sparse`` loaded nothing can be one)."""
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(value)
+
+
+#: The scipy.sparse formats fastbp takes; CSC is converted to CSR once (``tocsr``).
+SPARSE_FORMATS = ("csr", "csc")
+
+
+def _writeable(array):
+    """``array``, or a copy where it is read-only: the engine compiles one kernel per
+    array type, and read-only arrays would be another."""
+    return array if array.flags.writeable else array.copy()
+
+
+def sparse_features(X, n_in, dtype, name="X"):
+    """CSR or CSC input as the tuple ``(indptr, indices, data, shape)`` (the fields of the
+    engine's ``SparseRows``, which this module does not import: ``fastbp.reference`` uses
+    it without the engine): int64 ``indptr`` and ``indices``, ``data`` in ``dtype``,
+    finite, column indices in range; CSC is converted to CSR first (one copy, scipy's
+    ``tocsr``). The rows are never densified. Other sparse formats are refused (convert
+    them with ``tocsr()``)."""
+    if X.format not in SPARSE_FORMATS:
+        raise TypeError(
+            f"{name}: sparse input must be CSR or CSC (csr_matrix, csr_array, csc_matrix, "
+            f"csc_array); got {type(X).__name__} (format {X.format!r}): convert it with "
+            f"{name}.tocsr()"
+        )
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-dimensional; got shape {X.shape}")
+    if X.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers; got dtype {X.dtype}")
+    n, n_cols = X.shape
+    if n == 0 or n_cols == 0:
+        raise ValueError(f"{name} is empty (shape {X.shape})")
+    if n_cols != n_in:
+        raise ValueError(f"{name} has {n_cols} columns but the network takes {n_in} inputs")
+    if X.format == "csc":
+        X = X.tocsr()
+    indptr = np.asarray(X.indptr)
+    if indptr.shape != (n + 1,) or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+        raise ValueError(f"{name}: its CSR row pointers (indptr) are malformed")
+    nnz = int(indptr[-1])
+    indices, data = np.asarray(X.indices), np.asarray(X.data)
+    if indices.shape[0] < nnz or data.shape[0] < nnz:
+        raise ValueError(f"{name}: its CSR arrays hold fewer entries than indptr says")
+    indices, data = indices[:nnz], data[:nnz]
+    if nnz and (indices.min() < 0 or indices.max() >= n_cols):
+        raise ValueError(f"{name}: its CSR column indices leave 0..{n_cols - 1}")
+    data = np.ascontiguousarray(data, dtype=dtype)
+    if not np.isfinite(data).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return (
+        _writeable(np.ascontiguousarray(indptr, dtype=np.int64)),
+        _writeable(np.ascontiguousarray(indices, dtype=np.int64)),
+        _writeable(data),
+        (n, n_cols),
+    )
+
+
 def features(X, n_in, dtype):
+    """Dense ``X`` as a checked C-contiguous ``dtype`` array; sparse ``X`` is
+    ``sparse_features``' job (``fastbp.network.features`` chooses)."""
     X = numeric_array(X, "X", dtype, 2)
     if X.shape[1] != n_in:
         raise ValueError(f"X has {X.shape[1]} columns but the network takes {n_in} inputs")
@@ -253,6 +318,8 @@ def features(X, n_in, dtype):
 def targets(Y, n_samples, n_out, loss, dtype):
     """Targets as ``(Y, labels)``: a 2-D float array, or for ``cce`` a 1-D array of integer
     class labels (then ``Y`` is an empty placeholder)."""
+    if is_sparse(Y):
+        raise TypeError("Y: sparse targets are not supported; pass a dense array (Y.toarray())")
     raw = as_array(Y, "Y")
     if raw.dtype.kind not in "fiub":
         raise TypeError(f"Y must hold real numbers; got dtype {raw.dtype}")

@@ -19,7 +19,7 @@ from . import _init
 from . import _validation as check
 from ._engine import layout as _layout
 from ._engine.backends import backend
-from ._engine.request import Hyperparameters, Mode, OptimizerState, Request
+from ._engine.request import Hyperparameters, Mode, OptimizerState, Request, SparseRows
 
 
 class _Architecture(NamedTuple):
@@ -67,6 +67,16 @@ def _compiled():
     return SimpleNamespace(
         all_finite=finite.all_finite, draw=pcg64.draw_parameters, stream=pcg64.stream
     )
+
+
+def features(X, n_in: int, dtype) -> NDArray | SparseRows:
+    """``X`` checked for a network of ``n_in`` inputs and ``dtype``, as its calls with
+    ``check_input=False`` take it: a C-contiguous ``dtype`` array, or for a scipy.sparse
+    CSR or CSC matrix or array the engine's ``SparseRows`` (int64 ``indptr`` and
+    ``indices``, ``data`` in ``dtype``; CSC converted to CSR once). Raises naming ``X``."""
+    if check.is_sparse(X):
+        return SparseRows(*check.sparse_features(X, n_in, dtype))
+    return check.features(X, n_in, dtype)
 
 
 def _like(arrays, shapes, dtype):
@@ -244,14 +254,26 @@ class MLP:
                 "set finite values with set_params"
             )
 
+    def _features(self, X):
+        """``features`` of ``X`` for this network; sparse input is refused on a GPU
+        before anything changes (the CUDA backend has no sparse products)."""
+        X = features(X, self.layer_sizes[0], self.dtype)
+        if self.device != "cpu" and isinstance(X, SparseRows):
+            raise TypeError(
+                f"X: sparse input is supported on device='cpu' only; densify it "
+                f"(X.toarray()) for device={self.device!r}"
+            )
+        return X
+
     # ---------------------------------------------------------------- evaluation
 
     def forward(self, X: ArrayLike, *, check_input: bool = True) -> NDArray:
-        """Output activations, shape ``(n_samples, n_out)``. With ``check_input=False``,
-        ``X`` must already be a C-contiguous ``(n_samples, n_in)`` array of the network's
-        dtype with finite values (see ``fit``)."""
+        """Output activations, shape ``(n_samples, n_out)``; ``X`` dense or sparse (see
+        ``fit``). With ``check_input=False``, ``X`` must already be as ``features``
+        returns it: a C-contiguous ``(n_samples, n_in)`` array of the network's dtype with
+        finite values, or ``SparseRows`` (see ``fit``)."""
         if check_input:
-            X = check.features(X, self.layer_sizes[0], self.dtype)
+            X = self._features(X)
         self._check_finite_params()
         out = np.empty((X.shape[0], self.layer_sizes[-1]), self.dtype)
         self._backend.run(
@@ -279,7 +301,7 @@ class MLP:
             if Y.ndim == 1:  # class labels
                 return X, np.empty((0, self.layer_sizes[-1]), self.dtype), Y, weights
             return X, Y, np.empty(0, np.int64), weights
-        X = check.features(X, self.layer_sizes[0], self.dtype)
+        X = self._features(X)
         Y, labels = check.targets(Y, X.shape[0], self.layer_sizes[-1], self.loss_name, self.dtype)
         return X, Y, labels, check.sample_weights(sample_weight, X.shape[0])
 
@@ -387,6 +409,13 @@ class MLP:
         ``reduction="sum"`` the sum, over the epoch's samples, each measured before the
         update of its batch).
 
+        ``X`` is an array ``(n, n_in)`` or a scipy.sparse CSR or CSC matrix or array (as
+        are the ``X`` of ``forward``, ``loss`` and ``gradients``). Sparse rows are never
+        densified: the first layer gathers the rows of W_0 that each row's stored entries
+        name, and scatters their gradient; CSC is converted to CSR once (scipy's
+        ``tocsr``); other sparse formats are refused; on ``device="cuda"`` sparse input
+        is refused. Targets must be dense.
+
         Mini-batches run in row order, or in ``order`` (a permutation of the rows, or one
         per epoch as an ``(epochs, n)`` array, for callers that draw their own), or in a
         permutation drawn from ``seed`` each epoch when ``shuffle``; the last partial
@@ -398,7 +427,8 @@ class MLP:
 
         ``check_input=False`` is a fast path for callers that checked their arguments once
         and train many times (as the estimators do, epoch block by epoch block): ``X`` a
-        C-contiguous ``(n, n_in)`` array of the network's dtype, ``Y`` a C-contiguous
+        C-contiguous ``(n, n_in)`` array of the network's dtype or ``SparseRows``, as
+        ``fastbp.network.features`` returns them, ``Y`` a C-contiguous
         ``(n, n_out)`` array of it or, for ``cce``, int64 ``(n,)`` class labels,
         ``sample_weight`` None or a float64 ``(n,)`` array, ``order`` None or a flat int64
         array of ``epochs`` permutations or one, all finite and in range, and every other

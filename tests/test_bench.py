@@ -182,3 +182,43 @@ def test_small_calls_report_every_call(monkeypatch):
     for row in rows:
         assert row["fastbp"] > 0 and row["sklearn"] > 0
         assert any(line.lstrip().startswith(row["call"]) for line in lines)
+
+
+def test_text_like_data_is_seeded_sparse_and_learnable():
+    from fastbp.bench_sklearn import text_like
+
+    X, y = text_like(2000, 5000, 0.004)
+    again, y_again = text_like(2000, 5000, 0.004)
+    assert X.format == "csr" and X.shape == (2000, 5000)
+    assert (X != again).nnz == 0 and (y == y_again).all()
+    assert 0.9 * 0.004 < X.nnz / (2000 * 5000) <= 0.004 * 1.1
+    np.testing.assert_allclose(np.sqrt(X.multiply(X).sum(axis=1)).A1, 1.0)
+    assert set(np.unique(y)) == set(range(20))
+
+
+@pytest.mark.slow
+def test_sparse_comparison_reports_both_libraries():
+    from fastbp.bench_sklearn import sparse_compare
+
+    lines = []
+    row = sparse_compare(600, 3000, 0.01, repeats=1, max_iter=2, stream=lines.append)
+    for library in ("fastbp", "sklearn"):
+        assert row[library] > 0 and row[library + "_epochs"] == 2
+        assert any(line.lstrip().startswith(library) for line in lines)
+    # The same trajectory: the same test accuracy.
+    assert row["fastbp_score"] == row["sklearn_score"]
+
+
+@pytest.mark.slow
+def test_float32_and_poisson_comparisons_report_both_libraries():
+    from fastbp.bench_sklearn import dense_compares
+
+    lines = []
+    rows = dense_compares(2000, repeats=1, max_iter=3, stream=lines.append)
+    assert [row["problem"].split(":")[0] for row in rows] == ["float32", "Poisson"]
+    assert sum("float32" in line for line in lines if line.lstrip().startswith("fastbp")) == 1
+    for row in rows:
+        for library in ("fastbp", "sklearn"):
+            assert row[library] > 0 and row[library + "_epochs"] == 3
+        # The same trajectories: scores agree to rounding.
+        assert abs(row["fastbp_score"] - row["sklearn_score"]) < 1e-3

@@ -346,6 +346,25 @@ def test_bad_input_raises_as_on_the_cpu(X, Y, fit):
     assert raised[1] == raised[0]
 
 
+@needs_device
+def test_sparse_input_is_refused_and_changes_nothing():
+    import scipy.sparse as sp
+
+    net = fastbp.MLP([3, 4, 1], "sigmoid", "bce", seed=0, device="cuda")
+    net.fit(np.eye(4, 3), np.ones((4, 1)), epochs=1, lr=0.1, optimizer="momentum")
+    before = net.get_params(), net.optimizer_state()
+    X = sp.csr_matrix(np.eye(4, 3))
+    with pytest.raises(TypeError, match="^X: sparse input is supported on device='cpu' only"):
+        net.fit(X, np.ones((4, 1)), epochs=1, lr=0.1, optimizer="adam")
+    with pytest.raises(TypeError, match="^X: sparse input"):
+        net.forward(X)
+    (weights, biases), state = before
+    for kept, now in zip(weights + biases, net.weights + net.biases, strict=True):
+        np.testing.assert_array_equal(kept, now)
+    assert net.optimizer_state()["optimizer"] == state["optimizer"] == "momentum"
+    np.testing.assert_array_equal(net.optimizer_state()["m"], state["m"])
+
+
 def test_missing_numba_cuda_says_what_to_install(monkeypatch):
     import numba
 

@@ -259,3 +259,41 @@ def test_process_0_writes_the_checkpoint_and_every_process_resumes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "resumed.npy"), expected)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".fastbp")] == []
+
+
+SPARSE = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import scipy.sparse as sp
+    import fastbp
+
+    def train(comm):
+        rng = np.random.default_rng(0)
+        X = sp.random(1500, 300, density=0.02, format="csr", random_state=1)
+        y = rng.integers(0, 4, 1500)
+        net = fastbp.MLP([300, 32, 4], ["relu", "softmax"], "cce", seed=2)
+        history = net.fit(X, y, epochs=3, lr=0.01, batch_size=400, shuffle=True,
+                          optimizer="adam", comm=comm)
+        return np.concatenate([history, *[w.ravel() for w in net.weights]])
+
+    if __name__ == "__main__":
+        from mpi4py import MPI
+
+        result = train(MPI.COMM_WORLD)
+        if MPI.COMM_WORLD.Get_rank() == 0:
+            np.save(sys.argv[1], result)
+    """
+)
+
+
+def test_sparse_input_over_mpi_gives_the_bits_of_one_process(tmp_path):
+    pytest.importorskip("scipy")
+    namespace = {}
+    exec(SPARSE.replace('if __name__ == "__main__":', "if False:"), namespace)
+    expected = namespace["train"](None)
+    script = tmp_path / "sparse.py"
+    script.write_text(SPARSE)
+    done = _mpiexec(3, script, tmp_path / "sparse.npy")
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "sparse.npy"), expected)

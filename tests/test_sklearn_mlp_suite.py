@@ -24,8 +24,6 @@ IMPORT = "from sklearn.neural_network import MLPClassifier, MLPRegressor"
 EXPECTED_FAILURES = {
     "test_gradient": "calls scikit-learn's private _loss_grad_lbfgs; ported below as "
     "test_gradient_ported",
-    "test_sparse_matrices[csr_matrix]": "fastbp refuses sparse input (documented difference)",
-    "test_sparse_matrices[csr_array]": "fastbp refuses sparse input (documented difference)",
 }
 
 

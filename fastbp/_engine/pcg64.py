@@ -168,4 +168,4 @@ def stream(seed):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "78e062c33f3b114ef5a669854a04dd892dce89b5b026a02d8e69e0e5e05a5cc0"
+SOURCES_DIGEST = "f3c5029afcb71563724c064eaa8010bd42825d23cfc4d184314a67bd33d86a39"

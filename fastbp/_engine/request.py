@@ -68,14 +68,26 @@ _NO_MOMENTS = {}
 NO_HYPERPARAMETERS = Hyperparameters()
 
 
+class SparseRows(NamedTuple):
+    """Input rows in compressed sparse row form, as ``Request.X`` for sparse data: the
+    CSR arrays of scipy.sparse, ``indptr`` and ``indices`` as int64 and ``data`` in the
+    network's dtype, finite, and ``shape`` ``(n, n_in)``. The first layer multiplies
+    them as they are: no dense copy of the rows is ever made."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    shape: tuple
+
+
 class Request(NamedTuple):
     """One call of a backend. Arrays are already checked and in the network's dtype: ``X``
-    ``(n, n_in)`` C-contiguous; ``Y`` ``(n, n_out)`` targets, or ``(0, n_out)`` when
-    ``labels`` (int64 ``(n,)`` class indices) or nothing stands in for them;
+    ``(n, n_in)`` C-contiguous, or ``SparseRows``; ``Y`` ``(n, n_out)`` targets, or
+    ``(0, n_out)`` when ``labels`` (int64 ``(n,)`` class indices) or nothing stands in for them;
     ``sample_weight`` float64 ``(n,)`` or empty."""
 
     mode: Mode
-    X: np.ndarray
+    X: np.ndarray | SparseRows
     Y: np.ndarray
     labels: np.ndarray
     sample_weight: np.ndarray

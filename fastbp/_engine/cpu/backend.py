@@ -16,7 +16,7 @@ from numba._dispatcher import compute_fingerprint
 from .. import config
 from ..codes import H_BETA1, H_BETA2, H_EPSILON, H_L2, H_LR, H_MOMENTUM, SGD, SQUARED
 from ..layout import build_layout
-from ..request import Hyperparameters, Mode, OptimizerState, Request
+from ..request import Hyperparameters, Mode, OptimizerState, Request, SparseRows
 from . import blas_threads, compile_ahead
 from .addresses import address_of
 from .entry import compiled_run, parallel_groups
@@ -43,9 +43,26 @@ def run(request):
     restoring the parameters and optimizer state of the last finite one."""
     n = request.X.shape[0]
     batch_size = n if request.batch_size is None else request.batch_size
+    sparse = isinstance(request.X, SparseRows)
     return _run_with_plan(
-        request, work_plan(request.layout, request.params.dtype, batch_size, time_layer)
+        request, work_plan(request.layout, request.params.dtype, batch_size, time_layer, sparse)
     )
+
+
+#: The CSR arrays ``compiled_run`` takes with dense input, by dtype: empty.
+_NO_ROWS = {}
+
+
+def _csr_arguments(X, dtype):
+    """``(X, indptr, indices, values)`` as ``compiled_run`` takes them: dense ``X`` with
+    empty CSR arrays, or for ``SparseRows`` its arrays with a placeholder ``X`` of no
+    columns (no memory), so that both kinds of input share one compiled signature."""
+    if isinstance(X, SparseRows):
+        return np.empty((X.shape[0], 0), dtype), X.indptr, X.indices, X.data
+    empty = _NO_ROWS.get(dtype)
+    if empty is None:
+        empty = _NO_ROWS[dtype] = (np.zeros(0, np.int64), np.zeros(0, dtype))
+    return X, empty[0], empty[0], empty[1]
 
 
 def _run_with_plan(request, plan):
@@ -68,10 +85,14 @@ def _run_with_plan(request, plan):
     hyper_array[H_LR], hyper_array[H_MOMENTUM] = hyper.lr, hyper.momentum
     hyper_array[H_BETA1], hyper_array[H_BETA2] = hyper.beta1, hyper.beta2
     hyper_array[H_EPSILON], hyper_array[H_L2] = hyper.epsilon, hyper.l2
+    X, indptr, indices, values = _csr_arguments(X, dtype)
     with blas_threads.one_blas_thread() if plan.uses_blas else blas_threads.NO_LIMIT:
         # The request's arrays stay referenced meanwhile: the aliases hold no reference.
         return _run_planned(
-            _writeable_typed(request.X),
+            _writeable_typed(X),
+            indptr,
+            indices,
+            values,
             _writeable_typed(request.Y),
             _writeable_typed(request.labels),
             _writeable_typed(request.sample_weight),
@@ -118,6 +139,9 @@ def _writeable_typed(array):
 
 def _run_planned(
     X,
+    indptr,
+    indices,
+    values,
     Y,
     labels,
     sample_weight,
@@ -152,7 +176,8 @@ def _run_planned(
     ``tiny_run``; otherwise finds ``group_pass``, and ``parallel_groups`` and
     ``parallel_update`` where the run may use them, compiled for these argument types
     first."""
-    if out.shape[0] == 0 and _tiny(X, layout, batch_size, optimizer, blas, out_grad):
+    sparse = indptr.shape[0] > 0
+    if out.shape[0] == 0 and not sparse and _tiny(X, layout, batch_size, optimizer, blas, out_grad):
         return tiny_run(
             X,
             Y,
@@ -178,6 +203,9 @@ def _run_planned(
         parallel_min_macs = max(parallel_min_macs, CALL_PARALLEL_MIN_MACS)
     typed = (
         X,
+        indptr,
+        indices,
+        values,
         Y,
         labels,
         sample_weight,
@@ -194,7 +222,7 @@ def _run_planned(
     key = tuple(compute_fingerprint(value) for value in typed)
     group_pass_at = NOT_COMPILED
     helper = None  # another process compiling group_pass meanwhile
-    if out.shape[0] > 0 or blas.any() or min(batch_size, X.shape[0]) >= SAMPLE_PASS_ROWS:
+    if sparse or out.shape[0] > 0 or blas.any() or min(batch_size, X.shape[0]) >= SAMPLE_PASS_ROWS:
         group_pass_at = _group_pass_at.get(key)
         if group_pass_at is None:
             group_pass_types = _group_pass_types(*typed)
@@ -242,6 +270,9 @@ def _run_planned(
         exchange_at = _exchange_at(grads, send, send_loss)
     arguments = [
         X,
+        indptr,
+        indices,
+        values,
         Y,
         labels,
         sample_weight,
@@ -379,13 +410,48 @@ def _may_run_in_parallel(n, batch_size, chunk, max_groups, n_params, parallel_mi
 
 
 def _group_pass_types(
-    X, Y, labels, sample_weight, order, params, layout, offs, loss, loss_scale, clip, chunk, out
+    X,
+    indptr,
+    indices,
+    values,
+    Y,
+    labels,
+    sample_weight,
+    order,
+    params,
+    layout,
+    offs,
+    loss,
+    loss_scale,
+    clip,
+    chunk,
+    out,
 ):
     """The numba types of the arguments ``compiled_run`` passes ``group_pass``."""
-    X, Y, labels, sample_weight, order, params, layout, offs, loss, loss_scale, clip, chunk, out = (
+    (
+        X,
+        indptr,
+        indices,
+        values,
+        Y,
+        labels,
+        sample_weight,
+        order,
+        params,
+        layout,
+        offs,
+        loss,
+        loss_scale,
+        clip,
+        chunk,
+        out,
+    ) = (
         typeof(value)
         for value in (
             X,
+            indptr,
+            indices,
+            values,
             Y,
             labels,
             sample_weight,
@@ -407,6 +473,9 @@ def _group_pass_types(
         index,
         index,
         X,
+        indptr,
+        indices,
+        values,
         Y,
         labels,
         sample_weight,
@@ -437,6 +506,9 @@ def _parallel_groups_types(*typed):
         n_groups,
         n_chunks,
         X,
+        indptr,
+        indices,
+        values,
         Y,
         labels,
         sample_weight,
@@ -461,6 +533,9 @@ def _parallel_groups_types(*typed):
         n_groups,
         n_chunks,
         X,
+        indptr,
+        indices,
+        values,
         Y,
         labels,
         sample_weight,
@@ -501,6 +576,7 @@ def _parallel_update_types(params, layout, optimizer, hyper, state_m, state_v, o
         state_m,
         state_v,
         out_grad,
+        types.int64,
     )
 
 

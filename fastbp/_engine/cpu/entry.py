@@ -4,7 +4,7 @@ a batch's chunk groups over threads."""
 import numpy as np
 from numba import prange, types
 
-from ..codes import H_L2
+from ..codes import H_L2, L_FAN_IN, L_FAN_OUT
 from ..shuffle import shuffle_order
 from ..sources import njit
 from .addresses import Named, caller_of
@@ -13,6 +13,7 @@ from .compile_options import PRANGE_ONLY
 from .elementwise import prefetch_samples
 from .passes import group_pass, sample_pass
 from .plan import SAMPLE_PASS_ROWS
+from .sparse import clear_leading
 from .updates import UPDATE_BLOCK, apply_gradient, parallel_update, squared_weights
 
 #: ``sample_pass`` batches prefetch the next batch's samples when X has at least this
@@ -31,6 +32,9 @@ def parallel_groups(
     n_groups,
     n_chunks,
     X,
+    indptr,
+    indices,
+    values,
     Y,
     labels,
     sample_weight,
@@ -62,6 +66,9 @@ def parallel_groups(
             n_groups,
             n_chunks,
             X,
+            indptr,
+            indices,
+            values,
             Y,
             labels,
             sample_weight,
@@ -91,6 +98,9 @@ def parallel_groups(
                 n_groups,
                 n_chunks,
                 X,
+                indptr,
+                indices,
+                values,
                 Y,
                 labels,
                 sample_weight,
@@ -122,6 +132,9 @@ call_parallel_update = caller_of(parallel_update, returns=types.none)
 @njit(cache=True, nogil=True)
 def compiled_run(
     X,
+    indptr,
+    indices,
+    values,
     Y,
     labels,
     sample_weight,
@@ -166,6 +179,11 @@ def compiled_run(
 
     The one compiled entry point: training, or one gradient, or a forward pass.
 
+    Sparse input comes as the CSR arrays ``indptr``, ``indices``, ``values``
+    (``request.SparseRows``) with ``X`` a placeholder of no columns; dense input passes
+    them empty. They are arguments of every call rather than a second entry point: one
+    compiled signature per dtype serves both.
+
     ``work`` and ``grads`` hold a work buffer and a gradient buffer for each chunk group
     of the largest batch (from ``run``'s ``_scratch``; a forward pass gets no gradient
     columns); whatever they hold on entry is never read.
@@ -192,7 +210,17 @@ def compiled_run(
     n = X.shape[0]
     n_params = params.shape[0]
     reads_wt = reads_transposed(layout, blas)
-    by_sample = out.shape[0] == 0 and not blas.any()
+    sparse = indptr.shape[0] > 0
+    # Sparse rows scatter the first layer's weight gradient into each group's buffer,
+    # which stays clear between batches: cleared here, then by each update as it reads it.
+    clear = 0
+    if sparse:
+        reads_wt[0] = False  # sparse rows gather rows of W_0 as stored
+        if out.shape[0] == 0:
+            clear = layout[0, L_FAN_IN] * layout[0, L_FAN_OUT]
+            clear_leading(grads, grads.shape[0], clear)
+    # Sparse rows go to group_pass, however small the batch: sample_pass reads X.
+    by_sample = out.shape[0] == 0 and not blas.any() and not sparse
     # Batches that all run sample by sample read the weights as stored, never ``wt``.
     if by_sample and min(batch_size, n) < SAMPLE_PASS_ROWS:
         reads_wt[:] = False
@@ -261,6 +289,9 @@ def compiled_run(
                         n_groups,
                         n_chunks,
                         X,
+                        indptr,
+                        indices,
+                        values,
                         Y,
                         labels,
                         sample_weight,
@@ -296,6 +327,9 @@ def compiled_run(
                             n_groups,
                             n_chunks,
                             X,
+                            indptr,
+                            indices,
+                            values,
                             Y,
                             labels,
                             sample_weight,
@@ -334,7 +368,10 @@ def compiled_run(
                     for b in range(start, start + size):
                         norm += sample_weight[order[b]]
                     if norm == 0.0:
-                        continue  # a batch of zero total weight carries nothing to learn
+                        # A batch of zero total weight carries nothing to learn. Its
+                        # gradient is zero, or NaN where a delta was infinite: cleared.
+                        clear_leading(grads, n_groups, clear)
+                        continue
             batch_loss = loss_sum / norm
             if hyper[H_L2] > 0.0:
                 batch_loss += 0.5 * hyper[H_L2] * squared_weights(params, layout) / norm
@@ -365,6 +402,7 @@ def compiled_run(
                         state_m,
                         state_v,
                         out_grad,
+                        clear,
                     ),
                 )
             else:
@@ -381,6 +419,7 @@ def compiled_run(
                         state_m,
                         state_v,
                         out_grad,
+                        clear,
                         lo,
                         min(lo + UPDATE_BLOCK, n_params),
                     )
@@ -412,4 +451,4 @@ def compiled_run(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "78e062c33f3b114ef5a669854a04dd892dce89b5b026a02d8e69e0e5e05a5cc0"
+SOURCES_DIGEST = "f3c5029afcb71563724c064eaa8010bd42825d23cfc4d184314a67bd33d86a39"

@@ -26,6 +26,10 @@ def exchange_groups(grads_flat, group_loss, send, send_loss, n_groups, share, n_
             for i in range(n_params):
                 send[j * n_params + i] = grads_flat[g * n_params + i]
             send_loss[j] = group_loss[g]
+        else:  # past the last group: zeros, as a later batch's groups start from them
+            for i in range(n_params):
+                send[j * n_params + i] = 0
+            send_loss[j] = 0.0
     # As bytes: the same bits, and numba-mpi gathers no float32.
     count = share * n_params * send.itemsize
     sent, gathered = send.view(np.uint8), grads_flat.view(np.uint8)

@@ -18,6 +18,7 @@ from .elementwise import (
 )
 from .losses import block_loss, output_activation
 from .products import dot_nn, dot_nt, outer, short_product
+from .sparse import sparse_forward, sparse_weight_gradient
 
 
 @njit(cache=True, _nrt=False, error_model=NUMPY_ERRORS)
@@ -149,6 +150,9 @@ def group_pass(
     n_groups,
     n_chunks,
     X,
+    indptr,
+    indices,
+    values,
     Y,
     labels,
     sample_weight,
@@ -178,7 +182,12 @@ def group_pass(
     (the transposes feed dW = A^T @ D; a layer of one output takes its dW, a row, as
     d^T @ A without them) and two delta buffers with their transposes;
     ``offs`` says where (``plan.work_offsets``). Buffers are addressed by flat
-    offsets: building 2-D views costs about 70 ns each, more than a tiny layer's work."""
+    offsets: building 2-D views costs about 70 ns each, more than a tiny layer's work.
+
+    Sparse input comes as CSR arrays ``indptr``, ``indices``, ``values`` (``X`` then has
+    no columns; dense input passes them empty): the first layer's products are
+    ``sparse.sparse_forward`` and ``sparse.sparse_weight_gradient``, and the work buffer
+    holds no input rows."""
     n_layers = layout.shape[0]
     n_in = layout[0, L_FAN_IN]
     n_out = layout[n_layers - 1, L_FAN_OUT]
@@ -187,6 +196,7 @@ def group_pass(
     first = group * n_chunks // n_groups
     training = out.shape[0] == 0
     x_flat = X.reshape(X.size)  # a view: X is C-contiguous
+    sparse = indptr.shape[0] > 0
     overwrite = np.bool_(False)  # a typed False: a literal one would compile products twice
     total = 0.0
     for c in range(first, (group + 1) * n_chunks // n_groups):
@@ -195,20 +205,21 @@ def group_pass(
 
         # Forward: the chunk's rows, read in place when they are consecutive rows of X,
         # else gathered; then z = A @ W + b by layer.
+        # Sparse rows are read where they are stored, by sparse_forward.
         source, a_in = work, offs[0]
         first_row = order[lo]
-        consecutive = True
-        for b in range(count):
+        consecutive = not sparse
+        for b in range(count if consecutive else 0):
             consecutive = consecutive and order[lo + b] == first_row + b
         if consecutive:
             source, a_in = x_flat, first_row * n_in
-        else:
+        elif not sparse:
             prefetch_rows(x_flat, order, lo, lo + count, n_in)
             for b in range(count):
                 row = order[lo + b]
                 for k in range(n_in):
                     work[a_in + b * n_in + k] = X[row, k]
-        if training and not blas[0] and layout[0, L_FAN_OUT] > 1:
+        if training and not sparse and not blas[0] and layout[0, L_FAN_OUT] > 1:
             transpose(source, a_in, count, n_in, work, offs[n_layers + 1], chunk)
         for l in range(n_layers):
             fan_in = layout[l, L_FAN_IN]
@@ -218,7 +229,21 @@ def group_pass(
             z_out = offs[l + 1]
             t_out = offs[n_layers + 2 + l]
             a, a_off = (source, a_in) if l == 0 else (work, offs[l])
-            if blas[l]:
+            if l == 0 and sparse:
+                sparse_forward(
+                    indptr,
+                    indices,
+                    values,
+                    order,
+                    lo,
+                    count,
+                    params,
+                    layout[0, L_WEIGHT],
+                    fan_out,
+                    work,
+                    z_out,
+                )
+            elif blas[l]:
                 blas_forward(
                     a, a_off, params, layout[l, L_WEIGHT], work, z_out, count, fan_in, fan_out
                 )
@@ -300,11 +325,26 @@ def group_pass(
             d_cur = offs[base + cur]
             dt_cur = offs[base + 2 + cur]
             wide = blas[l]
+            scatter = l == 0 and sparse  # sparse rows: dW by sparse_weight_gradient
             by_rows = not wide and bias >= 0 and 4 * fan_out <= count  # narrow: long sums
-            if by_rows or not (wide or fan_out == 1 or short_product(fan_out, count)):
+            if by_rows or not (scatter or wide or fan_out == 1 or short_product(fan_out, count)):
                 transpose(work, d_cur, count, fan_out, work, dt_cur, chunk)
             a, a_off = (source, a_in) if l == 0 else (work, offs[l])
-            if wide:
+            if scatter:
+                sparse_weight_gradient(
+                    indptr,
+                    indices,
+                    values,
+                    order,
+                    lo,
+                    count,
+                    work,
+                    d_cur,
+                    grad,
+                    w_off,
+                    fan_out,
+                )
+            elif wide:
                 blas_weight_gradient(
                     a, a_off, work, d_cur, grad, w_off, count, fan_in, fan_out, accumulate
                 )
@@ -406,4 +446,4 @@ def group_pass(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "78e062c33f3b114ef5a669854a04dd892dce89b5b026a02d8e69e0e5e05a5cc0"
+SOURCES_DIGEST = "f3c5029afcb71563724c064eaa8010bd42825d23cfc4d184314a67bd33d86a39"

@@ -40,6 +40,7 @@ def apply_gradient(
     state_m,
     state_v,
     out_grad,
+    clear,
     lo,
     hi,
 ):
@@ -52,6 +53,10 @@ def apply_gradient(
     keeps them vectorized. No fastmath: the loops are elementwise and vectorize without
     it, and with it numba rounded Adam's step differently in freshly compiled and in
     cached code.
+
+    Afterwards the first ``clear`` entries of the groups' buffers (within ``lo:hi``) are
+    set to zero: a sparse first layer's weight gradient is scattered into a buffer
+    kept clear this way, while its entries are in cache, not by a pass of its own.
 
     The arithmetic stays in the parameters' dtype, the hyperparameters rounded to it
     first, as NumPy computes ``p -= lr * g`` for a float32 ``p`` and a Python float
@@ -102,11 +107,16 @@ def apply_gradient(
             state_m[i] = beta1 * state_m[i] + (one - beta1) * g[i]
             state_v[i] = beta2 * state_v[i] + (one - beta2) * g[i] * g[i]
             params[i] -= lr_t * state_m[i] / (np.sqrt(state_v[i]) + eps)
+    stop = min(hi, np.uint64(clear))
+    for s in range(n_groups):
+        buffer = grads[s]
+        for i in range(lo, stop):
+            buffer[i] = 0
 
 
 @njit(parallel=PRANGE_ONLY, cache=True)
 def parallel_update(
-    grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m, state_v, out_grad
+    grads, n_groups, params, layout, norm, optimizer, hyper, step, state_m, state_v, out_grad, clear
 ):
     """``apply_gradient`` over every block of ``params``, spread over threads. Only
     networks of many parameters use it: the update then streams every gradient buffer,
@@ -126,6 +136,7 @@ def parallel_update(
             state_m,
             state_v,
             out_grad,
+            clear,
             lo,
             min(lo + UPDATE_BLOCK, n),
         )
@@ -143,4 +154,4 @@ def squared_weights(params, layout):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "78e062c33f3b114ef5a669854a04dd892dce89b5b026a02d8e69e0e5e05a5cc0"
+SOURCES_DIGEST = "f3c5029afcb71563724c064eaa8010bd42825d23cfc4d184314a67bd33d86a39"

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from .. import codes as K
-from ..request import Mode, OptimizerState
+from ..request import Mode, OptimizerState, SparseRows
 from ..shuffle import shuffle_order
 from .importing import numba_cuda
 from .kernels import (
@@ -113,7 +113,13 @@ def _grid_blocks(kernel, args, work):
 
 def run(request):
     """Carry out ``request`` (``fastbp._engine.request``) on the GPU: the same in-place
-    updates and return value as the CPU backend's ``run``."""
+    updates and return value as the CPU backend's ``run``. Sparse input is refused:
+    its first-layer products exist on the CPU only."""
+    if isinstance(request.X, SparseRows):
+        raise TypeError(
+            "X: sparse input is supported on device='cpu' only; densify it (X.toarray()) "
+            "for device='cuda'"
+        )
     X, Y, labels, sample_weight = request.X, request.Y, request.labels, request.sample_weight
     params, layout, loss, loss_scale = (
         request.params,
