@@ -338,8 +338,8 @@ class _BaseMLP(BaseEstimator):
 
     def _read_net(self):
         """Copy the trained parameters out of the engine network."""
-        weights, biases = self._net.get_params()
-        self.coefs_, self.intercepts_ = weights, biases
+        self.coefs_ = self.intercepts_ = None  # the old arrays go before the new come
+        self.coefs_, self.intercepts_ = self._net.get_params()
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -475,8 +475,9 @@ class _BaseMLP(BaseEstimator):
             intercept = random_state.uniform(-bound, bound, fan_out)
             self.coefs_.append(coef.astype(dtype, copy=False))
             self.intercepts_.append(intercept.astype(dtype, copy=False))
-        self._best_coefs = [c.copy() for c in self.coefs_]
-        self._best_intercepts = [i.copy() for i in self.intercepts_]
+        if self.early_stopping:  # the best epoch's weights, as scikit-learn keeps them
+            self._best_coefs = [c.copy() for c in self.coefs_]
+            self._best_intercepts = [i.copy() for i in self.intercepts_]
         for name in (
             "loss_curve_",
             "validation_scores_",
@@ -631,6 +632,9 @@ class _BaseMLP(BaseEstimator):
                             l2=self.alpha,
                             check_input=False,
                             comm=self._comm,
+                            # Without early stopping a diverged fit raises and _fit
+                            # restores the state before it: no copy kept here.
+                            restore_finite=early_stopping,
                         )
                     except FloatingPointError as error:
                         if not early_stopping:

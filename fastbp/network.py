@@ -89,6 +89,22 @@ def _like(arrays, shapes, dtype):
     return True
 
 
+def _diverged(history, failed, first, total, restored):
+    """The FloatingPointError of a run that diverged in its epoch ``failed`` (counted from
+    ``first`` of ``total``), carrying the losses of the epochs before it."""
+    kept = (
+        f"the parameters are those at the end of epoch {first + failed}"
+        if restored
+        else "the parameters are left as they became"
+    )
+    error = FloatingPointError(
+        f"training diverged in epoch {first + failed + 1} of {total}: the loss or the "
+        f"parameters became NaN or infinite; {kept} (lower lr?)"
+    )
+    error.history = history[:failed]
+    return error
+
+
 class MLP:
     """A fully connected network trained by backpropagation.
 
@@ -272,6 +288,10 @@ class MLP:
         ``fit``). With ``check_input=False``, ``X`` must already be as ``features``
         returns it: a C-contiguous ``(n_samples, n_in)`` array of the network's dtype with
         finite values, or ``SparseRows`` (see ``fit``)."""
+        from . import streaming
+
+        if streaming.is_row_source(X):
+            return self._forward_blocks(X)
         if check_input:
             X = self._features(X)
         self._check_finite_params()
@@ -293,6 +313,22 @@ class MLP:
         return out
 
     predict = forward
+
+    def _forward_blocks(self, X):
+        """``forward`` of a row source, block by block as a thread reads them."""
+        from . import streaming
+
+        self._check_finite_params()
+        n = X.shape[0]
+        out = np.empty((n, self.layer_sizes[-1]), self.dtype)
+        plan = streaming.Plan.of(n, 1, self.dtype.itemsize * self.layer_sizes[0])
+        visits = plan.visits(False, None)
+        start = 0
+        for block in streaming.read_blocks(X, None, None, plan, visits, lambda block: block):
+            stop = start + block.X.shape[0]
+            out[start:stop] = self.forward(block.X)
+            start = stop
+        return out
 
     def _data(self, X, Y, sample_weight, check_input=True):
         """``(X, Y, labels, sample_weight)`` as the engine takes them (``Request``)."""
@@ -404,6 +440,7 @@ class MLP:
         checkpoint_every: int | None = None,
         checkpoint_seconds: float | None = None,
         comm=None,
+        restore_finite: bool = True,
     ) -> NDArray[np.float64]:
         """Train in place; returns the loss of every epoch (the mean, or with
         ``reduction="sum"`` the sum, over the epoch's samples, each measured before the
@@ -437,7 +474,10 @@ class MLP:
         75,000 rows again cost 1 ms an epoch.
 
         If the loss or the parameters become non-finite, training stops, the parameters
-        of the last finite epoch are restored and FloatingPointError names the epoch.
+        and optimizer state of the last finite epoch are restored and FloatingPointError
+        names the epoch. Keeping them costs a copy of both: ``restore_finite=False`` saves
+        that memory, leaving the parameters as they became (on the CPU; for callers that
+        keep their own copy, as the estimators do).
 
         ``checkpoint`` (a path) makes the run resumable (``fastbp.checkpoint``): the state
         is written there, atomically, every ``checkpoint_every`` epochs (default 1) or,
@@ -453,16 +493,34 @@ class MLP:
         bit, of this fit in one process (``fastbp.distributed``). Input refused in one
         process raises in all. With ``checkpoint``, process 0 writes it and all resume.
         """
+        from . import streaming
+
         ranks = (0, 1) if comm is None else self._ranks(comm)
+        if check_input:
+            restore_finite = check.flag(restore_finite, "restore_finite")
+        blockwise = order is None and streaming.blockwise(X, Y, shuffle)
+        if blockwise and checkpoint is not None and streaming.is_row_source(X):
+            raise ValueError(
+                "checkpoint: a run read from a row source cannot be fingerprinted; save the "
+                "data as .npy and train on np.load(path, mmap_mode='r')"
+            )
+        if blockwise and self.device != "cpu":
+            raise ValueError(
+                f"X: data read block by block trains on device='cpu', not {self.device!r}"
+            )
         data, order, batch_size, hyper = _checked(
             comm,
             lambda: self._fit_arguments(
                 X, Y, epochs, lr, batch_size, shuffle, optimizer, momentum, beta1, beta2,
-                epsilon, l2, sample_weight, order, check_input,
+                epsilon, l2, sample_weight, order, check_input, blockwise,
             ),
         )  # fmt: skip
+        train_epochs = self._train_blocks if blockwise else self._train
         if checkpoint is None:
-            return self._train(data, order, epochs, batch_size, shuffle, optimizer, hyper, ranks)
+            return train_epochs(
+                data, order, epochs, batch_size, shuffle, optimizer, hyper, ranks,
+                restore=restore_finite,
+            )  # fmt: skip
         from . import checkpoint as checkpoints
 
         n = data[0].shape[0]
@@ -472,9 +530,10 @@ class MLP:
                 block = order[first * n : (first + count) * n]
             else:
                 block = order
-            return self._train(
-                data, block, count, batch_size, shuffle, optimizer, hyper, ranks, first, epochs
-            )
+            return train_epochs(
+                data, block, count, batch_size, shuffle, optimizer, hyper, ranks, first,
+                epochs, restore_finite,
+            )  # fmt: skip
 
         X, Y, labels, sample_weight = data
         return checkpoints.run(
@@ -502,16 +561,18 @@ class MLP:
 
     def _fit_arguments(
         self, X, Y, epochs, lr, batch_size, shuffle, optimizer, momentum, beta1, beta2,
-        epsilon, l2, sample_weight, order, check_input,
+        epsilon, l2, sample_weight, order, check_input, blockwise=False,
     ):  # fmt: skip
-        """``fit``'s arguments checked: ``(data, order, batch_size, hyperparameters)``."""
+        """``fit``'s arguments checked: ``(data, order, batch_size, hyperparameters)``;
+        data read block by block is checked as it is read (``_engine_block``)."""
         if check_input:
             epochs = check.positive_int(epochs, "epochs")
             lr = check.positive_float(lr, "lr")
             if batch_size is not None:
                 batch_size = check.positive_int(batch_size, "batch_size")
             optimizer = check.choice(optimizer, "optimizer", check.OPTIMIZERS)
-            shuffle = check.flag(shuffle, "shuffle")
+            if not (isinstance(shuffle, str) and shuffle == "blocks"):
+                shuffle = check.flag(shuffle, "shuffle")
             momentum = check.positive_float(momentum, "momentum", allow_zero=True)
             beta1 = check.positive_float(beta1, "beta1", allow_zero=True)
             beta2 = check.positive_float(beta2, "beta2", allow_zero=True)
@@ -519,7 +580,10 @@ class MLP:
             l2 = check.positive_float(l2, "l2", allow_zero=True)
             if momentum >= 1 or beta1 >= 1 or beta2 >= 1:
                 raise ValueError("momentum, beta1 and beta2 must be below 1")
-        X, Y, labels, sample_weight = self._data(X, Y, sample_weight, check_input)
+        if blockwise:
+            X, Y, labels, sample_weight = self._block_data(X, Y, sample_weight)
+        else:
+            X, Y, labels, sample_weight = self._data(X, Y, sample_weight, check_input)
         if order is not None:
             if check_input:
                 order = check.permutations(order, X.shape[0], epochs)
@@ -543,17 +607,12 @@ class MLP:
         ranks=(0, 1),
         first=0,
         total=None,
+        restore=True,
     ):
         """Train checked ``data`` for ``epochs`` epochs; errors count epochs from ``first``
         of ``total``, for runs trained in blocks."""
         X, Y, labels, sample_weight = data
-        if optimizer != self._optimizer:
-            self.reset_optimizer()
-            self._optimizer = optimizer
-            if optimizer != "sgd":
-                m = np.zeros_like(self._params)
-                v = np.zeros_like(self._params) if optimizer == "adam" else self._state.v
-                self._state = OptimizerState(m, v, self._state.step)
+        self._use_optimizer(optimizer)
         history = np.full(epochs, np.nan)
         failed = self._backend.run(
             Request(
@@ -577,17 +636,117 @@ class MLP:
                 state=self._state,
                 history=history,
                 ranks=ranks,
+                restore=restore,
             )
         )
         if failed >= 0:
-            error = FloatingPointError(
-                f"training diverged in epoch {first + failed + 1} of {total or epochs}: the "
-                f"loss or the parameters became NaN or infinite; the parameters are those at "
-                f"the end of epoch {first + failed} (lower lr?)"
-            )
-            error.history = history[:failed]
-            raise error
+            raise _diverged(history, failed, first, total or epochs, restore)
         return history
+
+    def _use_optimizer(self, optimizer):
+        """Start ``optimizer``'s state afresh unless it is the one that trained last."""
+        if optimizer != self._optimizer:
+            self.reset_optimizer()
+            self._optimizer = optimizer
+            if optimizer != "sgd":
+                m = np.zeros_like(self._params)
+                v = np.zeros_like(self._params) if optimizer == "adam" else self._state.v
+                self._state = OptimizerState(m, v, self._state.step)
+
+    def _block_data(self, X, Y, sample_weight):
+        """``(X, Y, no labels, sample_weight)`` for a fit block by block: shapes checked here,
+        values as each block is read; the weights, one number a row, checked whole."""
+        from . import streaming
+
+        if streaming.is_row_source(X) or isinstance(X, np.ndarray):
+            shape = tuple(X.shape)
+            if len(shape) != 2 or shape[1] != self.layer_sizes[0]:
+                raise ValueError(
+                    f"X must have shape (n_samples, {self.layer_sizes[0]}); got {shape}"
+                )
+        else:
+            X = self._features(X)  # sparse rows, visited by blocks
+        n = X.shape[0]
+        if n == 0:
+            raise ValueError("X has no rows")
+        rows = Y.shape[0] if streaming.is_row_source(Y) else len(Y)
+        if rows != n:
+            raise ValueError(f"Y has {rows} rows but X has {n}")
+        return X, Y, np.empty(0, np.int64), check.sample_weights(sample_weight, n)
+
+    def _engine_block(self, block):
+        """One block's ``(X, Y, labels, sample_weight)`` as the engine takes them, its
+        values checked (a label column of a row source read as ``(n, 1)`` for ``cce``)."""
+        X = self._features(block.X)
+        Y = block.Y
+        if self.loss_name == "cce" and Y.ndim == 2 and Y.shape[1] == 1 < self.layer_sizes[-1]:
+            Y = Y[:, 0]
+        Y, labels = check.targets(Y, X.shape[0], self.layer_sizes[-1], self.loss_name, self.dtype)
+        weights = block.sample_weight
+        weights = np.empty(0) if weights is None else np.ascontiguousarray(weights)
+        return X, Y, labels, weights
+
+    def _train_blocks(
+        self, data, order, epochs, batch_size, shuffle, optimizer, hyper, ranks=(0, 1),
+        first=0, total=None, restore=True,
+    ):  # fmt: skip
+        """``_train`` block by block (``fastbp.streaming``): a thread reads each block
+        while the engine trains on the one before, carrying the epoch's sums on. With
+        ``restore``, an error or a divergence restores the state of the epoch's start."""
+        from . import streaming
+
+        X, Y, _, sample_weight = data
+        weights = sample_weight if sample_weight.shape[0] else None
+        row_bytes = self.dtype.itemsize * (self.layer_sizes[0] + self.layer_sizes[-1])
+        plan = streaming.Plan.of(X.shape[0], batch_size, row_bytes)
+        self._use_optimizer(optimizer)
+        history = np.full(epochs, np.nan)
+        in_order = np.arange(plan.block_rows)  # every block's visiting order, as read
+        for epoch in range(epochs):
+            kept = self._state_copy() if restore else None
+            carry, loss = np.zeros(2), np.full(1, np.nan)
+            visits = plan.visits(shuffle == "blocks", self._shuffle_state)
+            try:
+                for Xb, Yb, labels, wb in streaming.read_blocks(
+                    X, Y, weights, plan, visits, self._engine_block
+                ):
+                    failed = self._backend.run(
+                        Request(
+                            Mode.TRAIN, Xb, Yb, labels, wb, self._params, self._layout,
+                            self._loss_code, self._loss_scale, self.reduction == "sum",
+                            order=in_order[: Xb.shape[0]], epochs=1, batch_size=batch_size, optimizer=self._optimizer_code(),
+                            hyper=hyper, state=self._state, history=loss, ranks=ranks,
+                            restore=False, carry=carry,
+                        )
+                    )  # fmt: skip
+                    if failed >= 0:
+                        raise _diverged(history, epoch, first, total or epochs, restore)
+            except BaseException:
+                if kept is not None:
+                    self._load_state_copy(kept)
+                raise
+            history[epoch] = loss[0]
+        return history
+
+    def _optimizer_code(self):
+        return _layout.OPTIMIZER_CODES[self._optimizer]
+
+    def _state_copy(self):
+        """A copy of everything training changes, to put back with ``_load_state_copy``."""
+        state = self._state
+        return (
+            self._params.copy(),
+            OptimizerState(state.m.copy(), state.v.copy(), state.step.copy()),
+            self._shuffle_state.copy(),
+        )
+
+    def _load_state_copy(self, kept):
+        params, state, shuffle_state = kept
+        self._params[:] = params
+        self._state.m[:] = state.m
+        self._state.v[:] = state.v
+        self._state.step[:] = state.step
+        self._shuffle_state[:] = shuffle_state
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the network to ``path`` in fastbp's ``.npz`` model format

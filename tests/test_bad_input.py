@@ -463,6 +463,26 @@ def test_divergence_restores_the_last_finite_epoch(rng, dtype, kwargs):
     assert all(np.isfinite(p).all() for p in net.weights + net.biases)
 
 
+def test_divergence_without_restoring_keeps_no_copy_and_says_so(rng):
+    """``restore_finite=False`` stops at the same epoch with the same finite losses but
+    leaves the parameters as the failing epoch made them (no copy kept to restore)."""
+    X, Y = _linear_problem(rng)
+    # Five batches an epoch: the failing epoch has changed the parameters by then.
+    kwargs = dict(epochs=100, lr=0.01, batch_size=4, optimizer="momentum")
+    nets = [fastbp.MLP([3, 40, 40, 1], "identity", "mse", seed=0) for _ in range(2)]
+    errors = []
+    for net, restore in zip(nets, [True, False], strict=True):
+        with pytest.raises(FloatingPointError) as info:
+            net.fit(X * 1e3, Y, restore_finite=restore, **kwargs)
+        errors.append(info.value)
+    np.testing.assert_array_equal(errors[0].history, errors[1].history)
+    assert "left as they became" in str(errors[1])
+    assert all(np.isfinite(p).all() for p in nets[0].weights)
+    assert nets[0]._params.tobytes() != nets[1]._params.tobytes()  # not restored
+    with pytest.raises(TypeError, match="restore_finite"):
+        nets[0].fit(X, Y, epochs=1, lr=0.1, restore_finite="no")
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [

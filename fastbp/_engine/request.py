@@ -119,3 +119,10 @@ class Request(NamedTuple):
     #: ``(rank, size)``: this process's rank among ``size`` processes that run the same
     #: request over MPI, each computing a share of every batch; ``(0, 1)`` alone.
     ranks: tuple = (0, 1)
+    #: TRAIN: whether a run whose loss or parameters become non-finite restores those of
+    #: the last finite epoch (which costs a copy of the parameters and optimizer state) or
+    #: leaves them as they became.
+    restore: bool = True
+    #: TRAIN, one block of an epoch's batches (CPU): float64 ``[loss, weight]`` sums of
+    #: the epoch so far, carried on in place; None trains whole epochs.
+    carry: np.ndarray | None = None

@@ -114,15 +114,23 @@ def _run_with_plan(request, plan):
             state.step,
             state.m,
             state.v,
+            _restore_buffer(params, state) if training and request.restore else empty,
             plan.chunk,
             plan.max_groups,
             config.PARALLEL_MIN_MACS,
             plan.blas,
             history,
+            np.zeros(0) if request.carry is None else request.carry,
             out_grad,
             out,
             request.ranks,
         )
+
+
+def _restore_buffer(params, state):
+    """Room for the parameters and optimizer moments of the last finite epoch, which a
+    diverging run restores."""
+    return np.empty(params.shape[0] + state.m.shape[0] + state.v.shape[0], params.dtype)
 
 
 def _writeable_typed(array):
@@ -163,11 +171,13 @@ def _run_planned(
     step,
     state_m,
     state_v,
+    saved,
     chunk,
     max_groups,
     parallel_min_macs,
     blas,
     history,
+    carry,
     out_grad,
     out,
     ranks=(0, 1),
@@ -177,7 +187,12 @@ def _run_planned(
     ``parallel_update`` where the run may use them, compiled for these argument types
     first."""
     sparse = indptr.shape[0] > 0
-    if out.shape[0] == 0 and not sparse and _tiny(X, layout, batch_size, optimizer, blas, out_grad):
+    if (
+        out.shape[0] == 0
+        and not sparse
+        and carry.shape[0] == 0
+        and _tiny(X, layout, batch_size, optimizer, blas, out_grad)
+    ):
         return tiny_run(
             X,
             Y,
@@ -295,10 +310,12 @@ def _run_planned(
         step,
         state_m,
         state_v,
+        saved,
         chunk,
         parallel_min_macs,
         blas,
         history,
+        carry,
         out_grad,
         out,
         group_pass_at,

@@ -157,10 +157,12 @@ def compiled_run(
     step,
     state_m,
     state_v,
+    saved,
     chunk,
     parallel_min_macs,
     blas,
     history,
+    carry,
     out_grad,
     out,
     group_pass_at,
@@ -191,8 +193,12 @@ def compiled_run(
     Trains in place for ``epochs`` epochs of mini-batches, visiting the rows of ``X`` in
     ``order`` (redrawn each epoch when ``shuffle``; or, ``epochs`` times as long, one
     permutation per epoch back to back), and fills ``history`` with each
-    epoch's loss. Returns -1, or the epoch whose loss or parameters became non-finite,
-    after restoring the parameters and optimizer state of the last finite epoch.
+    epoch's loss. A non-empty ``carry`` (float64 ``[loss, weight]``) makes the call one
+    block of an epoch's batches: its sums start from ``carry`` and go back there, so an
+    epoch trained block by block reports the bits of one call. Returns -1, or the epoch
+    whose loss or parameters became non-finite, after restoring the parameters and
+    optimizer state of the last finite epoch from ``saved`` (room for them, or empty to
+    leave them as they became).
     With a non-empty ``out_grad`` nothing is trained: the gradient of the first batch goes
     there and its loss to ``history[0]``. With a non-empty ``out`` only the forward pass of
     the first batch runs, its output activations going to ``out``.
@@ -233,19 +239,25 @@ def compiled_run(
     first_work, first_grad = work[0], grads[0]  # views made once: each costs atomics
     x_flat = X.reshape(X.size)  # a view: X is C-contiguous
     far_data = X.nbytes >= PREFETCH_MIN_BYTES
-    saved_params = params.copy()
-    saved_m = state_m.copy()
-    saved_v = state_v.copy()
+    # The last finite epoch's parameters and moments, where the caller wants them
+    # restored on divergence (``saved`` empty otherwise): saved before each epoch.
+    restoring = saved.shape[0] > 0
+    n_m = state_m.shape[0]
+    if restoring:
+        saved[:n_params] = params
+        saved[n_params : n_params + n_m] = state_m
+        saved[n_params + n_m :] = state_v
     saved_step = step[0]
     stacked = order.shape[0] > n  # one permutation per epoch, back to back
+    carrying = carry.shape[0] > 0  # one block of an epoch's batches: the sums go on
     for epoch in range(epochs):
         if shuffle:
             shuffle_order(order, shuffle_state)
         base = epoch * n if stacked else 0  # where this epoch's visiting order starts
-        epoch_loss = 0.0
+        epoch_loss = carry[0] if carrying else 0.0
         # The epoch's weight, summed batch by batch in visiting order, so that a fit in
         # ``order`` and a fit on the rows permuted alike report the same bits.
-        epoch_norm = 0.0
+        epoch_norm = carry[1] if carrying else 0.0
         ok = True
         for batch_start in range(0, n, batch_size):
             size = min(batch_size, n - batch_start)
@@ -428,27 +440,24 @@ def compiled_run(
             transpose_weights(params, wt, layout, reads_wt)
         if ok:
             history[epoch] = epoch_loss if reduce_sum else epoch_loss / epoch_norm
+            if carrying:
+                carry[0], carry[1] = epoch_loss, epoch_norm
             for i in range(n_params):
                 ok = ok and np.isfinite(params[i])
         if not ok:
-            for i in range(n_params):
-                params[i] = saved_params[i]
-            for i in range(state_m.shape[0]):
-                state_m[i] = saved_m[i]
-            for i in range(state_v.shape[0]):
-                state_v[i] = saved_v[i]
-            step[0] = saved_step
+            if restoring:
+                params[:] = saved[:n_params]
+                state_m[:] = saved[n_params : n_params + n_m]
+                state_v[:] = saved[n_params + n_m :]
+                step[0] = saved_step
             return epoch
-        if epoch + 1 < epochs:
-            for i in range(n_params):
-                saved_params[i] = params[i]
-            for i in range(state_m.shape[0]):
-                saved_m[i] = state_m[i]
-            for i in range(state_v.shape[0]):
-                saved_v[i] = state_v[i]
+        if restoring and epoch + 1 < epochs:
+            saved[:n_params] = params
+            saved[n_params : n_params + n_m] = state_m
+            saved[n_params + n_m :] = state_v
             saved_step = step[0]
     return -1
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "f3c5029afcb71563724c064eaa8010bd42825d23cfc4d184314a67bd33d86a39"
+SOURCES_DIGEST = "f7d8af9a4903509b89d84947ebef4d6ca7668264d4cd8806d0a6616cfd9ccc46"

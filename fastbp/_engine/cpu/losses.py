@@ -210,4 +210,4 @@ def block_loss(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "f3c5029afcb71563724c064eaa8010bd42825d23cfc4d184314a67bd33d86a39"
+SOURCES_DIGEST = "f7d8af9a4903509b89d84947ebef4d6ca7668264d4cd8806d0a6616cfd9ccc46"

@@ -1,0 +1,170 @@
+"""Data read block by block while the engine trains: rows that stay on disk (memory-mapped
+``.npy`` files, ``fastbp.parquet.ParquetColumns``) or visits by blocks (``shuffle="blocks"``).
+
+An epoch is cut into blocks of whole batches; a reader thread reads, checks and orders the
+next block while the engine trains on this one (its compiled calls release the GIL), and
+the engine carries the epoch's sums from block to block, so a fit block by block gives the
+bits of one call on the same rows in the same order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import mmap
+import queue
+import threading
+from typing import NamedTuple
+
+import numpy as np
+
+from ._engine.shuffle import shuffle_order
+
+#: Bytes of input rows (features and targets) in one block: a few times the last-level
+#: cache, small beside memory. Blocks hold whole batches, so this is a target.
+BLOCK_BYTES = 16 << 20
+
+
+def is_row_source(X) -> bool:
+    """Whether ``X`` is read by blocks through ``read(start, stop)`` rather than indexed
+    (``fastbp.parquet.ParquetColumns`` and anything shaped like it)."""
+    return hasattr(X, "read") and hasattr(X, "shape") and not isinstance(X, np.ndarray)
+
+
+def blockwise(X, Y, shuffle) -> bool:
+    """Whether a fit goes block by block: row sources, ``shuffle="blocks"``, and memory
+    maps visited in order (whose visiting order would otherwise be 8 bytes a row in
+    memory)."""
+    if is_row_source(X) or is_row_source(Y) or shuffle == "blocks":
+        return True
+    return shuffle is False and isinstance(X, np.memmap)
+
+
+class Plan(NamedTuple):
+    """How an epoch of ``n`` rows is cut: blocks of ``block_rows`` (whole batches), the
+    last one shorter."""
+
+    n: int
+    block_rows: int
+
+    @classmethod
+    def of(cls, n, batch_size, row_bytes):
+        batches = max(1, BLOCK_BYTES // max(1, batch_size * row_bytes))
+        return cls(n, min(n, batches * batch_size))
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.n // self.block_rows)
+
+    def bounds(self, block):
+        """Rows ``[start, stop)`` of block ``block``."""
+        start = block * self.block_rows
+        return start, min(self.n, start + self.block_rows)
+
+    def visits(self, shuffled, state):
+        """The epoch's blocks in visiting order, each with its rows' order inside it (None:
+        as stored). Shuffled, the whole blocks come in a random order and the rows of every
+        block in a random order, drawn from ``state`` (uint64[1], advanced); a shorter last
+        block stays last, so that every batch but the epoch's last is whole."""
+        whole = self.n // self.block_rows
+        blocks = np.arange(self.n_blocks)
+        if shuffled and whole > 1:
+            shuffle_order(blocks[:whole], state)
+        for block in blocks:
+            rows = None
+            if shuffled:
+                start, stop = self.bounds(block)
+                rows = np.empty(stop - start, np.int64)
+                shuffle_order(rows, state)
+            yield block, rows
+
+
+class Block(NamedTuple):
+    """One block's arrays, rows in visiting order."""
+
+    X: np.ndarray
+    Y: np.ndarray
+    sample_weight: np.ndarray | None
+
+
+def _rows(data, start, stop, order):
+    """Rows ``[start, stop)`` of ``data`` (array or row source), in ``order`` if given."""
+    if data is None:
+        return None
+    if is_row_source(data):
+        block = data.read(start, stop)
+    else:
+        block = data[start:stop]
+        if isinstance(data, np.memmap) and order is None:
+            _will_need(block)
+    return block if order is None else block[order]
+
+
+def _will_need(block):
+    """Ask the kernel to read a memory-mapped block ahead (``madvise(MADV_WILLNEED)``)."""
+    if not hasattr(mmap, "MADV_WILLNEED") or block.nbytes == 0:
+        return
+    page = mmap.PAGESIZE
+    first = block.ctypes.data // page * page
+    length = block.ctypes.data + block.nbytes - first
+    _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(length), mmap.MADV_WILLNEED)
+
+
+@functools.cache
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def read_blocks(X, Y, sample_weight, plan, visits, check):
+    """The epoch's blocks (``Block``), each read, ordered and passed through ``check`` by a
+    thread while the caller trains on the one before. An error in the thread is raised
+    here, at the block it concerns; closing the generator early stops the thread."""
+
+    def read(block, rows):
+        start, stop = plan.bounds(block)
+        return check(
+            Block(
+                _rows(X, start, stop, rows),
+                _rows(Y, start, stop, rows),
+                _rows(sample_weight, start, stop, rows),
+            )
+        )
+
+    ready = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def reader():
+        try:
+            for block, rows in visits:
+                item = (read(block, rows), None)
+                while not stop.is_set():
+                    try:
+                        ready.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as error:  # handed to the caller, raised there
+            ready.put((None, error))
+            return
+        ready.put((None, None))
+
+    thread = threading.Thread(target=reader, name="fastbp-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            block, error = ready.get()
+            if error is not None:
+                raise error
+            if block is None:
+                return
+            yield block
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
