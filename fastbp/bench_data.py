@@ -98,6 +98,65 @@ def measure(row_name, dtype, repeats, folder, n_rows=None):
     }
 
 
+def larger_than_memory(gigabytes, folder, features=256, hidden=16):
+    """One epoch in row order from a float32 ``.npy`` file of ``gigabytes`` GB (written
+    here, block by block), a ``features``-``hidden``-1 network, batches of 256: against
+    the disk's sequential read rate of the same file and the in-memory compute rate of
+    its first GB, with the peak growth of anonymous memory during the epoch."""
+    import threading
+
+    rows = int(gigabytes * 1e9) // (4 * (features + 1))
+    paths = [os.path.join(folder, f"big-{c}.npy") for c in "XY"]
+    X = np.lib.format.open_memmap(paths[0], "w+", np.float32, (rows, features))
+    Y = np.lib.format.open_memmap(paths[1], "w+", np.float32, (rows, 1))
+    rng = np.random.default_rng(0)
+    part = rng.standard_normal((1 << 16, features)).astype(np.float32)
+    for lo in range(0, rows, part.shape[0]):  # one random block repeated: fast to write
+        hi = min(rows, lo + part.shape[0])
+        X[lo:hi] = part[: hi - lo]
+        Y[lo:hi, 0] = part[: hi - lo, 0] * part[: hi - lo, 1]
+    X.flush(), Y.flush()
+    del X, Y
+    X, Y = (np.load(p, mmap_mode="r") for p in paths)
+    size = X.nbytes + Y.nbytes
+    net = MLP([features, hidden, 1], ["tanh", "identity"], "mse", dtype=np.float32, seed=0)
+    settings = dict(epochs=1, lr=1e-3, batch_size=256)
+    in_memory = int(1e9) // (4 * (features + 1))
+    X_mem, Y_mem = np.array(X[:in_memory]), np.array(Y[:in_memory])
+    net.fit(X_mem[:4096], Y_mem[:4096], **settings)  # compiled before timing
+    start = time.perf_counter()
+    net.fit(X_mem, Y_mem, **settings)
+    compute_rate = (X_mem.nbytes + Y_mem.nbytes) / (time.perf_counter() - start)
+    del X_mem, Y_mem
+    rate = disk_read_rate(paths[0])
+    evict(paths[1])
+    before, peak, done = anonymous_mb(), [0.0], threading.Event()
+
+    def sample():  # the engine releases the GIL: this thread sees the peak
+        while not done.is_set():
+            peak[0] = max(peak[0], anonymous_mb())
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    start = time.perf_counter()
+    net.fit(X, Y, **settings)
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    del X, Y
+    for path in paths:
+        os.remove(path)
+    return {
+        "GB": size / 1e9,
+        "epoch_s": seconds,
+        "file_MBps": size / seconds / 1e6,
+        "disk_MBps": rate / 1e6,
+        "compute_MBps": compute_rate / 1e6,
+        "anon_peak_growth_MB": peak[0] - before,
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="narrow,mnist-like", help="grid rows, comma separated")
@@ -105,9 +164,28 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-rows", type=int, default=None, help="rows of data (default: grid)")
     parser.add_argument("--folder", default=None, help="where the files go (default: temp)")
+    parser.add_argument(
+        "--larger-than-memory",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="instead: one epoch from a float32 file of this many GB (write it first)",
+    )
     args = parser.parse_args(argv)
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
     print(f"fastbp.bench_data on {cpu_model()}, {os.cpu_count()} cores")
+    if args.larger_than_memory:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        with tempfile.TemporaryDirectory(dir=args.folder) as folder:
+            r = larger_than_memory(args.larger_than_memory, folder)
+        bound = min(r["disk_MBps"], r["compute_MBps"])
+        print(
+            f"file {r['GB']:.1f} GB (memory {total:.1f} GB): epoch {r['epoch_s']:.1f} s, "
+            f"{r['file_MBps']:.0f} MB/s; disk {r['disk_MBps']:.0f} MB/s, in-memory compute "
+            f"{r['compute_MBps']:.0f} MB/s: {r['file_MBps'] / bound:.0%} of the slower; "
+            f"anonymous memory peak growth {r['anon_peak_growth_MB']:.1f} MB"
+        )
+        return
     print(
         f"{'row':<11} {'dtype':<8} {'MB':>7} {'memory':>9} {'mapped':>9} {'ratio':>6} "
         f"{'cold':>8} {'disk MB/s':>10} {'file MB/s':>10} {'of disk':>8} {'RssAnon+':>9}"
