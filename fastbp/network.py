@@ -462,6 +462,15 @@ class MLP:
         optimizer stays the same. ``l2`` adds ``0.5 * l2 * sum(W**2)`` to each batch loss,
         divided like the data term.
 
+        Data on disk trains block by block (``fastbp.streaming``): a memory map visited in
+        row order, or a row source (an object with ``shape`` and ``read(start, stop)``
+        returning those rows as an array, as ``X`` or ``Y``), is read in blocks of whole
+        batches by a thread while the engine trains, to the bits of the same rows in
+        memory; rows are checked as they are read, and bad ones restore the state at the
+        start of their epoch. ``shuffle="blocks"`` visits such blocks in a seeded random
+        order and the rows of each in a seeded random order (sequential reads; the same
+        bits wherever the rows come from, not those of ``shuffle=True``).
+
         ``check_input=False`` is a fast path for callers that checked their arguments once
         and train many times (as the estimators do, epoch block by epoch block): ``X`` a
         C-contiguous ``(n, n_in)`` array of the network's dtype or ``SparseRows``, as
@@ -498,6 +507,13 @@ class MLP:
         ranks = (0, 1) if comm is None else self._ranks(comm)
         if check_input:
             restore_finite = check.flag(restore_finite, "restore_finite")
+        if streaming.is_row_source(X) or streaming.is_row_source(Y):
+            if order is not None or (shuffle is not False and shuffle != "blocks"):
+                raise ValueError(
+                    "shuffle: a row source is read in row order or by blocks "
+                    "(shuffle='blocks'); for shuffle=True or an order, save the data as "
+                    ".npy and train on np.load(path, mmap_mode='r')"
+                )
         blockwise = order is None and streaming.blockwise(X, Y, shuffle)
         if blockwise and checkpoint is not None and streaming.is_row_source(X):
             raise ValueError(
@@ -714,7 +730,8 @@ class MLP:
                         Request(
                             Mode.TRAIN, Xb, Yb, labels, wb, self._params, self._layout,
                             self._loss_code, self._loss_scale, self.reduction == "sum",
-                            order=in_order[: Xb.shape[0]], epochs=1, batch_size=batch_size, optimizer=self._optimizer_code(),
+                            order=in_order[: Xb.shape[0]], epochs=1, batch_size=batch_size,
+                            optimizer=self._optimizer_code(),
                             hyper=hyper, state=self._state, history=loss, ranks=ranks,
                             restore=False, carry=carry,
                         )
