@@ -297,3 +297,56 @@ def test_sparse_input_over_mpi_gives_the_bits_of_one_process(tmp_path):
     done = _mpiexec(3, script, tmp_path / "sparse.npy")
     assert done.returncode == 0, done.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "sparse.npy"), expected)
+
+
+BLOCKS = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import fastbp
+    from fastbp import streaming
+
+    streaming.BLOCK_BYTES = 20000  # many blocks of whole batches
+
+    def train(folder, comm):
+        X = np.load(f"{folder}/X.npy", mmap_mode="r")
+        Y = np.load(f"{folder}/Y.npy", mmap_mode="r")
+        results = []
+        for shuffle in (False, "blocks"):
+            net = fastbp.MLP([20, 48, 2], "tanh", "mse", seed=4)
+            history = net.fit(X, Y, epochs=2, lr=0.01, batch_size=600, shuffle=shuffle,
+                              optimizer="adam", comm=comm)
+            results += [history, *net.weights, *net.biases]
+        return np.concatenate([np.ravel(r) for r in results])
+
+    if __name__ == "__main__":
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        result = train(sys.argv[1], comm)
+        everyone = comm.gather(result, root=0)
+        if comm.Get_rank() == 0:
+            assert all(np.array_equal(other, result) for other in everyone)
+            np.save(sys.argv[2], result)
+    """
+)
+
+
+def test_memory_maps_block_by_block_over_mpi_give_the_bits_of_one_process(tmp_path, monkeypatch):
+    from fastbp import streaming
+
+    monkeypatch.setattr(streaming, "BLOCK_BYTES", streaming.BLOCK_BYTES)  # restored after
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3100, 20))
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "Y.npy", np.tanh(X[:, :2]))
+    namespace = {}
+    exec(BLOCKS.replace('if __name__ == "__main__":', "if False:"), namespace)
+    expected = namespace["train"](tmp_path, None)
+    script = tmp_path / "blocks.py"
+    script.write_text(BLOCKS)
+    for n in (2, 3):
+        out = tmp_path / f"blocks{n}.npy"
+        done = _mpiexec(n, script, tmp_path, out)
+        assert done.returncode == 0, done.stderr[-3000:]
+        np.testing.assert_array_equal(np.load(out), expected, err_msg=f"{n} processes")
