@@ -273,6 +273,13 @@ class MLP:
     def _features(self, X):
         """``features`` of ``X`` for this network; sparse input is refused on a GPU
         before anything changes (the CUDA backend has no sparse products)."""
+        from . import streaming
+
+        if streaming.is_row_source(X):
+            raise TypeError(
+                "X: a row source is read block by block by fit and forward only; for loss "
+                "and gradients pass an array (X.read(0, n)) or a memory-mapped .npy file"
+            )
         X = features(X, self.layer_sizes[0], self.dtype)
         if self.device != "cpu" and isinstance(X, SparseRows):
             raise TypeError(

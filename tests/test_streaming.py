@@ -200,6 +200,9 @@ def test_row_sources_refuse_checkpoints_and_mismatched_rows(rng, tmp_path):
     with pytest.raises(ValueError, match=r"X must have shape \(n_samples, 6\)"):
         net.fit(ArraySource(X[:, :5]), Y, epochs=1, lr=0.1)
     assert not os.path.exists(tmp_path / "run.ckpt")
+    for call in (net.loss, net.gradients):
+        with pytest.raises(TypeError, match="row source is read block by block by fit and"):
+            call(ArraySource(X), Y)
     for wrong in [dict(shuffle=True), dict(order=np.arange(500))]:
         with pytest.raises(ValueError, match="shuffle: a row source"):
             net.fit(ArraySource(X), Y, epochs=1, lr=0.1, **wrong)
