@@ -287,28 +287,7 @@ def _read_npz(path):
 
 
 def _read_parquet(path):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError("reading Parquet needs pyarrow: pip install 'fastbp[parquet]'") from None
-    try:
-        schema = pq.read_schema(path)
-    except Exception as error:  # pyarrow raises its own hierarchy for corrupt files
-        raise DataError(f"{path} is not a Parquet file ({error})") from None
-    # pyarrow reads repeated names only with an obscure error: refuse them first.
-    _check_names(path, Table([str(n) for n in schema.names], np.empty((0, 0))))
-    try:
-        table = pq.read_table(path)
-    except Exception as error:
-        raise DataError(f"{path} is not a Parquet file ({error})") from None
-    columns = []
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        if column.null_count:
-            raise DataError(f"{path}: column {name!r} has {column.null_count} missing values")
-        array = column.to_numpy()
-        if array.dtype.kind not in "fiub":
-            raise DataError(f"{path}: column {name!r} is not numeric ({column.type})")
-        columns.append(np.asarray(array, dtype=np.float64))
-    if not columns:
-        raise DataError(f"{path} has no columns")
-    return Table([str(n) for n in table.column_names], np.column_stack(columns))
+    from .parquet import ParquetColumns  # it imports DataError from here: loaded on use
+
+    columns = ParquetColumns(path)
+    return Table(list(columns.names), columns.read(0, len(columns)))
