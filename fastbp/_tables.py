@@ -57,13 +57,18 @@ class Table:
         """The values of the model's columns ``wanted`` (names, empty if the model has
         none) in the model's order, taken by name; by position only when asked, or when
         neither the table nor the model has names. Any mismatch raises ``DataError``."""
-        n_columns = self.values.shape[1]
+        indices = self.model_columns(wanted, n_in, by_position)
+        return self.values if indices == list(range(len(self.names))) else self.values[:, indices]
+
+    def model_columns(self, wanted, n_in, by_position=False):
+        """The indices of the columns that ``select`` takes, in the model's order."""
+        n_columns = len(self.names)
         if by_position or (not wanted and not self.named):
             if n_columns != n_in:
                 raise DataError(
                     f"{self.path} has {n_columns} columns; the model takes {n_in} features"
                 )
-            return self.values
+            return list(range(n_columns))
         hint = "; pass --by-position to take the columns in their order"
         if not wanted:
             raise DataError(
@@ -87,7 +92,7 @@ class Table:
                 + (f"; not in the model {_shown(extra)}" if extra else "")
                 + hint
             )
-        return self.values[:, [self.names.index(name) for name in wanted]]
+        return [self.names.index(name) for name in wanted]
 
 
 def _shown(names, limit=8):

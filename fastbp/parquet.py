@@ -55,6 +55,14 @@ def parquet_files(path):
     return files
 
 
+def column_names(path):
+    """The column names of the Parquet file or folder ``path`` (of its first file)."""
+    pq = _pyarrow_parquet()
+    file = parquet_files(path)[0]
+    with _open(pq, file) as parquet:
+        return [str(name) for name in parquet.schema_arrow.names]
+
+
 def _is_numeric(pa, kind):
     return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
 
