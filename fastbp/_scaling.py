@@ -12,8 +12,8 @@ import tempfile
 
 import numpy as np
 
-#: Values in a block of rows: 8 MB of float64 (``block_rows`` turns it into rows).
-BLOCK_VALUES = 2**20
+#: Values in a block of rows: 2 MB of float64 (``block_rows`` turns it into rows).
+BLOCK_VALUES = 2**18
 
 
 def block_rows(n_columns):

@@ -14,8 +14,8 @@ import numpy as np
 
 from ._tables import PARQUET_SUFFIXES, DataError
 
-#: Values decoded per pyarrow batch: 8 MB of float64, however many columns.
-BATCH_VALUES = 2**20
+#: Values decoded per pyarrow batch: 2 MB of float64, however many columns.
+BATCH_VALUES = 2**18
 
 #: Bytes pyarrow reads from a file at a time (it would otherwise read a column chunk whole).
 READ_BUFFER = 2**20
