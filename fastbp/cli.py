@@ -1,7 +1,8 @@
 """The ``fastbp`` command: train a network on a data file, or predict with a saved one.
 
 ``fastbp train [DATA]`` reads a CSV, ``.npy``, ``.npz`` or Parquet table (without DATA,
-the digits shipped with scikit-learn), holds out a validation share, standardizes the
+the digits shipped with scikit-learn; Parquet, a file or a folder, is streamed through a
+scratch file, never held in memory), holds out a validation share, standardizes the
 features, trains ``fastbp.MLPClassifier`` or ``fastbp.MLPRegressor`` one epoch at a time
 with a progress bar, and prints the train and validation scores and the time (with
 ``--compare-numpy``, also the speedup over plain NumPy, ``fastbp.reference``, measured on
@@ -109,7 +110,9 @@ def _parser():
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("data", nargs="?", help="CSV, .npy, .npz or .parquet table")
+    train.add_argument(
+        "data", nargs="?", help="CSV, .npy, .npz or .parquet table, or a folder of .parquet files"
+    )
     train.add_argument(
         "--target",
         help="target column: a name or an index (default: the "
