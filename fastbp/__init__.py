@@ -3,7 +3,7 @@
 from .network import MLP
 from .persistence import load
 
-__all__ = ["MLP", "MLPClassifier", "MLPRegressor", "load"]
+__all__ = ["MLP", "MLPClassifier", "MLPRegressor", "ParquetColumns", "load"]
 __version__ = "0.1.0"
 
 _ESTIMATORS = ("MLPClassifier", "MLPRegressor")
@@ -15,4 +15,8 @@ def __getattr__(name):
         from . import estimators
 
         return getattr(estimators, name)
+    if name == "ParquetColumns":  # its module imports pyarrow only when a table is opened
+        from .parquet import ParquetColumns
+
+        return ParquetColumns
     raise AttributeError(f"module 'fastbp' has no attribute {name!r}")

@@ -57,13 +57,18 @@ class Table:
         """The values of the model's columns ``wanted`` (names, empty if the model has
         none) in the model's order, taken by name; by position only when asked, or when
         neither the table nor the model has names. Any mismatch raises ``DataError``."""
-        n_columns = self.values.shape[1]
+        indices = self.model_columns(wanted, n_in, by_position)
+        return self.values if indices == list(range(len(self.names))) else self.values[:, indices]
+
+    def model_columns(self, wanted, n_in, by_position=False):
+        """The indices of the columns that ``select`` takes, in the model's order."""
+        n_columns = len(self.names)
         if by_position or (not wanted and not self.named):
             if n_columns != n_in:
                 raise DataError(
                     f"{self.path} has {n_columns} columns; the model takes {n_in} features"
                 )
-            return self.values
+            return list(range(n_columns))
         hint = "; pass --by-position to take the columns in their order"
         if not wanted:
             raise DataError(
@@ -87,7 +92,7 @@ class Table:
                 + (f"; not in the model {_shown(extra)}" if extra else "")
                 + hint
             )
-        return self.values[:, [self.names.index(name) for name in wanted]]
+        return [self.names.index(name) for name in wanted]
 
 
 def _shown(names, limit=8):
@@ -287,28 +292,7 @@ def _read_npz(path):
 
 
 def _read_parquet(path):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError("reading Parquet needs pyarrow: pip install 'fastbp[parquet]'") from None
-    try:
-        schema = pq.read_schema(path)
-    except Exception as error:  # pyarrow raises its own hierarchy for corrupt files
-        raise DataError(f"{path} is not a Parquet file ({error})") from None
-    # pyarrow reads repeated names only with an obscure error: refuse them first.
-    _check_names(path, Table([str(n) for n in schema.names], np.empty((0, 0))))
-    try:
-        table = pq.read_table(path)
-    except Exception as error:
-        raise DataError(f"{path} is not a Parquet file ({error})") from None
-    columns = []
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        if column.null_count:
-            raise DataError(f"{path}: column {name!r} has {column.null_count} missing values")
-        array = column.to_numpy()
-        if array.dtype.kind not in "fiub":
-            raise DataError(f"{path}: column {name!r} is not numeric ({column.type})")
-        columns.append(np.asarray(array, dtype=np.float64))
-    if not columns:
-        raise DataError(f"{path} has no columns")
-    return Table([str(n) for n in table.column_names], np.column_stack(columns))
+    from .parquet import ParquetColumns  # it imports DataError from here: loaded on use
+
+    columns = ParquetColumns(path)
+    return Table(list(columns.names), columns.read(0, len(columns)))

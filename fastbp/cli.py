@@ -1,7 +1,8 @@
 """The ``fastbp`` command: train a network on a data file, or predict with a saved one.
 
 ``fastbp train [DATA]`` reads a CSV, ``.npy``, ``.npz`` or Parquet table (without DATA,
-the digits shipped with scikit-learn), holds out a validation share, standardizes the
+the digits shipped with scikit-learn; Parquet, a file or a folder, is streamed through a
+scratch file, never held in memory), holds out a validation share, standardizes the
 features, trains ``fastbp.MLPClassifier`` or ``fastbp.MLPRegressor`` one epoch at a time
 with a progress bar, and prints the train and validation scores and the time (with
 ``--compare-numpy``, also the speedup over plain NumPy, ``fastbp.reference``, measured on
@@ -29,8 +30,8 @@ import warnings
 
 import numpy as np
 
-from . import _files, persistence
-from ._tables import DataError, read_table
+from . import _files, _scaling, persistence
+from ._tables import PARQUET_SUFFIXES, DataError, Table, read_table
 
 EXIT_STATUS = """exit status:
   0    done
@@ -109,7 +110,9 @@ def _parser():
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("data", nargs="?", help="CSV, .npy, .npz or .parquet table")
+    train.add_argument(
+        "data", nargs="?", help="CSV, .npy, .npz or .parquet table, or a folder of .parquet files"
+    )
     train.add_argument(
         "--target",
         help="target column: a name or an index (default: the "
@@ -339,6 +342,8 @@ def _load_training_data(args):
         digits = load_digits()
         names = [f"pixel_{i}" for i in range(digits.data.shape[1])]
         return digits.data.astype(np.float64), digits.target.astype(np.float64), names, "digit"
+    if _is_parquet(args.data):
+        return _parquet_training_data(args.data, args.target)
     table = read_table(args.data)
     # A table without column names gives a model without them: predict then matches
     # columns by position, as there is nothing to match by name.
@@ -351,6 +356,26 @@ def _load_training_data(args):
     X = np.delete(table.values, index, axis=1)
     names = [n for i, n in enumerate(kept) if i != index]
     return X, table.values[:, index], names, table.names[index]
+
+
+def _is_parquet(path):
+    """Whether ``path`` names a Parquet file or a folder (of Parquet files)."""
+    return os.path.isdir(path) or os.path.splitext(path)[1].lower() in PARQUET_SUFFIXES
+
+
+def _parquet_training_data(path, target):
+    """As ``_load_training_data``, for Parquet: the target column is read whole, the
+    features stay on disk as ``ParquetColumns``, read a block at a time."""
+    from .parquet import ParquetColumns
+
+    table = ParquetColumns(path)  # every column must be numeric, as in a table in memory
+    names = table.names
+    index = Table(names, np.empty((0, len(names)))).column("-1" if target is None else target)
+    if len(names) < 2:
+        raise DataError(f"{path} has only the target column; no features to train on")
+    features = [name for i, name in enumerate(names) if i != index]
+    y = ParquetColumns(path, [names[index]]).read(0, len(table))[:, 0]
+    return ParquetColumns(path, features), y, features, names[index]
 
 
 def _batch_size(requested, rows):
@@ -602,6 +627,23 @@ def train_command(args):
 
 
 def _train(args):
+    with contextlib.ExitStack() as scratch:  # scratch files of data read from disk
+        return _train_with(args, scratch)
+
+
+def _standardized_on_disk(X, args, split, mean, scale, scratch):
+    """``X`` standardized in a scratch file of the training dtype, removed when ``scratch``
+    closes: read-only views of the training rows and of the validation rows, ``split`` =
+    ``(train_rows, val_rows)`` in their order. Each MPI process writes a file of its own."""
+    folder = scratch.enter_context(_scaling.scratch_folder(near=args.out))
+    order = np.concatenate(split)
+    standardized = _scaling.write_standardized(
+        X, os.path.join(folder, "features.npy"), order, mean, scale, args.dtype
+    )
+    return standardized[: len(split[0])], standardized[len(split[0]) :]
+
+
+def _train_with(args, scratch):
     if args.plot:
         import matplotlib  # noqa: F401  (fail before training, not after)
     _check_outputs(
@@ -634,17 +676,28 @@ def _train(args):
     n_val = int(np.ceil(args.validation * len(y))) if args.validation > 0 else 0
     if n_val and (n_val >= len(y) or (stratify is not None and n_val < counts.size)):
         n_val, stratify = 0, None
-    if n_val:
-        X_train, X_val, y_train, y_val = train_test_split(
-            X, y, test_size=n_val, random_state=args.seed, stratify=stratify
+    rows = np.arange(len(y))
+    if n_val:  # split row numbers: the permutation train_test_split(X, y, ...) takes
+        train_rows, val_rows, y_train, y_val = train_test_split(
+            rows, y, test_size=n_val, random_state=args.seed, stratify=stratify
         )
     else:
-        X_train, y_train, X_val, y_val = X, y, None, None
-    mean = np.zeros(X.shape[1]) if args.no_scale else X_train.mean(axis=0)
-    scale = np.ones(X.shape[1]) if args.no_scale else X_train.std(axis=0)
+        train_rows, val_rows, y_train, y_val = rows, rows[:0], y, None
+    in_training = np.zeros(len(y), bool)
+    in_training[train_rows] = True
+    if args.no_scale:
+        mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
+    else:
+        mean, scale = _scaling.mean_and_std(X, in_training)
     scale[scale == 0] = 1.0
-    X_train = (X_train - mean) / scale
-    X_val = None if X_val is None else (X_val - mean) / scale
+    if isinstance(X, np.ndarray):
+        X_train = (X[train_rows] - mean) / scale
+        X_val = (X[val_rows] - mean) / scale if n_val else None
+    else:
+        X_train, X_val = _standardized_on_disk(
+            X, args, (train_rows, val_rows), mean, scale, scratch
+        )
+        X_val = X_val if n_val else None
     target_scaling = None  # regression targets are standardized too; predict undoes it
     if task == "regress" and not args.no_scale:
         target_scaling = (float(y_train.mean()), float(y_train.std()) or 1.0)
@@ -668,7 +721,7 @@ def _train(args):
     _check_memory(
         args.hidden,
         (X.shape[1], *args.hidden, n_out),
-        len(y),
+        len(y) if isinstance(X, np.ndarray) else est.batch_size,  # else on disk, never whole
         est.batch_size,
         np.dtype(args.dtype).itemsize,
     )
@@ -961,28 +1014,47 @@ def predict_command(args):
         raise CommandError(
             f"--proba needs a classification model; {args.model} predicts values (regression)"
         )
-    table = read_table(args.data)
     names = [str(n) for n in metadata.get("features", [])]
-    X = table.select(names, net.layer_sizes[0], by_position=args.by_position)
-    if "mean" in metadata:
-        X = (X - metadata["mean"]) / metadata["scale"]
-    out = net.forward(X)
+    blocks, rows = _feature_blocks(args.data, names, net.layer_sizes[0], args.by_position)
+    with _prediction_writer(args.out, rows) as write:
+        for _, X in blocks:
+            if "mean" in metadata:
+                X = (X - metadata["mean"]) / metadata["scale"]
+            write(*_predictions(net.forward(X), metadata, args.proba))
+    return 0
+
+
+def _feature_blocks(path, names, n_in, by_position):
+    """``(blocks, rows)``: the model's columns of the table ``path`` (see
+    ``Table.select``) as ``(first_row, values)`` blocks, and the table's row count. A
+    Parquet table is read a block at a time; another one is read whole, one block."""
+    if not _is_parquet(path):
+        X = read_table(path).select(names, n_in, by_position=by_position)
+        return [(0, X)], len(X)
+    from .parquet import ParquetColumns, column_names
+
+    columns = column_names(path)
+    table = Table(columns, np.empty((0, len(columns))), path=path)
+    chosen = [columns[i] for i in table.model_columns(names, n_in, by_position)]
+    features = ParquetColumns(path, chosen)
+    return _scaling.blocks(features), len(features)
+
+
+def _predictions(out, metadata, proba):
+    """``(values, header)``: what predict writes for the network outputs ``out``."""
     target = str(metadata.get("target", "prediction"))
     task = str(metadata.get("task", ""))
-    if task == "classify" and not args.proba:
+    if task == "classify" and not proba:
         classes = metadata["classes"]
         index = out.argmax(axis=1) if out.shape[1] > 1 else (out[:, 0] > 0.5).astype(int)
-        values, header = classes[index].reshape(-1, 1), [target]
-    elif task == "classify":
+        return classes[index].reshape(-1, 1), [target]
+    if task == "classify":
         classes = metadata["classes"]
         values = np.column_stack([1 - out[:, 0], out[:, 0]]) if out.shape[1] == 1 else out
-        header = [f"P({_format(c)})" for c in classes]
-    else:
-        # Models that standardized the target store its scaling; older ones predict as is.
-        values = out * metadata.get("target_scale", 1.0) + metadata.get("target_mean", 0.0)
-        header = [target] if out.shape[1] == 1 else [f"{target}{i}" for i in range(out.shape[1])]
-    _write(values, header, args.out)
-    return 0
+        return values, [f"P({_format(c)})" for c in classes]
+    # Models that standardized the target store its scaling; older ones predict as is.
+    values = out * metadata.get("target_scale", 1.0) + metadata.get("target_mean", 0.0)
+    return values, [target] if out.shape[1] == 1 else [f"{target}{i}" for i in range(out.shape[1])]
 
 
 def _format(value):
@@ -990,20 +1062,37 @@ def _format(value):
     return str(int(value)) if value == int(value) else repr(value)
 
 
-def _write(values, header, path):
-    """Predictions to stdout as CSV, or to ``path`` in the format its extension names
-    (``PREDICTION_FORMATS``), replacing the file at once when complete."""
-    if path and PREDICTION_FORMATS[os.path.splitext(path)[1].lower()] == "npy":
-        with _files.replacing(path) as file:
-            np.save(file, values if values.shape[1] > 1 else values.ravel())
-        return
-    lines = [",".join(header)] + [",".join(_format(v) for v in row) for row in values]
-    text = "\n".join(lines) + "\n"
-    if path:
-        with _files.replacing(path) as file:
-            file.write(text.encode("utf-8"))
-    else:
-        sys.stdout.write(text)
+@contextlib.contextmanager
+def _prediction_writer(path, rows):
+    """``write(values, header)`` for one block of predictions after another, ``rows`` in
+    all: to stdout as CSV, or to ``path`` in the format its extension names
+    (``PREDICTION_FORMATS``), which is replaced at once when all are written."""
+    npy = path and PREDICTION_FORMATS[os.path.splitext(path)[1].lower()] == "npy"
+    started = False
+    with _files.replacing(path) if path else contextlib.nullcontext() as file:
+
+        def write(values, header):
+            nonlocal started
+            if npy:
+                values = np.ascontiguousarray(values if values.shape[1] > 1 else values.ravel())
+                if not started:
+                    shape = (rows, *values.shape[1:])
+                    described = np.lib.format.dtype_to_descr(values.dtype)
+                    np.lib.format.write_array_header_1_0(
+                        file, {"descr": described, "fortran_order": False, "shape": shape}
+                    )
+                file.write(values.tobytes())
+            else:
+                lines = [] if started else [",".join(header)]
+                lines += [",".join(_format(v) for v in row) for row in values]
+                text = "\n".join(lines) + "\n"
+                if file:
+                    file.write(text.encode("utf-8"))
+                else:
+                    sys.stdout.write(text)
+            started = True
+
+        yield write
 
 
 if __name__ == "__main__":
