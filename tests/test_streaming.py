@@ -251,3 +251,20 @@ def test_a_memory_map_in_order_holds_no_visiting_order_in_memory(tmp_path):
     assert done.returncode == 0, done.stderr
     growth = float(done.stdout.split()[-1])
     assert growth < 16, f"anonymous memory grew by {growth:.1f} MB"
+
+
+def test_parquet_columns_train_as_a_row_source(rng, small_blocks, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    X, Y = _problem(rng, n=700)
+    table = pa.table({**{f"x{i}": X[:, i] for i in range(6)}, "y0": Y[:, 0], "y1": Y[:, 1]})
+    pq.write_table(table, tmp_path / "data.parquet", row_group_size=150)
+    features = fastbp.ParquetColumns(tmp_path / "data.parquet", [f"x{i}" for i in range(6)])
+    targets = fastbp.ParquetColumns(tmp_path / "data.parquet", ["y0", "y1"])
+    settings = dict(epochs=2, lr=0.01, batch_size=32, optimizer="adam")
+    for shuffle in (False, "blocks"):
+        a, b = _net(), _net()
+        ha = a.fit(X, Y, shuffle=shuffle, **settings)
+        hb = b.fit(features, targets, shuffle=shuffle, **settings)
+        assert ha.tobytes() == hb.tobytes() and _bits(a) == _bits(b)
+    np.testing.assert_array_equal(b.forward(features), b.forward(X))
