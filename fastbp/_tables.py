@@ -261,6 +261,58 @@ def _read_npy(path):
     return Table([str(i) for i in range(values.shape[1])], values, named=False)
 
 
+def mapped_npy(path):
+    """The 2-D numeric array of the ``.npy`` file ``path``, memory-mapped read-only (a 1-D
+    one as one column): read on request, never whole."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise DataError(f"{path} is not a NumPy .npy file ({error})") from None
+    if array.dtype.kind not in "fiub":
+        raise DataError(f"{path}: the array has dtype {array.dtype}; it must be numeric")
+    if array.ndim == 1:
+        array = array.reshape(-1, 1)
+    if array.ndim != 2:
+        raise DataError(f"{path}: the array must be a 2-D table; got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise DataError(f"{path} holds no rows")
+    return array
+
+
+class MappedColumns:
+    """Columns ``columns`` (indices) of a memory-mapped table, read as float64 a block of
+    rows at a time, as ``fastbp.parquet.ParquetColumns`` reads Parquet; non-finite values
+    are refused naming the column and row."""
+
+    def __init__(self, array, columns, path):
+        self.array, self.columns, self.path = array, list(columns), path
+        self.shape = (array.shape[0], len(self.columns))
+        self.dtype = np.dtype(np.float64)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def read(self, start, stop):
+        values = np.asarray(self.array[start:stop], dtype=np.float64)[:, self.columns]
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise DataError(
+                f"{self.path}: column '{self.columns[col]}' holds {values[row, col]} in row "
+                f"{start + row + 1}; remove or fill missing values first"
+            )
+        return values
+
+    def blocks(self, block_rows, start=0, stop=None):
+        """``(first_row, values)`` of consecutive blocks of ``block_rows`` rows."""
+        stop = len(self) if stop is None else stop
+        for first in range(start, stop, block_rows):
+            yield first, self.read(first, min(stop, first + block_rows))
+
+
 def _read_npz(path):
     archive = _load_numpy(path)
     if isinstance(archive, np.ndarray):

@@ -31,7 +31,7 @@ import warnings
 import numpy as np
 
 from . import _files, _scaling, persistence
-from ._tables import PARQUET_SUFFIXES, DataError, Table, read_table
+from ._tables import PARQUET_SUFFIXES, DataError, MappedColumns, Table, mapped_npy, read_table
 
 EXIT_STATUS = """exit status:
   0    done
@@ -344,6 +344,8 @@ def _load_training_data(args):
         return digits.data.astype(np.float64), digits.target.astype(np.float64), names, "digit"
     if _is_parquet(args.data):
         return _parquet_training_data(args.data, args.target)
+    if args.data.lower().endswith(".npy"):
+        return _npy_training_data(args.data, args.target)
     table = read_table(args.data)
     # A table without column names gives a model without them: predict then matches
     # columns by position, as there is nothing to match by name.
@@ -376,6 +378,25 @@ def _parquet_training_data(path, target):
     features = [name for i, name in enumerate(names) if i != index]
     y = ParquetColumns(path, [names[index]]).read(0, len(table))[:, 0]
     return ParquetColumns(path, features), y, features, names[index]
+
+
+def _npy_training_data(path, target):
+    """As ``_load_training_data``, for a ``.npy`` table: memory-mapped, the target column
+    read whole, the features read a block at a time (``MappedColumns``)."""
+    array = mapped_npy(path)
+    names = [str(i) for i in range(array.shape[1])]
+    index = Table(names, np.empty((0, len(names)))).column("-1" if target is None else target)
+    if len(names) < 2:
+        raise DataError(f"{path} has only the target column; no features to train on")
+    y = np.asarray(array[:, index], dtype=np.float64)
+    if not np.isfinite(y).all():
+        row = int(np.argwhere(~np.isfinite(y))[0, 0])
+        raise DataError(
+            f"{path}: column '{index}' holds {y[row]} in row {row + 1}; remove or fill "
+            "missing values first"
+        )
+    features = [i for i in range(len(names)) if i != index]
+    return MappedColumns(array, features, path), y, [], names[index]
 
 
 def _batch_size(requested, rows):
@@ -1027,7 +1048,14 @@ def predict_command(args):
 def _feature_blocks(path, names, n_in, by_position):
     """``(blocks, rows)``: the model's columns of the table ``path`` (see
     ``Table.select``) as ``(first_row, values)`` blocks, and the table's row count. A
-    Parquet table is read a block at a time; another one is read whole, one block."""
+    Parquet or ``.npy`` table is read a block at a time; another one is read whole, one
+    block."""
+    if path.lower().endswith(".npy"):
+        array = mapped_npy(path)
+        columns = [str(i) for i in range(array.shape[1])]
+        table = Table(columns, np.empty((0, len(columns))), named=False, path=path)
+        features = MappedColumns(array, table.model_columns(names, n_in, by_position), path)
+        return _scaling.blocks(features), len(features)
     if not _is_parquet(path):
         X = read_table(path).select(names, n_in, by_position=by_position)
         return [(0, X)], len(X)
