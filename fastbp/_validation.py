@@ -316,13 +316,15 @@ def features(X, n_in, dtype):
 
 
 def targets(Y, n_samples, n_out, loss, dtype):
-    """Targets as ``(Y, labels)``: a 2-D float array, or for ``cce`` a 1-D array of integer
-    class labels (then ``Y`` is an empty placeholder)."""
+    """Targets as ``(Y, labels)``: a 2-D float array, or for ``cce`` a 1-D array (or one
+    column) of integer class labels (then ``Y`` is an empty placeholder)."""
     if is_sparse(Y):
         raise TypeError("Y: sparse targets are not supported; pass a dense array (Y.toarray())")
     raw = as_array(Y, "Y")
     if raw.dtype.kind not in "fiub":
         raise TypeError(f"Y must hold real numbers; got dtype {raw.dtype}")
+    if loss == "cce" and raw.ndim == 2 and raw.shape[1] == 1 < n_out:
+        raw = raw[:, 0]  # a column of class labels (as a table's target column reads)
     if loss == "cce" and raw.ndim == 1:
         if raw.dtype.kind == "f":
             if not np.isfinite(raw).all() or np.any(raw != np.round(raw)):

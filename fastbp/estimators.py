@@ -53,6 +53,7 @@ from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted
 
 from . import _validation as check
+from . import streaming
 from ._engine.cpu.blas_threads import one_blas_thread
 from .network import MLP, features
 
@@ -382,6 +383,13 @@ class _BaseMLP(BaseEstimator):
 
             ranks(comm)  # a communicator refused alike in every process
         hidden, dtype = self._check_params()
+        # Row sources (fastbp.ParquetColumns) are copied to a memory-mapped scratch file.
+        if streaming.is_row_source(y):
+            y = streaming.mapped(y)
+            y = y[:, 0] if y.shape[1] == 1 else y
+        X = streaming.mapped(X)
+        if validation is not None:
+            validation = tuple(streaming.mapped(v) for v in validation)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         snapshot = self._snapshot()
@@ -874,6 +882,7 @@ class _BaseMLP(BaseEstimator):
         if not hasattr(self, "coefs_"):  # check_is_fitted's test, without its 5 us
             check_is_fitted(self, "coefs_")
         dtype = self.coefs_[0].dtype
+        X = streaming.mapped(X, dtype)
         if self._valid_as_is(X, dtype):
             return self._sync_net(dtype, self._fitted_device()).forward(X, check_input=False)
         X = _validate_data(self, X, accept_sparse=_SPARSE, reset=False, dtype=dtype)

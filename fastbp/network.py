@@ -273,13 +273,6 @@ class MLP:
     def _features(self, X):
         """``features`` of ``X`` for this network; sparse input is refused on a GPU
         before anything changes (the CUDA backend has no sparse products)."""
-        from . import streaming
-
-        if streaming.is_row_source(X):
-            raise TypeError(
-                "X: a row source is read block by block by fit and forward only; for loss "
-                "and gradients pass an array (X.read(0, n)) or a memory-mapped .npy file"
-            )
         X = features(X, self.layer_sizes[0], self.dtype)
         if self.device != "cpu" and isinstance(X, SparseRows):
             raise TypeError(
@@ -344,7 +337,11 @@ class MLP:
             if Y.ndim == 1:  # class labels
                 return X, np.empty((0, self.layer_sizes[-1]), self.dtype), Y, weights
             return X, Y, np.empty(0, np.int64), weights
-        X = self._features(X)
+        from . import streaming
+
+        # Row sources here are read whole (the gradient of all rows): copied to a file.
+        X = self._features(streaming.mapped(X, self.dtype))
+        Y = streaming.mapped(Y, self.dtype)
         Y, labels = check.targets(Y, X.shape[0], self.layer_sizes[-1], self.loss_name, self.dtype)
         return X, Y, labels, check.sample_weights(sample_weight, X.shape[0])
 
@@ -476,7 +473,10 @@ class MLP:
         memory; rows are checked as they are read, and bad ones restore the state at the
         start of their epoch. ``shuffle="blocks"`` visits such blocks in a seeded random
         order and the rows of each in a seeded random order (sequential reads; the same
-        bits wherever the rows come from, not those of ``shuffle=True``).
+        bits wherever the rows come from, not those of ``shuffle=True``). A row source
+        visited in any other order (``shuffle=True``, ``order``; also ``loss`` and
+        ``gradients``) is first copied to a memory-mapped scratch file
+        (``fastbp.streaming.mapped``).
 
         ``check_input=False`` is a fast path for callers that checked their arguments once
         and train many times (as the estimators do, epoch block by epoch block): ``X`` a
@@ -514,13 +514,9 @@ class MLP:
         ranks = (0, 1) if comm is None else self._ranks(comm)
         if check_input:
             restore_finite = check.flag(restore_finite, "restore_finite")
-        if streaming.is_row_source(X) or streaming.is_row_source(Y):
-            if order is not None or (shuffle is not False and shuffle != "blocks"):
-                raise ValueError(
-                    "shuffle: a row source is read in row order or by blocks "
-                    "(shuffle='blocks'); for shuffle=True or an order, save the data as "
-                    ".npy and train on np.load(path, mmap_mode='r')"
-                )
+        if order is not None or (shuffle is not False and shuffle != "blocks"):
+            # Rows visited in any order: row sources are copied to a memory-mapped file.
+            X, Y = streaming.mapped(X, self.dtype), streaming.mapped(Y, self.dtype)
         blockwise = order is None and streaming.blockwise(X, Y, shuffle)
         if blockwise and checkpoint is not None and streaming.is_row_source(X):
             raise ValueError(
@@ -699,12 +695,11 @@ class MLP:
 
     def _engine_block(self, block):
         """One block's ``(X, Y, labels, sample_weight)`` as the engine takes them, its
-        values checked (a label column of a row source read as ``(n, 1)`` for ``cce``)."""
+        values checked."""
         X = self._features(block.X)
-        Y = block.Y
-        if self.loss_name == "cce" and Y.ndim == 2 and Y.shape[1] == 1 < self.layer_sizes[-1]:
-            Y = Y[:, 0]
-        Y, labels = check.targets(Y, X.shape[0], self.layer_sizes[-1], self.loss_name, self.dtype)
+        Y, labels = check.targets(
+            block.Y, X.shape[0], self.layer_sizes[-1], self.loss_name, self.dtype
+        )
         weights = block.sample_weight
         weights = np.empty(0) if weights is None else np.ascontiguousarray(weights)
         return X, Y, labels, weights

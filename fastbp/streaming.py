@@ -9,16 +9,17 @@ bits of one call on the same rows in the same order.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import mmap
+import os
 import queue
+import tempfile
 import threading
 from typing import NamedTuple
 
 import numpy as np
-
-from ._engine.shuffle import shuffle_order
 
 #: Bytes of input rows (features and targets) in one block: a few times the last-level
 #: cache, small beside memory. Blocks hold whole batches, so this is a target.
@@ -66,6 +67,8 @@ class Plan(NamedTuple):
         as stored). Shuffled, the whole blocks come in a random order and the rows of every
         block in a random order, drawn from ``state`` (uint64[1], advanced); a shorter last
         block stays last, so that every batch but the epoch's last is whole."""
+        from ._engine.shuffle import shuffle_order  # numba loads with the first draw
+
         whole = self.n // self.block_rows
         blocks = np.arange(self.n_blocks)
         if shuffled and whole > 1:
@@ -168,3 +171,30 @@ def read_blocks(X, Y, sample_weight, plan, visits, check):
             except queue.Empty:
                 pass
         thread.join()
+
+
+def mapped(source, dtype=None):
+    """``source`` (a row source) copied in row order, block by block, to a scratch ``.npy``
+    file in the temporary folder (``TMPDIR``) and memory-mapped read-only: random access
+    for a global shuffle, whole-batch gradients or the estimators, at the price of the
+    data's size on disk. The file is unlinked once mapped, so nothing is left behind
+    however the process ends; other input is returned as it is."""
+    if not is_row_source(source):
+        return source
+    dtype = np.dtype(source.dtype if dtype is None else dtype)
+    n, width = (int(v) for v in source.shape)
+    handle, path = tempfile.mkstemp(prefix="fastbp-rows-", suffix=".npy")
+    os.close(handle)
+    try:
+        copy = np.lib.format.open_memmap(path, "w+", dtype, (n, width))
+        plan = Plan(n, max(1, min(n, BLOCK_BYTES // max(1, dtype.itemsize * width))))
+        blocks = read_blocks(source, None, None, plan, plan.visits(False, None), lambda b: b)
+        for block, rows in enumerate(blocks):
+            start, stop = plan.bounds(block)
+            copy[start:stop] = rows.X.reshape(stop - start, width)
+        copy.flush()
+        del copy
+        return np.load(path, mmap_mode="r")
+    finally:
+        with contextlib.suppress(OSError):  # a mapped file stays mapped once unlinked
+            os.unlink(path)

@@ -200,12 +200,6 @@ def test_row_sources_refuse_checkpoints_and_mismatched_rows(rng, tmp_path):
     with pytest.raises(ValueError, match=r"X must have shape \(n_samples, 6\)"):
         net.fit(ArraySource(X[:, :5]), Y, epochs=1, lr=0.1)
     assert not os.path.exists(tmp_path / "run.ckpt")
-    for call in (net.loss, net.gradients):
-        with pytest.raises(TypeError, match="row source is read block by block by fit and"):
-            call(ArraySource(X), Y)
-    for wrong in [dict(shuffle=True), dict(order=np.arange(500))]:
-        with pytest.raises(ValueError, match="shuffle: a row source"):
-            net.fit(ArraySource(X), Y, epochs=1, lr=0.1, **wrong)
 
 
 @pytest.mark.slow
@@ -268,3 +262,40 @@ def test_parquet_columns_train_as_a_row_source(rng, small_blocks, tmp_path):
         hb = b.fit(features, targets, shuffle=shuffle, **settings)
         assert ha.tobytes() == hb.tobytes() and _bits(a) == _bits(b)
     np.testing.assert_array_equal(b.forward(features), b.forward(X))
+
+
+def test_row_sources_read_in_any_order_go_through_a_scratch_file(rng, monkeypatch, tmp_path):
+    """A global shuffle, an order and whole-data gradients copy a row source to an
+    unlinked memory-mapped file: the bits of the data in memory, nothing left behind."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(streaming.tempfile, "tempdir", None)  # TMPDIR read again
+    X, Y = _problem(rng)
+    order = rng.permutation(X.shape[0])
+    for settings in (dict(shuffle=True), dict(order=order)):
+        a, b = _net(), _net()
+        ha = a.fit(X, Y, epochs=2, lr=0.01, batch_size=16, **settings)
+        hb = b.fit(ArraySource(X), ArraySource(Y), epochs=2, lr=0.01, batch_size=16, **settings)
+        assert ha.tobytes() == hb.tobytes() and _bits(a) == _bits(b)
+    loss, dW, db = a.gradients(X, Y)
+    loss_s, dW_s, db_s = a.gradients(ArraySource(X), ArraySource(Y))
+    assert loss == loss_s and all(np.array_equal(p, q) for p, q in zip(dW, dW_s, strict=True))
+    assert a.loss(ArraySource(X), Y) == a.loss(X, Y)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
+def test_the_estimators_take_parquet_columns(rng, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    X = rng.normal(size=(400, 5))
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64) + (X[:, 2] > 1)
+    table = pa.table({**{f"x{i}": X[:, i] for i in range(5)}, "y": y})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=100)
+    features = fastbp.ParquetColumns(tmp_path / "t.parquet", [f"x{i}" for i in range(5)])
+    labels = fastbp.ParquetColumns(tmp_path / "t.parquet", ["y"])
+    kwargs = dict(hidden_layer_sizes=(12,), max_iter=5, random_state=0)
+    in_memory = fastbp.MLPClassifier(**kwargs).fit(X, y.astype(float))
+    streamed = fastbp.MLPClassifier(**kwargs).fit(features, labels)
+    for a, b in zip(in_memory.coefs_, streamed.coefs_, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(in_memory.predict_proba(X), streamed.predict_proba(features))
