@@ -142,14 +142,7 @@ def _check_names(path, table):
 def _check_finite(path, table):
     if table.values.shape[0] == 0:
         raise DataError(f"{path} holds no rows")
-    bad = ~np.isfinite(table.values)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise DataError(
-            f"{path}: column {table.names[col]!r} holds "
-            f"{table.values[row, col]} in row {row + 1}; remove or fill "
-            "missing values first"
-        )
+    refuse_non_finite(path, table.names, table.values)
     if table.target is not None and not np.isfinite(table.target).all():
         raise DataError(f"{path}: y holds NaN or infinity")
 
@@ -243,14 +236,31 @@ def _load_numpy(path):
         raise DataError(f"{path} is not {kind} ({reason})") from None
 
 
-def _numeric_2d(path, array, what):
+def _numeric_table(path, array, what):
+    """``array`` as a 2-D numeric table (a 1-D one as one column), not converted."""
     if array.dtype.kind not in "fiub":
         raise DataError(f"{path}: {what} has dtype {array.dtype}; it must be numeric")
     if array.ndim == 1:
         array = array.reshape(-1, 1)
     if array.ndim != 2:
         raise DataError(f"{path}: {what} must be a 2-D table; got shape {array.shape}")
-    return np.asarray(array, dtype=np.float64)
+    return array
+
+
+def _numeric_2d(path, array, what):
+    return np.asarray(_numeric_table(path, array, what), dtype=np.float64)
+
+
+def refuse_non_finite(path, names, values, first_row=0):
+    """Raise ``DataError`` naming the column and row (counted from 1) of the first value
+    of the 2-D ``values`` that is NaN or infinite; ``values`` start at row ``first_row``."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(
+            f"{path}: column {names[col]!r} holds {values[row, col]} in row "
+            f"{first_row + row + 1}; remove or fill missing values first"
+        )
 
 
 def _read_npy(path):
@@ -271,12 +281,7 @@ def mapped_npy(path):
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise DataError(f"{path} is not a NumPy .npy file ({error})") from None
-    if array.dtype.kind not in "fiub":
-        raise DataError(f"{path}: the array has dtype {array.dtype}; it must be numeric")
-    if array.ndim == 1:
-        array = array.reshape(-1, 1)
-    if array.ndim != 2:
-        raise DataError(f"{path}: the array must be a 2-D table; got shape {array.shape}")
+    array = _numeric_table(path, array, "the array")
     if array.shape[0] == 0:
         raise DataError(f"{path} holds no rows")
     return array
@@ -297,13 +302,7 @@ class MappedColumns:
 
     def read(self, start, stop):
         values = np.asarray(self.array[start:stop], dtype=np.float64)[:, self.columns]
-        bad = ~np.isfinite(values)
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
-            raise DataError(
-                f"{self.path}: column '{self.columns[col]}' holds {values[row, col]} in row "
-                f"{start + row + 1}; remove or fill missing values first"
-            )
+        refuse_non_finite(self.path, [str(c) for c in self.columns], values, start)
         return values
 
     def blocks(self, block_rows, start=0, stop=None):

@@ -31,7 +31,15 @@ import warnings
 import numpy as np
 
 from . import _files, _scaling, persistence
-from ._tables import PARQUET_SUFFIXES, DataError, MappedColumns, Table, mapped_npy, read_table
+from ._tables import (
+    PARQUET_SUFFIXES,
+    DataError,
+    MappedColumns,
+    Table,
+    mapped_npy,
+    read_table,
+    refuse_non_finite,
+)
 
 EXIT_STATUS = """exit status:
   0    done
@@ -389,12 +397,7 @@ def _npy_training_data(path, target):
     if len(names) < 2:
         raise DataError(f"{path} has only the target column; no features to train on")
     y = np.asarray(array[:, index], dtype=np.float64)
-    if not np.isfinite(y).all():
-        row = int(np.argwhere(~np.isfinite(y))[0, 0])
-        raise DataError(
-            f"{path}: column '{index}' holds {y[row]} in row {row + 1}; remove or fill "
-            "missing values first"
-        )
+    refuse_non_finite(path, [names[index]], y.reshape(-1, 1))
     features = [i for i in range(len(names)) if i != index]
     return MappedColumns(array, features, path), y, [], names[index]
 

@@ -6,13 +6,12 @@ a time, so a table much larger than memory can be read whole in blocks. pyarrow 
 """
 
 import os
-import queue
-import threading
 from collections import Counter
 
 import numpy as np
 
 from ._tables import PARQUET_SUFFIXES, DataError
+from .streaming import read_ahead
 
 #: Values decoded per pyarrow batch: 2 MB of float64, however many columns.
 BATCH_VALUES = 2**18
@@ -162,7 +161,7 @@ class ParquetColumns:
         if not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
             raise ValueError(f"block_rows must be a positive integer; got {block_rows!r}")
         start, stop = self._range(start, stop)
-        return _read_ahead(self._filled_blocks(int(block_rows), start, stop))
+        return read_ahead(self._filled_blocks(int(block_rows), start, stop), "parquet-reader")
 
     def _range(self, start, stop):
         n = self.shape[0]
@@ -228,52 +227,3 @@ class ParquetColumns:
                 f"{row + bad + 1}; remove or fill missing values first"
             )
         return values
-
-
-_DONE = object()
-
-
-def _read_ahead(items):
-    """The items of the generator ``items``, each made by a thread while the caller works
-    on the one before (a queue of one); the thread's errors are raised here, and closing
-    this generator (or dropping it) stops and joins the thread."""
-    handoff = queue.Queue(maxsize=1)
-    stopped = threading.Event()
-
-    def hand(entry):
-        while not stopped.is_set():
-            try:
-                handoff.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce():
-        try:
-            for item in items:
-                if not hand((item, None)):
-                    return
-            hand((_DONE, None))
-        except BaseException as error:  # raised again in the caller's thread
-            hand((None, error))
-        finally:
-            items.close()
-
-    thread = threading.Thread(target=produce, name="fastbp-parquet-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = handoff.get()
-            if error is not None:
-                raise error
-            if item is _DONE:
-                return
-            yield item
-    finally:
-        stopped.set()
-        while thread.is_alive():
-            try:
-                handoff.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)

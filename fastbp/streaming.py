@@ -133,44 +133,57 @@ def read_blocks(X, Y, sample_weight, plan, visits, check):
             )
         )
 
-    ready = queue.Queue(maxsize=1)
-    stop = threading.Event()
+    return read_ahead((read(block, rows) for block, rows in visits), "reader")
 
-    def reader():
+
+#: What ``read_ahead``'s thread hands over after the last item.
+_DONE = object()
+
+
+def read_ahead(items, name):
+    """The items of the generator ``items``, each made by a thread (``fastbp-{name}``)
+    while the caller works on the one before (a queue of one). The thread's errors are
+    raised here; closing this generator, or dropping it, stops and joins the thread."""
+    handoff = queue.Queue(maxsize=1)
+    stopped = threading.Event()
+
+    def hand(entry):
+        while not stopped.is_set():
+            try:
+                handoff.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
         try:
-            for block, rows in visits:
-                item = (read(block, rows), None)
-                while not stop.is_set():
-                    try:
-                        ready.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+            for item in items:
+                if not hand((item, None)):
                     return
-        except BaseException as error:  # handed to the caller, raised there
-            ready.put((None, error))
-            return
-        ready.put((None, None))
+            hand((_DONE, None))
+        except BaseException as error:  # raised again in the caller's thread
+            hand((None, error))
+        finally:
+            items.close()
 
-    thread = threading.Thread(target=reader, name="fastbp-reader", daemon=True)
+    thread = threading.Thread(target=produce, name=f"fastbp-{name}", daemon=True)
     thread.start()
     try:
         while True:
-            block, error = ready.get()
+            item, error = handoff.get()
             if error is not None:
                 raise error
-            if block is None:
+            if item is _DONE:
                 return
-            yield block
+            yield item
     finally:
-        stop.set()
+        stopped.set()
         while thread.is_alive():
             try:
-                ready.get(timeout=0.1)
+                handoff.get_nowait()
             except queue.Empty:
-                pass
-        thread.join()
+                thread.join(0.05)
 
 
 def mapped(source, dtype=None):

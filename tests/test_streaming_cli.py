@@ -121,6 +121,23 @@ def test_bad_parquet_data_writes_nothing(tables, capsys):
     assert os.listdir(out) == []
 
 
+@pytest.mark.parametrize(
+    "where, message",
+    [((5, 1), "column '1' holds nan in row 6"), ((3, 2), "column '2' holds inf in row 4")],
+)
+def test_bad_npy_data_read_by_blocks_writes_nothing(tmp_path, capsys, where, message):
+    values = np.random.default_rng(0).normal(size=(40, 3))
+    values[:, 2] = np.arange(40) % 2
+    values[where] = np.nan if where[1] == 1 else np.inf
+    np.save(tmp_path / "t.npy", values)
+    out = tmp_path / "out"
+    out.mkdir()
+    code = main(["train", str(tmp_path / "t.npy"), *QUICK, "--out", str(out / "m.npz")])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err, err
+    assert os.listdir(out) == []
+
+
 MEMORY = textwrap.dedent(
     """
     import sys
