@@ -141,6 +141,13 @@ def _parser():
     train.add_argument(
         "--activation", choices=("relu", "tanh", "logistic", "identity"), default="relu"
     )
+    train.add_argument(
+        "--loss",
+        choices=("squared_error", "poisson"),
+        default="squared_error",
+        help="regression loss; poisson: counts, with a log link (the target is not "
+        "standardized, and --task auto regresses)",
+    )
     train.add_argument("--solver", choices=("adam", "sgd", "lbfgs"), default="adam")
     train.add_argument(
         "--epochs", type=_positive(int), default=30, help="epochs (lbfgs: iterations); default 30"
@@ -691,7 +698,14 @@ def _train_with(args, scratch):
             "--target needs a data file: without DATA, train trains on the digits and their label"
         )
     X, y, feature_names, target_name = _load_training_data(args)
-    task = _choose_task(args.task, y)
+    if args.loss == "poisson":
+        if args.task == "classify":
+            raise CommandError("--loss poisson is a regression loss; drop --task classify")
+        if y.min() < 0:
+            raise DataError(
+                f"--loss poisson needs non-negative targets; {target_name!r} holds {y.min()}"
+            )
+    task = _choose_task("regress" if args.loss == "poisson" else args.task, y)
     source = args.data or "scikit-learn's digits"
     stratify = None
     if task == "classify":
@@ -723,13 +737,15 @@ def _train_with(args, scratch):
         )
         X_val = X_val if n_val else None
     target_scaling = None  # regression targets are standardized too; predict undoes it
-    if task == "regress" and not args.no_scale:
+    if task == "regress" and not args.no_scale and args.loss != "poisson":
         target_scaling = (float(y_train.mean()), float(y_train.std()) or 1.0)
         y_train = (y_train - target_scaling[0]) / target_scaling[1]
         y_val = None if y_val is None else (y_val - target_scaling[0]) / target_scaling[1]
 
     cls = MLPClassifier if task == "classify" else MLPRegressor
+    loss = {} if task == "classify" else {"loss": args.loss}
     est = cls(
+        **loss,
         hidden_layer_sizes=args.hidden,
         activation=args.activation,
         solver=args.solver,

@@ -125,6 +125,33 @@ def test_numpy_inputs_and_regression(tmp_path, capsys):
     assert code == 0 and len(out.splitlines()) == 8
 
 
+def test_poisson_regression_of_counts(tmp_path, capsys):
+    """``--loss poisson`` regresses integer counts (no classification, no standardized
+    target): the model has an exponential output, and predicts what it was trained to."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    counts = rng.poisson(np.exp(0.5 * X[:, 0] - 0.3 * X[:, 1]))
+    np.save(tmp_path / "counts.npy", np.column_stack([X, counts]))
+    model = tmp_path / "p.npz"
+    code, out, _ = run(
+        capsys, "train", tmp_path / "counts.npy", *QUICK, "--loss", "poisson", "--out", model
+    )
+    assert code == 0 and "regression" in out and "R^2" in out, out
+    assert fastbp.load(model).activations[-1] == "exp"
+    assert "target_mean" not in persistence.read_metadata(model)
+    np.save(tmp_path / "features.npy", X[:5])
+    code, out, _ = run(capsys, "predict", model, tmp_path / "features.npy")
+    predicted = np.array([float(v) for v in out.splitlines()[1:]])
+    assert code == 0 and predicted.shape == (5,) and (predicted > 0).all()
+    np.save(tmp_path / "negative.npy", np.column_stack([X, counts - 1]))
+    code, _, err = run(capsys, "train", tmp_path / "negative.npy", "--loss", "poisson")
+    assert code == 1 and "--loss poisson needs non-negative targets" in err
+    code, _, err = run(
+        capsys, "train", tmp_path / "counts.npy", "--loss", "poisson", "--task", "classify"
+    )
+    assert code == 1 and "--loss poisson is a regression loss" in err
+
+
 def test_parquet(tmp_path, capsys):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
