@@ -683,8 +683,9 @@ class MLP:
                 raise ValueError(
                     f"X must have shape (n_samples, {self.layer_sizes[0]}); got {shape}"
                 )
-        else:
-            X = self._features(X)  # sparse rows, visited by blocks
+        else:  # sparse rows, in memory: checked whole here, sliced into blocks as CSR
+            self._features(X)
+            X = X.tocsr() if X.format == "csc" else X
         n = X.shape[0]
         if n == 0:
             raise ValueError("X has no rows")

@@ -299,3 +299,31 @@ def test_the_estimators_take_parquet_columns(rng, tmp_path):
     for a, b in zip(in_memory.coefs_, streamed.coefs_, strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(in_memory.predict_proba(X), streamed.predict_proba(features))
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+def test_block_shuffle_is_the_fit_in_its_visiting_order(rng, small_blocks, sparse):
+    """``shuffle="blocks"`` trains as one call given the blocks' visiting order would:
+    the same bits, dense or sparse rows, with sample weights and summed losses."""
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    X, Y = _problem(rng, n=450)
+    X[rng.random(X.shape) < 0.5] = 0.0
+    weights = rng.uniform(0.1, 2, X.shape[0])
+    data = scipy_sparse.csr_matrix(X) if sparse else X
+    settings = dict(lr=0.01, batch_size=16, optimizer="adam", sample_weight=weights)
+    make = lambda: fastbp.MLP([6, 20, 2], ["tanh", "identity"], "mse", seed=4, reduction="sum")  # noqa: E731
+    blocked = make()
+    state = blocked._shuffle_state.copy()
+    history = blocked.fit(data, Y, epochs=2, shuffle="blocks", **settings)
+    row_bytes = 8 * (6 + 2)
+    plan = streaming.Plan.of(X.shape[0], 16, row_bytes)
+    orders = []
+    for _ in range(2):
+        order = []
+        for block, rows in plan.visits(True, state):
+            order.extend(plan.bounds(block)[0] + rows)
+        orders.append(order)
+    in_order = make()
+    expected = in_order.fit(data, Y, epochs=2, order=np.array(orders), **settings)
+    assert history.tobytes() == expected.tobytes()
+    assert _bits(blocked) == _bits(in_order)
