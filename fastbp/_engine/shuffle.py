@@ -28,4 +28,4 @@ def shuffle_order(order, state):
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "f7d8af9a4903509b89d84947ebef4d6ca7668264d4cd8806d0a6616cfd9ccc46"
+SOURCES_DIGEST = "771792db381fd2c7fb8bb2f2a22f5c821cac5ba47bfceb1af3030d7dc7777595"

@@ -130,6 +130,19 @@ call_parallel_update = caller_of(parallel_update, returns=types.none)
 
 
 @njit(cache=True, nogil=True)
+def save_state(saved, params, state_m, state_v):
+    """``params``, then ``state_m`` and ``state_v``, into ``saved``: the last finite
+    epoch's state, which a diverging run restores."""
+    n_params, n_m = params.shape[0], state_m.shape[0]
+    for i in range(n_params):
+        saved[i] = params[i]
+    for i in range(n_m):
+        saved[n_params + i] = state_m[i]
+    for i in range(state_v.shape[0]):
+        saved[n_params + n_m + i] = state_v[i]
+
+
+@njit(cache=True, nogil=True)
 def compiled_run(
     X,
     indptr,
@@ -244,9 +257,7 @@ def compiled_run(
     restoring = saved.shape[0] > 0
     n_m = state_m.shape[0]
     if restoring:
-        saved[:n_params] = params
-        saved[n_params : n_params + n_m] = state_m
-        saved[n_params + n_m :] = state_v
+        save_state(saved, params, state_m, state_v)
     saved_step = step[0]
     stacked = order.shape[0] > n  # one permutation per epoch, back to back
     carrying = carry.shape[0] > 0  # one block of an epoch's batches: the sums go on
@@ -446,18 +457,19 @@ def compiled_run(
                 ok = ok and np.isfinite(params[i])
         if not ok:
             if restoring:
-                params[:] = saved[:n_params]
-                state_m[:] = saved[n_params : n_params + n_m]
-                state_v[:] = saved[n_params + n_m :]
+                for i in range(n_params):
+                    params[i] = saved[i]
+                for i in range(n_m):
+                    state_m[i] = saved[n_params + i]
+                for i in range(state_v.shape[0]):
+                    state_v[i] = saved[n_params + n_m + i]
                 step[0] = saved_step
             return epoch
         if restoring and epoch + 1 < epochs:
-            saved[:n_params] = params
-            saved[n_params : n_params + n_m] = state_m
-            saved[n_params + n_m :] = state_v
+            save_state(saved, params, state_m, state_v)
             saved_step = step[0]
     return -1
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "f7d8af9a4903509b89d84947ebef4d6ca7668264d4cd8806d0a6616cfd9ccc46"
+SOURCES_DIGEST = "771792db381fd2c7fb8bb2f2a22f5c821cac5ba47bfceb1af3030d7dc7777595"
