@@ -242,7 +242,8 @@ def compiled_run(
     by_sample = out.shape[0] == 0 and not blas.any() and not sparse
     # Batches that all run sample by sample read the weights as stored, never ``wt``.
     if by_sample and min(batch_size, n) < SAMPLE_PASS_ROWS:
-        reads_wt[:] = False
+        for l in range(reads_wt.shape[0]):
+            reads_wt[l] = False
     wt = np.empty_like(params)
     transpose_weights(params, wt, layout, reads_wt)
     most_groups = work.shape[0]
@@ -472,4 +473,4 @@ def compiled_run(
 
 
 #: The engine's sources this file's cached code was compiled from (``sources.py``).
-SOURCES_DIGEST = "771792db381fd2c7fb8bb2f2a22f5c821cac5ba47bfceb1af3030d7dc7777595"
+SOURCES_DIGEST = "c45615adfb71e79ecbe933b9caf67a2680c824518b02257f8fc3cc04f0a29263"
