@@ -430,7 +430,7 @@ class MLP:
         epochs: int,
         lr: float,
         batch_size: int | None = None,
-        shuffle: bool = False,
+        shuffle: bool | str = False,
         optimizer: str = "sgd",
         momentum: float = 0.9,
         beta1: float = 0.9,
